@@ -1,0 +1,1 @@
+"""Shipped trained models: one folder per model with ``weights.safetensors`` and ``model.json``."""
