@@ -1,0 +1,167 @@
+"""``wavecalc md``: molecular dynamics with :class:`~ase_wavecalc.WaveCalculator`.
+
+Runs NVE (velocity Verlet) or Langevin dynamics from a molecule name (``ase.build.molecule``) or a
+structure file, writes every frame to an ASE trajectory as it goes (an interrupted run keeps all
+frames written so far) and prints the total-energy drift at the end.
+
+| quantity | unit |
+|---|---|
+| time step | fs |
+| temperature | K |
+| energies printed | eV |
+| drift | meV/atom over the run, and meV/atom/ps |
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def load_structure(spec: str):
+    """An ``ase.Atoms`` from a molecule name known to ``ase.build.molecule`` or a structure file."""
+    import os
+
+    from ase.build import molecule
+    from ase.collections import g2
+    from ase.io import read
+
+    if os.path.exists(spec):
+        return read(spec)
+    if spec in g2.names:
+        return molecule(spec)
+    raise ValueError(f"{spec!r} is neither a file nor a molecule name known to ase.build.molecule "
+                     f"(e.g. H2O, CH3CH2OH, CH4)")
+
+
+def make_calculator(args):
+    from .calculator import WaveCalculator
+
+    if args.model:
+        return WaveCalculator(model=args.model, dtype=args.dtype)
+    return WaveCalculator(method=args.method, basis=args.basis)
+
+
+def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=200, friction=0.01,
+           seed=0, trajectory=None, interval=1, log=sys.stdout, progress=True):
+    """Run MD on ``atoms`` with ``calc``; returns a dict with times (fs) and energies (eV) per frame.
+
+    Velocities start from a Maxwell-Boltzmann distribution at ``temperature`` with zero total momentum
+    and angular momentum; ``seed`` makes the run reproducible.
+    """
+    from ase import units
+    from ase.io import Trajectory
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    if ensemble == "nve":
+        dyn = VelocityVerlet(atoms, timestep * units.fs)
+    elif ensemble == "langevin":
+        dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
+                       rng=rng)
+    else:
+        raise ValueError(f"unknown ensemble {ensemble!r}: use 'nve' or 'langevin'")
+
+    record = {"time_fs": [], "epot_eV": [], "ekin_eV": [], "etot_eV": [], "temperature_K": []}
+
+    def observe():
+        epot = atoms.get_potential_energy()
+        ekin = atoms.get_kinetic_energy()
+        record["time_fs"].append(dyn.get_time() / units.fs)
+        record["epot_eV"].append(epot)
+        record["ekin_eV"].append(ekin)
+        record["etot_eV"].append(epot + ekin)
+        record["temperature_K"].append(atoms.get_temperature())
+
+    dyn.attach(observe, interval=1)
+    traj = None
+    if trajectory:
+        traj = Trajectory(trajectory, "w", atoms)
+        dyn.attach(traj.write, interval=interval)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=f"MD {ensemble}", unit="step", file=sys.stderr)
+        dyn.attach(lambda: bar.update(1) if dyn.nsteps > 0 else None, interval=1)
+    start = time.perf_counter()
+    try:
+        dyn.run(steps)
+    finally:
+        if traj is not None:
+            traj.close()
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - start
+    out = {k: np.asarray(v) for k, v in record.items()}
+    n = len(atoms)
+    etot = out["etot_eV"]
+    duration_ps = (out["time_fs"][-1] - out["time_fs"][0]) / 1000.0 if len(etot) > 1 else 0.0
+    out["wall_s"] = wall
+    out["ms_per_step"] = 1e3 * wall / max(steps, 1)
+    out["drift_meV_per_atom"] = 1e3 * (etot[-1] - etot[0]) / n
+    out["max_deviation_meV_per_atom"] = 1e3 * np.abs(etot - etot[0]).max() / n
+    if duration_ps > 0:
+        slope = np.polyfit(out["time_fs"] / 1000.0, etot, 1)[0]
+        out["drift_meV_per_atom_per_ps"] = 1e3 * slope / n
+    if log is not None:
+        print(f"{ensemble.upper()} MD: {steps} steps of {timestep} fs, {n} atoms, {wall:.1f} s "
+              f"({out['ms_per_step']:.1f} ms/step)", file=log)
+        print(f"  mean temperature {out['temperature_K'].mean():.1f} K", file=log)
+        print(f"  total energy: start {etot[0]:.6f} eV, end {etot[-1]:.6f} eV", file=log)
+        print(f"  drift {out['drift_meV_per_atom']:+.4f} meV/atom, max deviation "
+              f"{out['max_deviation_meV_per_atom']:.4f} meV/atom"
+              + (f", fitted slope {out['drift_meV_per_atom_per_ps']:+.4f} meV/atom/ps" if duration_ps else ""),
+              file=log)
+        if trajectory:
+            print(f"  trajectory written to {trajectory}", file=log)
+    return out
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("structure", help="molecule name (ase.build.molecule, e.g. H2O) or structure file")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--model", help="shipped model name or model directory (default: water-pbe-def2svp "
+                                     "for water, ethanol-pbe-def2svp for ethanol)")
+    src.add_argument("--pyscf", action="store_true", help="run the exact PySCF SCF instead of a model")
+    parser.add_argument("--method", default="pbe", help="PySCF method with --pyscf (xc name or 'hf')")
+    parser.add_argument("--basis", default="def2-svp", help="PySCF basis with --pyscf")
+    parser.add_argument("--ensemble", choices=["nve", "langevin"], default="nve")
+    parser.add_argument("--temperature", type=float, default=300.0, help="initial/bath temperature, K")
+    parser.add_argument("--timestep", type=float, default=0.5, help="fs")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--trajectory", default="md.traj", help="output trajectory ('' for none)")
+    parser.add_argument("--interval", type=int, default=1, help="write every N-th frame")
+
+
+def _default_model(atoms) -> str:
+    formula = atoms.get_chemical_formula(mode="hill")
+    return {"H2O": "water-pbe-def2svp", "C2H6O": "ethanol-pbe-def2svp"}.get(formula, "")
+
+
+def cli_main(args) -> int:
+    atoms = load_structure(args.structure)
+    if not args.pyscf and not args.model:
+        args.model = _default_model(atoms)
+        if not args.model:
+            print("wavecalc md: no shipped model for this molecule; pass --model or --pyscf", file=sys.stderr)
+            return 2
+    if args.pyscf:
+        args.model = None
+    calc = make_calculator(args)
+    run_md(atoms, calc, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
+           steps=args.steps, friction=args.friction, seed=args.seed, trajectory=args.trajectory or None,
+           interval=args.interval)
+    return 0
