@@ -1,0 +1,465 @@
+"""The dataset file: one ASE database (SQLite) per dataset, one row per frame.
+
+SQLite makes every write a transaction, so a process killed at any moment (``kill -9``) leaves either a
+whole frame or nothing; ``wavecalc generate`` and ``wavecalc import-npz`` resume by skipping frames that
+are already there. A unique index on the ``frame`` key makes duplicates impossible, even from two
+writers at once.
+
+Row layout (one frame):
+
+| where | name | shape | unit |
+|---|---|---|---|
+| atoms | numbers, positions | (n,), (n, 3) | -, Angstrom |
+| atoms.calc (SinglePointCalculator) | energy, forces, dipole | (), (n, 3), (3,) | eV, eV/Angstrom, e*Angstrom |
+| key_value_pairs | frame | int | index of the candidate geometry, unique in the file |
+| key_value_pairs | converged | bool | False: SCF failed, row holds no reference data |
+| data | see ``FRAME_KEYS`` | | atomic units |
+
+``db.metadata``: method, xc, basis, grid_level, conv_tol, pyscf_version, units (key -> unit) and
+sampler settings. ``read_dataset`` returns the converged frames of one composition as stacked arrays in
+atomic units (``ARRAY_KEYS``).
+
+Extra table ``wavecalc_candidates`` (same file): the candidate geometries of ``wavecalc generate``,
+stored before any reference runs so that a re-run knows them (``write_candidates``/``read_candidates``).
+"""
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .units import BOHR, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
+
+# Reference arrays of one frame, as stored in a row's ``data`` and returned by reference.run_reference.
+# name -> (shape, unit)
+FRAME_KEYS: dict[str, tuple[str, str]] = {
+    "fock": ("(nao, nao)", "Hartree"),        # converged KS/Fock matrix (mf.get_fock()), PySCF AO order
+    "overlap": ("(nao, nao)", "1"),            # AO overlap S
+    "hcore": ("(nao, nao)", "Hartree"),       # core Hamiltonian T + V_nuc
+    "e_tot": ("()", "Hartree"),               # total energy (incl. nuclear repulsion)
+    "gradient": ("(n_atoms, 3)", "Hartree/Bohr"),  # dE/dR, forces are minus this
+    "mo_energy": ("(nao,)", "Hartree"),       # orbital energies
+    "dipole": ("(3,)", "e*Bohr"),             # total dipole (nuclei + electrons), origin 0
+}
+
+# Arrays returned by read_dataset: name -> (shape, unit); F = number of converged frames.
+ARRAY_KEYS: dict[str, tuple[str, str]] = {
+    "numbers": ("(n_atoms,)", "atomic number"),
+    "positions_bohr": ("(F, n_atoms, 3)", "Bohr"),
+    "fock": ("(F, nao, nao)", "Hartree"),
+    "overlap": ("(F, nao, nao)", "1"),
+    "hcore": ("(F, nao, nao)", "Hartree"),
+    "e_tot": ("(F,)", "Hartree"),
+    "gradient": ("(F, n_atoms, 3)", "Hartree/Bohr"),
+    "mo_energy": ("(F, nao)", "Hartree"),
+    "dipole": ("(F, 3)", "e*Bohr"),
+    "frame": ("(F,)", "frame id"),
+}
+
+# db.metadata["units"]: row data in atomic units, the ASE atoms/calculator in ASE units
+UNITS: dict[str, dict[str, str]] = {
+    "data": {name: unit for name, (_, unit) in FRAME_KEYS.items()},
+    "atoms": {"positions": "Angstrom", "energy": "eV", "forces": "eV/Angstrom", "dipole": "e*Angstrom"},
+}
+
+# Metadata entries that must agree when frames are added to an existing file.
+REFERENCE_SETTINGS = ("method", "xc", "basis", "grid_level", "conv_tol")
+
+CANDIDATE_TABLE = "wavecalc_candidates"
+
+__all__ = ["FRAME_KEYS", "ARRAY_KEYS", "DatasetError", "connect", "frame_ids", "write_frame",
+           "update_metadata", "metadata", "read_dataset", "write_candidates", "read_candidates",
+           "import_npz"]
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing required content, corrupt, or inconsistent with what is asked."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# opening
+
+
+def connect(path, create: bool = False):
+    """Open the dataset file ``path`` (an ASE SQLite database) and return the ASE database object.
+
+    ``create=False``: the file must exist (ASE would silently create an empty one) and be an ASE
+    SQLite database, else ``FileNotFoundError`` / ``DatasetError``. The unique index on ``frame`` is
+    created if missing.
+    """
+    import ase.db
+
+    path = Path(path)
+    if not create and not path.is_file():
+        raise FileNotFoundError(f"dataset file {str(path)!r} does not exist")
+    if path.suffix != ".db":
+        raise DatasetError(f"dataset file {str(path)!r}: the name must end in .db (ASE SQLite database)")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise DatasetError(f"{str(path)!r} is not an SQLite database (corrupt or another format)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = ase.db.connect(str(path), type="db", append=True)
+    try:
+        with db.managed_connection() as con:
+            # key 'frame' unique: a second row with the same frame id fails with sqlite3.IntegrityError
+            con.execute("CREATE UNIQUE INDEX IF NOT EXISTS wavecalc_unique_frame "
+                        "ON number_key_values(value) WHERE key = 'frame'")
+    except (sqlite3.DatabaseError, OSError) as exc:
+        raise DatasetError(f"{str(path)!r}: cannot read as an ASE database: {exc}") from exc
+    return db
+
+
+def _guard(path, what):
+    """Context for reads: SQLite/ASE decoding errors become DatasetError with the file name."""
+    class _G:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None and issubclass(exc_type, (sqlite3.DatabaseError, ValueError, KeyError,
+                                                              TypeError, EOFError)) \
+                    and not issubclass(exc_type, DatasetError):
+                raise DatasetError(f"{str(path)!r}: {what} failed, the file looks corrupt: "
+                                   f"{exc_type.__name__}: {exc}") from exc
+            return False
+    return _G()
+
+
+# ----------------------------------------------------------------------------------------------------
+# writing
+
+
+def frame_ids(db, converged: bool | None = None) -> set[int]:
+    """Frame ids present in ``db`` (all, or only rows with the given ``converged`` flag)."""
+    out = set()
+    for row in db.select(include_data=False):
+        if "frame" not in row:
+            continue
+        if converged is not None and bool(row.get("converged", False)) != converged:
+            continue
+        out.add(int(row.frame))
+    return out
+
+
+def _row_content(frame, numbers, positions_bohr, arrays, converged, key_value_pairs):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    numbers = np.asarray(numbers, dtype=int).reshape(-1)
+    positions_bohr = np.asarray(positions_bohr, dtype=float).reshape(len(numbers), 3)
+    atoms = Atoms(numbers=numbers, positions=bohr_to_angstrom(positions_bohr))
+    kvp = dict(key_value_pairs)
+    kvp["frame"] = int(frame)
+    kvp["converged"] = bool(converged)
+    data = {}
+    if converged:
+        missing = [k for k in FRAME_KEYS if k not in arrays]
+        if missing:
+            raise DatasetError(f"frame {frame}: converged frame without {missing}")
+        data = {k: np.array(arrays[k], dtype=float, order="C") for k in FRAME_KEYS}
+        nao = data["fock"].shape[0]
+        for k in ("fock", "overlap", "hcore"):
+            if data[k].shape != (nao, nao):
+                raise DatasetError(f"frame {frame}: {k} has shape {data[k].shape}, expected {(nao, nao)}")
+        if data["gradient"].shape != (len(numbers), 3) or data["mo_energy"].shape != (nao,) \
+                or data["dipole"].shape != (3,) or data["e_tot"].shape != ():
+            raise DatasetError(f"frame {frame}: inconsistent array shapes")
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(hartree_to_ev(data["e_tot"])),
+            forces=gradient_au_to_forces_ev(data["gradient"]), dipole=bohr_to_angstrom(data["dipole"]))
+    return atoms, kvp, data
+
+
+def write_frame(db, frame: int, numbers, positions_bohr, arrays: dict | None = None,
+                converged: bool = True, **key_value_pairs) -> int:
+    """Write one frame as one row; returns the row id.
+
+    ``arrays``: the ``FRAME_KEYS`` arrays in atomic units (required when ``converged``). A frame that
+    did not converge is written with ``converged=False`` and no reference data (``read_dataset`` skips
+    it). Outside ``with db:`` the row is its own transaction; inside, it commits with the batch.
+    Extra ``key_value_pairs`` (str/int/float/bool) are stored as ASE key-value pairs.
+    """
+    atoms, kvp, data = _row_content(frame, numbers, positions_bohr, arrays or {}, converged,
+                                    key_value_pairs)
+    try:
+        return db.write(atoms, key_value_pairs=kvp, data=data)
+    except sqlite3.IntegrityError as exc:
+        raise DatasetError(f"frame {frame} is already in {db.filename!r}") from exc
+
+
+def update_metadata(db, new: dict) -> dict:
+    """Merge ``new`` into ``db.metadata``; reference settings must agree with what is there.
+
+    Raises DatasetError when e.g. the basis of ``new`` differs from the basis of the frames already in
+    the file (mixing references would silently spoil a training set). Returns the merged metadata.
+    """
+    old = db.metadata
+    for key in REFERENCE_SETTINGS:
+        if key in old and key in new and not _same(old[key], new[key]):
+            raise DatasetError(f"{db.filename!r} holds {key}={old[key]!r}, cannot add frames with "
+                               f"{key}={new[key]!r}")
+    merged = {**old, **{k: v for k, v in new.items() if k not in old or k not in REFERENCE_SETTINGS}}
+    if merged != old:
+        db.metadata = merged
+    return merged
+
+
+def _same(a, b):
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return str(a).lower() == str(b).lower()
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading
+
+
+def metadata(path) -> dict:
+    """``db.metadata`` of the dataset file ``path`` (method, xc, basis, ..., units, sampler)."""
+    db = connect(path)
+    with _guard(path, "reading metadata"):
+        return db.metadata
+
+
+def read_dataset(path, keys=None, converged_only: bool = True) -> dict[str, np.ndarray]:
+    """Stack the converged frames of a dataset file into arrays (atomic units), sorted by frame.
+
+    Returns ``ARRAY_KEYS``: numbers (n,), positions_bohr (F, n, 3), fock/overlap/hcore (F, nao, nao),
+    e_tot (F,), gradient (F, n, 3), mo_energy (F, nao), dipole (F, 3), frame (F,). ``keys`` limits the
+    data arrays loaded (numbers, positions_bohr and frame always come). All frames must have the same
+    atoms in the same order, else DatasetError. ``converged_only=False`` is for inspection and only
+    works with ``keys=()`` (failed frames have no data).
+    """
+    keys = list(FRAME_KEYS) if keys is None else list(keys)
+    unknown = [k for k in keys if k not in FRAME_KEYS]
+    if unknown:
+        raise KeyError(f"unknown dataset keys {unknown}; known: {list(FRAME_KEYS)}")
+    if not converged_only and keys:
+        raise ValueError("converged_only=False needs keys=() (frames that failed hold no data)")
+    db = connect(path)
+    numbers = None
+    frames, positions = [], []
+    stacks = {k: [] for k in keys}
+    with _guard(path, "reading frames"):
+        for row in db.select(include_data=bool(keys)):
+            if "frame" not in row:
+                continue
+            if converged_only and not bool(row.get("converged", False)):
+                continue
+            if numbers is None:
+                numbers = np.array(row.numbers, dtype=np.int64)
+            elif len(row.numbers) != len(numbers) or np.any(row.numbers != numbers):
+                raise DatasetError(f"{str(path)!r} mixes compositions ({row.formula} in frame {row.frame} vs "
+                                   f"{_formula(numbers)}); read_dataset stacks one composition per file")
+            frames.append(int(row.frame))
+            positions.append(np.array(row.positions, dtype=float) / BOHR)
+            for k in keys:
+                if k not in row.data:
+                    raise DatasetError(f"{str(path)!r}: frame {row.frame} has no {k!r} data")
+                stacks[k].append(np.asarray(row.data[k], dtype=float))
+    if numbers is None:
+        raise DatasetError(f"{str(path)!r} holds no {'converged ' if converged_only else ''}frames")
+    order = np.argsort(frames, kind="stable")
+    out = {"numbers": numbers, "frame": np.asarray(frames, dtype=np.int64)[order],
+           "positions_bohr": np.stack(positions)[order]}
+    for k in keys:
+        try:
+            out[k] = np.stack(stacks[k])[order]
+        except ValueError as exc:
+            raise DatasetError(f"{str(path)!r}: {k!r} arrays differ in shape between frames "
+                               "(mixed basis sets?)") from exc
+    return out
+
+
+def _formula(numbers):
+    from ase import Atoms
+    return Atoms(numbers=numbers).get_chemical_formula()
+
+
+# ----------------------------------------------------------------------------------------------------
+# candidate geometries of `wavecalc generate`
+
+
+def write_candidates(db, numbers, positions_bohr, info: dict | None = None) -> None:
+    """Store candidate geometries (frame ids 0..F-1) and merge ``info`` into the metadata, in one
+    transaction. Existing candidates must be identical (a re-run with other settings is refused)."""
+    numbers = np.asarray(numbers, dtype=np.int32).reshape(-1)
+    positions_bohr = np.asarray(positions_bohr, dtype=np.float64).reshape(-1, len(numbers), 3)
+    old = read_candidates(db)
+    if old is not None:
+        same = (np.array_equal(old[0], numbers) and old[1].shape == positions_bohr.shape
+                and np.array_equal(old[1], positions_bohr))
+        if not same:
+            raise DatasetError(f"{db.filename!r} already holds {len(old[1])} different candidate geometries "
+                               "(other molecule, seed, temperature or frame count?); use another --out")
+        return
+    with db:  # one transaction: table, rows and metadata together or not at all
+        con = db.connection
+        con.execute(f"CREATE TABLE IF NOT EXISTS {CANDIDATE_TABLE} "
+                    "(frame INTEGER PRIMARY KEY, numbers BLOB, positions_bohr BLOB)")
+        con.executemany(f"INSERT INTO {CANDIDATE_TABLE} VALUES (?, ?, ?)",
+                        [(i, numbers.tobytes(), np.ascontiguousarray(p).tobytes())
+                         for i, p in enumerate(positions_bohr)])
+        if info:
+            update_metadata(db, info)
+
+
+def read_candidates(db):
+    """(numbers (n,), positions_bohr (F, n, 3)) of the stored candidates, or None if there are none."""
+    with db.managed_connection() as con:
+        has = con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name=?",
+                          (CANDIDATE_TABLE,)).fetchone()[0]
+        if not has:
+            return None
+        rows = con.execute(f"SELECT frame, numbers, positions_bohr FROM {CANDIDATE_TABLE} "
+                           "ORDER BY frame").fetchall()
+    if not rows:
+        return None
+    numbers = np.frombuffer(rows[0][1], dtype=np.int32).astype(np.int64)
+    positions = np.stack([np.frombuffer(r[2], dtype=np.float64).reshape(len(numbers), 3) for r in rows])
+    if [r[0] for r in rows] != list(range(len(rows))):
+        raise DatasetError(f"{db.filename!r}: candidate table is not numbered 0..{len(rows) - 1}")
+    return numbers, positions
+
+
+# ----------------------------------------------------------------------------------------------------
+# import of pre-computed npz parts (shared/data/*_pbe_def2svp/part-*.npz)
+
+_NPZ_ARRAYS = ("numbers", "positions", "fock", "e_tot", "gradient", "mo_energy", "dipole_au")
+
+
+def _source_name(part: Path) -> str:
+    return f"{part.parent.name}/{part.name}"
+
+
+def _npz_metadata(d, basis) -> dict:
+    return {
+        "method": "rks", "xc": str(d["xc"]), "basis": basis, "grid_level": int(d["grid_level"]),
+        "conv_tol": float(d["conv_tol"]), "pyscf_version": str(d["pyscf_version"]), "units": UNITS,
+        "sampler": {"description": str(d["sampler"])},
+    }
+
+
+def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
+               progress: bool = True) -> dict:
+    """Import pre-computed npz parts into the dataset file ``out``; returns a summary dict.
+
+    Overlap and core Hamiltonian are recomputed with PySCF (the npz files do not hold them). Frame
+    ids continue after the largest id in ``out``, in the order of ``parts``; each row remembers its
+    origin (key-value pairs ``source`` = "<folder>/<file>", ``source_index``, ``temperature``), and a
+    re-run skips frames whose origin is already there, so an interrupted import resumes. Frames are
+    written ``batch_size`` at a time, each batch one transaction of whole frames.
+    ``max_frames``: at most this many frames per part (tests, quick looks).
+
+    Positions: the npz references were run from Angstrom with PySCF's Bohr constant; the Bohr
+    positions PySCF used are kept exactly, the Angstrom positions of the rows follow from ASE's Bohr
+    (they differ from the npz by ~7e-10 relative).
+    """
+    from pyscf.data.nist import BOHR as PYSCF_BOHR
+
+    from .integrals import make_mol
+
+    parts = [Path(p) for p in parts]
+    for p in parts:
+        if not p.is_file():
+            raise FileNotFoundError(f"npz part {str(p)!r} does not exist")
+    db = connect(out, create=True)
+    done = {}
+    next_frame = 0
+    for row in db.select(include_data=False):
+        if "frame" in row:
+            next_frame = max(next_frame, int(row.frame) + 1)
+            if "source" in row:
+                done.setdefault(row.source, set()).add(int(row.source_index))
+    summary = {"written": 0, "skipped": 0, "parts": len(parts), "seconds": 0.0}
+    t0 = time.perf_counter()
+    total = 0
+    for part in parts:
+        with np.load(part, allow_pickle=False) as npz:
+            n_part = len(npz["e_tot"]) if "e_tot" in npz.files else 0
+        total += n_part if max_frames is None else min(max_frames, n_part)
+    bar = _progress(total=total, desc=f"import {Path(out).name}", disable=not progress)
+    try:
+        for part in parts:
+            with np.load(part, allow_pickle=False) as npz:
+                d = {k: npz[k] for k in npz.files}
+            missing = [k for k in _NPZ_ARRAYS if k not in d]
+            if missing:
+                raise DatasetError(f"{str(part)!r} lacks arrays {missing}")
+            basis = str(d["basis"])
+            source = _source_name(part)
+            meta = update_metadata(db, _npz_metadata(d, basis))
+            sources = dict(meta.get("sources", {}))
+            n = len(d["positions"]) if max_frames is None else min(max_frames, len(d["positions"]))
+            todo = [i for i in range(n) if i not in done.get(source, set())]
+            summary["skipped"] += n - len(todo)
+            if bar is not None:
+                bar.update(n - len(todo))
+            numbers = np.asarray(d["numbers"], dtype=int)
+            mol = None
+            for start in range(0, len(todo), batch_size):
+                with db:  # one transaction per batch of whole frames
+                    for i in todo[start:start + batch_size]:
+                        positions_bohr = np.asarray(d["positions"][i], dtype=float) / PYSCF_BOHR
+                        if mol is None:
+                            mol = make_mol(numbers, positions_bohr, basis)
+                        else:  # same basis and atoms, new geometry: ~100x faster than a new build
+                            mol = mol.set_geom_(positions_bohr, unit="Bohr", inplace=False)
+                        arrays = {
+                            "fock": d["fock"][i], "overlap": mol.intor("int1e_ovlp"),
+                            "hcore": mol.intor("int1e_kin") + mol.intor("int1e_nuc"),
+                            "e_tot": d["e_tot"][i], "gradient": d["gradient"][i],
+                            "mo_energy": d["mo_energy"][i], "dipole": d["dipole_au"][i],
+                        }
+                        write_frame(db, next_frame, numbers, positions_bohr, arrays, converged=True,
+                                    source=source, source_index=int(i),
+                                    temperature=float(d.get("temperature_K", np.nan)))
+                        next_frame += 1
+                summary["written"] += len(todo[start:start + batch_size])
+                if bar is not None:
+                    bar.update(len(todo[start:start + batch_size]))
+            sources[source] = {"temperature_K": float(d.get("temperature_K", np.nan)),
+                               "seed": int(d.get("seed", -1)), "n_frames": int(len(d["positions"]))}
+            update_metadata(db, {"sources": sources})
+    finally:
+        if bar is not None:
+            bar.close()
+    summary["seconds"] = time.perf_counter() - t0
+    summary["frames_in_file"] = len(frame_ids(db, converged=True))
+    return summary
+
+
+def _progress(total, desc, disable):
+    if disable:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# command line: `wavecalc import-npz OUT.db PART.npz [PART.npz ...]`
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT.db", help="dataset file to create or extend (ASE SQLite db)")
+    parser.add_argument("parts", metavar="PART.npz", nargs="+", help="npz parts (shared/data format)")
+    parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per part")
+    parser.add_argument("--batch-size", type=int, default=50, help="frames per transaction (default 50)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cli_main(args) -> int:
+    try:
+        s = import_npz(args.out, args.parts, max_frames=args.max_frames, batch_size=args.batch_size,
+                       progress=not args.quiet)
+    except (DatasetError, FileNotFoundError) as exc:
+        print(f"wavecalc import-npz: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: wrote {s['written']} frames, skipped {s['skipped']} already present, "
+          f"{s['frames_in_file']} frames in file ({s['seconds']:.1f} s)")
+    return 0
