@@ -1,0 +1,243 @@
+"""Candidate geometries from thermal Langevin molecular dynamics.
+
+The driver is GFN2-xTB through tblite when it is importable (about a millisecond per step for small
+molecules), else ``PySCFDriver``: a minimal ASE calculator running HF/STO-3G with PySCF (slower, but
+always available). Trajectories are deterministic for a given seed on a given machine and library
+build (``wavecalc generate`` stores the sampled geometries, so a re-run never depends on this).
+
+| quantity | unit | default |
+|---|---|---|
+| temperature | K | 300 (Langevin target and initial Maxwell-Boltzmann velocities) |
+| timestep | fs | 0.5 |
+| interval | MD steps between frames | 25 |
+| friction | 1/fs | 0.02 |
+| equilibration | MD steps before the first frame | 200 |
+| returned positions | Angstrom | (n_frames, n_atoms, 3) |
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
+
+from .units import HARTREE, HARTREE_PER_BOHR, angstrom_to_bohr
+
+__all__ = ["load_structure", "make_driver", "PySCFDriver", "sample_geometries"]
+
+MAX_TEMPERATURE = 2000.0  # K; beyond this molecules fall apart within a few hundred fs
+
+
+def load_structure(spec) -> "ase.Atoms":  # noqa: F821
+    """A molecule from a name known to ``ase.build.molecule`` ("H2O", "CH3CH2OH"), or from a file:
+    xyz/extxyz/any ASE-readable format or an ASE database (first structure; ``path@INDEX`` picks
+    another, with ASE's index syntax). Returns a copy without calculator, cell or periodicity.
+    """
+    from ase.build import molecule
+    from ase.collections import g2
+    import ase.io
+
+    spec = str(spec)
+    path, _, index = spec.partition("@")
+    if os.path.exists(path):
+        try:
+            atoms = ase.io.read(path, index=index or 0)
+        except Exception as exc:  # ASE raises many types for unreadable files
+            raise ValueError(f"cannot read a structure from {spec!r}: {exc}") from exc
+        if isinstance(atoms, list):
+            raise ValueError(f"{spec!r} selects {len(atoms)} structures; give one index (path@INDEX)")
+    else:
+        try:
+            atoms = molecule(spec)
+        except KeyError:
+            raise ValueError(f"{spec!r} is neither an existing file nor a molecule name of "
+                             f"ase.build.molecule (e.g. {', '.join(sorted(g2.names)[:6])}, ...)") from None
+    if atoms.pbc.any():
+        raise ValueError(f"{spec!r} is periodic; sampling is for isolated molecules")
+    out = atoms.copy()
+    out.calc = None
+    out.set_cell(None)
+    out.set_constraint()
+    return out
+
+
+class PySCFDriver(Calculator):
+    """Fallback MD driver: closed-shell PySCF SCF (default HF/STO-3G) + analytic gradient as an ASE
+    calculator (energy eV, forces eV/Angstrom). Successive calls reuse the last density as guess."""
+
+    implemented_properties = ["energy", "forces"]
+    default_parameters = {"method": "hf", "basis": "sto-3g", "charge": 0}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._scanner = None
+        self._numbers = None
+
+    def set(self, **kwargs):
+        changed = super().set(**kwargs)
+        if changed:
+            self._scanner = None
+        return changed
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        from pyscf import dft, scf
+
+        from .integrals import make_mol
+        from .reference import normalize_method
+
+        numbers = self.atoms.numbers
+        positions_bohr = angstrom_to_bohr(self.atoms.positions)
+        if self._scanner is None or not np.array_equal(numbers, self._numbers):
+            kind, xc = normalize_method(self.parameters.method)
+            mol = make_mol(numbers, positions_bohr, self.parameters.basis, charge=self.parameters.charge)
+            if mol.nelectron % 2:
+                raise CalculationFailed("the PySCF MD driver is closed-shell only (odd electron count)")
+            mf = scf.RHF(mol) if kind == "rhf" else dft.RKS(mol, xc=xc)
+            mf.verbose = 0
+            self._scanner = mf.nuc_grad_method().as_scanner()
+            self._numbers = numbers.copy()
+        e_tot, grad = self._scanner(positions_bohr)
+        if not self._scanner.converged:
+            raise CalculationFailed("PySCF SCF did not converge during MD")
+        self.results["energy"] = float(e_tot) * HARTREE
+        self.results["forces"] = -np.asarray(grad) * HARTREE_PER_BOHR
+
+
+def make_driver(driver: str = "auto", charge: int = 0):
+    """(name, ASE calculator) for the MD: "auto" (tblite GFN2-xTB if importable, else PySCF HF/STO-3G),
+    "xtb" (GFN2-xTB, error if tblite is missing) or "pyscf"."""
+    driver = driver.lower()
+    if driver not in ("auto", "xtb", "pyscf"):
+        raise ValueError(f"driver must be 'auto', 'xtb' or 'pyscf', not {driver!r}")
+    if driver in ("auto", "xtb"):
+        try:
+            from importlib.metadata import version as _version
+
+            from tblite.ase import TBLite
+        except ImportError as exc:
+            if driver == "xtb":
+                raise ImportError("driver 'xtb' needs tblite (pip install 'ase-wavecalc[xtb]')") from exc
+        else:
+            try:
+                version = _version("tblite")
+            except Exception:  # not installed as a distribution (e.g. a source build)
+                version = "?"
+            return f"GFN2-xTB (tblite {version})", TBLite(method="GFN2-xTB", charge=charge, verbosity=0)
+    import pyscf.lib  # noqa: F401  (loads PySCF's OpenMP runtime now, so sampling can pin its threads)
+
+    return "HF/STO-3G (PySCF)", PySCFDriver(method="hf", basis="sto-3g", charge=charge)
+
+
+def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval: int = 25,
+                      timestep: float = 0.5, friction: float = 0.02, seed: int = 0,
+                      equilibration: int = 200, driver: str = "auto", charge: int = 0,
+                      progress: bool = False):
+    """Run Langevin MD and return (positions (n_frames, n_atoms, 3) Angstrom, info dict).
+
+    Velocities start from a Maxwell-Boltzmann distribution at ``temperature`` (no net momentum or
+    rotation); after ``equilibration`` steps a frame is taken every ``interval`` steps. All random
+    numbers come from ``numpy.random.default_rng(seed)``, so a seed gives the same trajectory.
+    ``info`` records every setting (stored as sampler metadata by ``wavecalc generate``).
+    """
+    from ase import units
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+
+    n_frames, interval, equilibration = int(n_frames), int(interval), int(equilibration)
+    if n_frames < 1 or interval < 1 or equilibration < 0:
+        raise ValueError("need n_frames >= 1, interval >= 1 and equilibration >= 0")
+    if not 0 < temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE:g}] K, got {temperature}")
+    if not (timestep > 0 and friction >= 0):
+        raise ValueError("need timestep > 0 fs and friction >= 0 1/fs")
+    atoms = atoms.copy()
+    if atoms.pbc.any():
+        raise ValueError("sampling is for isolated molecules (pbc must be False)")
+    name, calc = make_driver(driver, charge=charge)
+    atoms.calc = calc
+    rng = np.random.default_rng(int(seed))
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    atoms.set_constraint(FixCom())  # no centre-of-mass drift (ASE's recommended form of fixcm)
+    dyn = Langevin(atoms, timestep=timestep * units.fs, temperature_K=temperature,
+                   friction=friction / units.fs, fixcm=False, rng=rng)
+    bar = None
+    stack = ExitStack()
+    stack.enter_context(_single_threaded_openmp())
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=equilibration + n_frames * interval, desc="MD sampling", unit="step",
+                   dynamic_ncols=True)
+    frames = np.empty((n_frames, len(atoms), 3))
+    try:
+        if equilibration:
+            dyn.run(equilibration)
+            if bar is not None:
+                bar.update(equilibration)
+        for i in range(n_frames):
+            dyn.run(interval)
+            if bar is not None:
+                bar.update(interval)
+            frames[i] = atoms.positions
+            _check_frame(frames[i], i)
+    except CalculationFailed as exc:
+        raise RuntimeError(f"MD driver {name} failed: {exc}") from exc
+    finally:
+        if bar is not None:
+            bar.close()
+        stack.close()
+    info = {"driver": name, "temperature_K": float(temperature), "n_frames": n_frames,
+            "interval_steps": interval, "timestep_fs": float(timestep), "friction_per_fs": float(friction),
+            "equilibration_steps": equilibration, "seed": int(seed), "charge": int(charge),
+            "formula": atoms.get_chemical_formula()}
+    return frames, info
+
+
+def _check_frame(positions, i):
+    if not np.all(np.isfinite(positions)):
+        raise RuntimeError(f"MD produced non-finite positions at frame {i} (time step too large?)")
+    if len(positions) > 1:
+        d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+        d[np.diag_indices(len(positions))] = np.inf
+        if d.min() < 0.4:
+            raise RuntimeError(f"MD frame {i}: atoms closer than 0.4 Angstrom ({d.min():.3f}); "
+                               "lower the temperature or the time step")
+
+
+def _loaded_openmp_libraries():
+    """Paths of the OpenMP runtimes loaded in this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/lib" in line}
+    except OSError:
+        return []
+    names = ("libgomp", "libiomp", "libomp")
+    return sorted(p for p in paths if any(os.path.basename(p).startswith(n) for n in names))
+
+
+@contextmanager
+def _single_threaded_openmp():
+    """Run OpenMP code (tblite, PySCF) on one thread inside the block, restoring the thread counts.
+
+    Multi-threaded reductions differ in the last bits from run to run, and MD amplifies such
+    differences until trajectories diverge: one thread keeps a seed's trajectory bitwise
+    reproducible (and is as fast for molecules of a few dozen atoms).
+    """
+    saved = []
+    for path in _loaded_openmp_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+            saved.append((lib, int(lib.omp_get_max_threads())))
+            lib.omp_set_num_threads(1)
+        except (OSError, AttributeError):
+            continue
+    try:
+        yield
+    finally:
+        for lib, n in saved:
+            lib.omp_set_num_threads(n)
