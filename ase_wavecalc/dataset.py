@@ -72,7 +72,7 @@ REFERENCE_SETTINGS = ("method", "xc", "basis", "grid_level", "conv_tol")
 CANDIDATE_TABLE = "wavecalc_candidates"
 
 __all__ = ["FRAME_KEYS", "ARRAY_KEYS", "DatasetError", "connect", "frame_ids", "write_frame",
-           "update_metadata", "metadata", "read_dataset", "write_candidates", "read_candidates",
+           "check_metadata", "update_metadata", "metadata", "read_dataset", "write_candidates", "read_candidates",
            "import_npz"]
 
 
@@ -192,17 +192,21 @@ def write_frame(db, frame: int, numbers, positions_bohr, arrays: dict | None = N
         raise DatasetError(f"frame {frame} is already in {db.filename!r}") from exc
 
 
-def update_metadata(db, new: dict) -> dict:
-    """Merge ``new`` into ``db.metadata``; reference settings must agree with what is there.
-
-    Raises DatasetError when e.g. the basis of ``new`` differs from the basis of the frames already in
-    the file (mixing references would silently spoil a training set). Returns the merged metadata.
-    """
-    old = db.metadata
+def check_metadata(old: dict, new: dict, where: str = "the dataset") -> None:
+    """Raise DatasetError if a reference setting (``REFERENCE_SETTINGS``) differs between ``old`` and
+    ``new`` (mixing e.g. two basis sets would silently spoil a training set)."""
     for key in REFERENCE_SETTINGS:
         if key in old and key in new and not _same(old[key], new[key]):
-            raise DatasetError(f"{db.filename!r} holds {key}={old[key]!r}, cannot add frames with "
-                               f"{key}={new[key]!r}")
+            raise DatasetError(f"{where} holds {key}={old[key]!r}, cannot add frames with {key}={new[key]!r}")
+
+
+def update_metadata(db, new: dict) -> dict:
+    """Merge ``new`` into ``db.metadata`` after ``check_metadata``; returns the merged metadata.
+
+    Reference settings already present are kept; other entries are added or replaced.
+    """
+    old = db.metadata
+    check_metadata(old, new, repr(db.filename))
     merged = {**old, **{k: v for k, v in new.items() if k not in old or k not in REFERENCE_SETTINGS}}
     if merged != old:
         db.metadata = merged
@@ -287,24 +291,30 @@ def _formula(numbers):
 
 def write_candidates(db, numbers, positions_bohr, info: dict | None = None) -> None:
     """Store candidate geometries (frame ids 0..F-1) and merge ``info`` into the metadata, in one
-    transaction. Existing candidates must be identical (a re-run with other settings is refused)."""
+    transaction.
+
+    If the file already has candidates, they must be identical to the first of the new ones (a
+    longer run of the same deterministic trajectory): the extra ones are appended. Anything else
+    (other molecule, seed, temperature) raises DatasetError.
+    """
     numbers = np.asarray(numbers, dtype=np.int32).reshape(-1)
     positions_bohr = np.asarray(positions_bohr, dtype=np.float64).reshape(-1, len(numbers), 3)
     old = read_candidates(db)
+    start = 0
     if old is not None:
-        same = (np.array_equal(old[0], numbers) and old[1].shape == positions_bohr.shape
-                and np.array_equal(old[1], positions_bohr))
-        if not same:
-            raise DatasetError(f"{db.filename!r} already holds {len(old[1])} different candidate geometries "
-                               "(other molecule, seed, temperature or frame count?); use another --out")
-        return
+        start = len(old[1])
+        prefix = (np.array_equal(old[0], numbers) and start <= len(positions_bohr)
+                  and np.array_equal(old[1], positions_bohr[:start]))
+        if not prefix:
+            raise DatasetError(f"{db.filename!r} already holds {start} different candidate geometries "
+                               "(other molecule, seed, temperature or MD settings?); use another file")
     with db:  # one transaction: table, rows and metadata together or not at all
         con = db.connection
         con.execute(f"CREATE TABLE IF NOT EXISTS {CANDIDATE_TABLE} "
                     "(frame INTEGER PRIMARY KEY, numbers BLOB, positions_bohr BLOB)")
         con.executemany(f"INSERT INTO {CANDIDATE_TABLE} VALUES (?, ?, ?)",
-                        [(i, numbers.tobytes(), np.ascontiguousarray(p).tobytes())
-                         for i, p in enumerate(positions_bohr)])
+                        [(i, numbers.tobytes(), np.ascontiguousarray(positions_bohr[i]).tobytes())
+                         for i in range(start, len(positions_bohr))])
         if info:
             update_metadata(db, info)
 
