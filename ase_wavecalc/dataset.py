@@ -87,9 +87,9 @@ class DatasetError(ValueError):
 def connect(path, create: bool = False):
     """Open the dataset file ``path`` (an ASE SQLite database) and return the ASE database object.
 
-    ``create=False``: the file must exist (ASE would silently create an empty one) and be an ASE
-    SQLite database, else ``FileNotFoundError`` / ``DatasetError``. The unique index on ``frame`` is
-    created if missing.
+    ``create=False`` (readers): the file must exist (ASE would silently create an empty one) and be an
+    ASE SQLite database, else ``FileNotFoundError`` / ``DatasetError``; nothing is written.
+    ``create=True`` (writers): the file is created if missing, and the unique index on ``frame``.
     """
     import ase.db
 
@@ -106,9 +106,11 @@ def connect(path, create: bool = False):
     db = ase.db.connect(str(path), type="db", append=True)
     try:
         with db.managed_connection() as con:
-            # key 'frame' unique: a second row with the same frame id fails with sqlite3.IntegrityError
-            con.execute("CREATE UNIQUE INDEX IF NOT EXISTS wavecalc_unique_frame "
-                        "ON number_key_values(value) WHERE key = 'frame'")
+            if create:  # writers: a second row with the same frame id fails with sqlite3.IntegrityError
+                con.execute("CREATE UNIQUE INDEX IF NOT EXISTS wavecalc_unique_frame "
+                            "ON number_key_values(value) WHERE key = 'frame'")
+            else:  # readers never write (read-only files work); still check the file is readable
+                con.execute("SELECT COUNT(*) FROM systems").fetchone()
     except (sqlite3.DatabaseError, OSError) as exc:
         raise DatasetError(f"{str(path)!r}: cannot read as an ASE database: {exc}") from exc
     return db
