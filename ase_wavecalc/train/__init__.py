@@ -1,0 +1,27 @@
+"""Training of Hamiltonian models: config, batching, losses, metrics, the trainer, and the ``wavecalc
+train`` / ``evaluate`` / ``export`` commands.
+
+| module | job |
+|---|---|
+| ``config`` | TOML config -> validated dataclasses (misspelled keys are errors) |
+| ``data`` | dataset arrays -> torch batches; split by counts and seed; data order |
+| ``losses`` | loss terms registered by name (F MSE/MAE, orbital energies, energy, forces), weighted sum |
+| ``metrics`` | F, orbital-energy, orbital, density-matrix errors; ``evaluate_model`` |
+| ``trainer`` | AdamW + ReduceLROnPlateau + EMA, atomic checkpoints, bit-for-bit resume, time limits |
+| ``cli_train``, ``cli_evaluate``, ``cli_export`` | the sub-commands |
+
+Heavy imports stay inside the sub-modules; ``from ase_wavecalc.train import Trainer`` loads them lazily.
+"""
+__all__ = ["TrainConfig", "load_config", "Trainer", "TrainResult", "WeightedLoss", "register_loss_term",
+           "evaluate_model", "format_metrics"]
+
+_WHERE = {"TrainConfig": "config", "load_config": "config", "Trainer": "trainer", "TrainResult": "trainer",
+          "WeightedLoss": "losses", "register_loss_term": "losses", "evaluate_model": "metrics",
+          "format_metrics": "metrics"}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        import importlib
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,156 @@
+"""``wavecalc export RUN_DIR models/NAME [--test]``: a training run -> a shipped model.
+
+Writes the EMA weights (of the best validation epoch by default) with ``model.io.save_model`` and a
+JSON model card: architecture config, level of theory and basis, elements, datasets with sha256, the
+split (counts, seed, test frame ids), training time and epochs, and with ``--test`` the metrics on the
+held-out test split. The training config is copied beside it as ``train_config.toml``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_cli_arguments", "cli_main", "export_run", "load_run_model", "run_split_tables"]
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (holds checkpoint.pt)")
+    parser.add_argument("out", metavar="models/NAME", help="directory of the exported model")
+    parser.add_argument("--test", action="store_true",
+                        help="evaluate on the run's held-out test split and put the metrics in the card")
+    parser.add_argument("--weights", choices=("best", "last"), default="best",
+                        help="EMA weights of the best validation epoch (default) or of the last checkpoint")
+    parser.add_argument("--batch-size", type=int, default=16, help="structures per batch for --test")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+
+
+def load_run_model(run_dir, weights: str = "best", build_model=None):
+    """(model, info) from a run directory: the EMA weights of best.pt or checkpoint.pt, in the run's dtype.
+
+    ``info``: model_config, dtype, epoch/step of the weights, the checkpoint's progress dict and config.
+    """
+    from .trainer import load_checkpoint
+
+    if build_model is None:
+        from ..model import build_model
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    best_path = run_dir / "best.pt"
+    if weights == "best" and best_path.is_file():
+        best = torch.load(best_path, map_location="cpu", weights_only=True)
+        state, epoch, step, source = best["model"], best["epoch"], best["step"], "best"
+    else:
+        state = ckpt["ema"]["module"] if ckpt.get("ema") is not None else ckpt["model"]
+        epoch, step, source = ckpt["progress"]["epoch"], ckpt["progress"]["step"], "last"
+    dtype = torch.float64 if ckpt["dtype"] == "float64" else torch.float32
+    model = build_model(dict(ckpt["model_config"])).to(dtype)
+    model.load_state_dict(state)
+    model.eval()
+    info = {"model_config": ckpt["model_config"], "dtype": ckpt["dtype"], "epoch": int(epoch),
+            "step": int(step), "weights": source, "progress": ckpt["progress"], "config": ckpt["config"]}
+    return model, info
+
+
+def run_split_tables(run_dir, split: str = "test", check_hash: bool = True):
+    """(tables, row sets, split dict) for one split of a run, read from its split.json."""
+    from .data import load_table
+
+    info = json.loads((Path(run_dir) / "split.json").read_text())
+    tables, rows = [], []
+    for entry in info["datasets"]:
+        path = Path(entry.get("resolved_path", entry["path"]))
+        if not path.is_file():
+            path = Path(entry["path"])
+        table = load_table(path, sha256=check_hash)
+        if check_hash and table.sha256 != entry["sha256"]:
+            print(f"warning: {path} changed since training (sha256 differs); using the saved frame ids",
+                  file=sys.stderr)
+        tables.append(table)
+        rows.append(table.rows_of_frames(entry[split]))
+    return tables, rows, info
+
+
+def _versions() -> dict:
+    import ase
+    import e3nn
+    import pyscf
+
+    from .. import __version__
+    return {"ase_wavecalc": __version__, "torch": torch.__version__, "e3nn": e3nn.__version__,
+            "ase": ase.__version__, "pyscf": pyscf.__version__}
+
+
+def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metrics: dict | None) -> dict:
+    """The model card (JSON-serializable)."""
+    from ase.data import chemical_symbols
+
+    cfg = info["model_config"]
+    elements = [int(z) for z in cfg.get("elements", [])]
+    progress, train_cfg = info["progress"], info["config"]
+    return {
+        "name": None,  # filled by export_run
+        "architecture": cfg,
+        "dtype": info["dtype"],
+        "level_of_theory": {k: dataset_meta.get(k) for k in ("method", "xc", "basis", "grid_level", "conv_tol",
+                                                              "pyscf_version") if k in dataset_meta},
+        "basis": dataset_meta.get("basis", cfg.get("basis")),
+        "elements": elements,
+        "element_symbols": [chemical_symbols[z] for z in elements],
+        "units": {"fock": "Hartree", "positions": "Bohr", "energy": "Hartree"},
+        "datasets": [{"name": Path(d["path"]).name, "sha256": d["sha256"], "n_frames": d["n_frames"],
+                      "formula": d.get("formula")} for d in split["datasets"]],
+        "split": {"seed": split["seed"],
+                  "datasets": [{"name": Path(d["path"]).name, "sha256": d["sha256"], **d["counts"],
+                                "test_frames": d["test"]} for d in split["datasets"]]},
+        "training": {"epochs": progress["epoch"], "steps": progress["step"],
+                     "train_time_s": round(float(progress["train_time_s"]), 1),
+                     "weights": f"EMA, {info['weights']} (epoch {info['epoch']}, step {info['step']})",
+                     "best_epoch": progress["best_epoch"], "best_val_loss": progress["best_val_loss"],
+                     "loss": train_cfg["loss"], "optimizer": train_cfg["optimizer"],
+                     "scheduler": train_cfg["scheduler"], "precision": train_cfg["run"]["precision"],
+                     "batch_size": train_cfg["run"]["batch_size"]},
+        "test_metrics": test_metrics,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+
+
+def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_size: int = 16,
+               force: bool = False) -> dict:
+    """Export a run as a shipped model in directory ``out``; returns the card."""
+    from ..model.io import save_model
+    from .metrics import evaluate_model, format_metrics
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} exists and is not empty (--force overwrites)")
+    model, info = load_run_model(run_dir, weights)
+    tables, rows, split = run_split_tables(run_dir, "test", check_hash=True)
+    test_metrics = None
+    if test:
+        if sum(len(r) for r in rows) == 0:
+            raise ValueError(f"{run_dir}: the test split is empty")
+        test_metrics = evaluate_model(model, tables, rows, batch_size=batch_size)
+        print(format_metrics(test_metrics, f"test split ({test_metrics['n_structures']} structures):"))
+    card = build_card(run_dir, info, split, tables[0].metadata, test_metrics)
+    card["name"] = out.name
+    save_model(model, out, card)
+    shutil.copyfile(run_dir / "config.toml", out / "train_config.toml")
+    return card
+
+
+def cli_main(args) -> int:
+    try:
+        card = export_run(args.run_dir, args.out, test=args.test, weights=args.weights,
+                          batch_size=args.batch_size, force=args.force)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
+        print(f"wavecalc export: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {card['training']['weights']} to {args.out}")
+    return 0

@@ -1,0 +1,269 @@
+"""Training configuration: a TOML file read into typed, validated dataclasses.
+
+A config has five tables; every key is optional except ``data.datasets``. Misspelled keys are errors
+(with a suggestion), never silently ignored.
+
+```toml
+[data]
+seed = 0                               # seed of the train/val/test split
+[[data.datasets]]                      # one table per dataset file (one composition each)
+path = "data/water_pbe_def2svp.db"     # relative: to the working directory, else to this file
+train = 800                            # frame counts drawn without overlap; the rest is unused
+val = 100
+test = 100
+
+[model]                                # passed to ase_wavecalc.model.build_model as is; "basis" and
+                                       # "elements" default to the datasets' basis and elements
+
+[loss]                                 # term name -> weight (see ase_wavecalc.train.losses.LOSS_TERMS)
+fock_mse = 1.0                         # Hartree^2
+fock_mae = 1.0                         # Hartree
+orbital_energy = 0.0                   # occupied eigenvalues, Hartree^2
+
+[optimizer]                            # AdamW, gradient clipping, EMA of the weights
+lr = 1e-3
+weight_decay = 0.0
+betas = [0.9, 0.999]
+grad_clip = 10.0                       # max global gradient norm; 0 disables
+ema_decay = 0.99                       # 0 disables the EMA (validation then uses the raw weights)
+
+[scheduler]                            # ReduceLROnPlateau on the validation loss
+factor = 0.5
+patience = 10                          # epochs
+threshold = 1e-3                       # relative improvement that counts
+min_lr = 1e-6
+
+[run]
+precision = "float32"                  # or "float64"
+batch_size = 4                         # structures per step
+max_epochs = 1000
+max_steps = 0                          # 0: no limit
+max_time_min = 0                       # wall-time budget of one invocation in minutes; 0: no limit
+checkpoint_every_min = 10.0
+seed = 0                               # weight initialization and data order
+threads = 0                            # torch intra-op threads; 0 leaves torch's default
+progress = true                        # tqdm bar
+```
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+__all__ = ["DatasetSpec", "DataConfig", "OptimizerConfig", "SchedulerConfig", "RunConfig", "TrainConfig",
+           "load_config", "parse_config", "RUN_OVERRIDABLE"]
+
+# [run] keys that may change when a run is resumed (stop criteria and cosmetics, nothing that changes
+# the trajectory of the optimization)
+RUN_OVERRIDABLE = ("max_epochs", "max_steps", "max_time_min", "checkpoint_every_min", "threads", "progress")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used as written."""
+
+
+def _from_table(cls, table: dict, where: str):
+    """Build dataclass ``cls`` from a TOML table; unknown keys are errors with a close-match hint."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table, got {type(table).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in table:
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            raise ConfigError(f"unknown key {key!r} in [{where}]"
+                              + (f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(names)}"))
+    return cls(**table)
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset file and how many of its frames go to each split."""
+
+    path: str
+    train: int
+    val: int = 0
+    test: int = 0
+
+    def __post_init__(self):
+        for name in ("train", "val", "test"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"dataset {self.path}: {name} must be an integer >= 0, got {value!r}")
+        if self.train == 0:
+            raise ConfigError(f"dataset {self.path}: train must be > 0")
+
+
+@dataclass
+class DataConfig:
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.datasets = [d if isinstance(d, DatasetSpec) else _from_table(DatasetSpec, d, "data.datasets")
+                         for d in self.datasets]
+        if not self.datasets:
+            raise ConfigError("[data] needs at least one [[data.datasets]] table with a path")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 10.0
+    ema_decay: float = 0.99
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2:
+            raise ConfigError("optimizer.betas must have two numbers")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optimizer.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class SchedulerConfig:
+    factor: float = 0.5
+    patience: int = 10
+    threshold: float = 1e-3
+    min_lr: float = 1e-6
+
+    def __post_init__(self):
+        if not 0.0 < self.factor < 1.0:
+            raise ConfigError(f"scheduler.factor must be in (0, 1), got {self.factor}")
+
+
+@dataclass
+class RunConfig:
+    precision: str = "float32"
+    batch_size: int = 4
+    max_epochs: int = 1000
+    max_steps: int = 0
+    max_time_min: float = 0.0
+    checkpoint_every_min: float = 10.0
+    seed: int = 0
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.precision not in ("float32", "float64"):
+            raise ConfigError(f"run.precision must be 'float32' or 'float64', got {self.precision!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"run.batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def dtype(self):
+        import torch
+        return torch.float64 if self.precision == "float64" else torch.float32
+
+
+@dataclass
+class TrainConfig:
+    """The whole training config. ``source`` is the TOML text it was read from (saved with the run)."""
+
+    data: DataConfig
+    model: dict = field(default_factory=dict)
+    loss: dict = field(default_factory=lambda: {"fock_mse": 1.0, "fock_mae": 1.0})
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    base_dir: str = "."
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        """Plain-type dict of the settings (no ``base_dir``/``source``), as in the TOML file."""
+        out = dataclasses.asdict(self)
+        out.pop("base_dir")
+        out.pop("source")
+        out["optimizer"]["betas"] = list(out["optimizer"]["betas"])
+        return out
+
+    def resolve_path(self, path: str) -> Path:
+        """A dataset path: absolute as is; relative to the working directory if it exists there, else to
+        the directory of the config file."""
+        p = Path(os.path.expanduser(path))
+        if p.is_absolute() or p.exists():
+            return p.resolve() if p.exists() else p
+        alt = Path(self.base_dir) / p
+        return alt.resolve() if alt.exists() else p
+
+
+def parse_config(table: dict, base_dir: str | os.PathLike = ".", source: str = "") -> TrainConfig:
+    """Validate a config given as a dict (the parsed TOML)."""
+    from .losses import LOSS_TERMS
+
+    known = ("data", "model", "loss", "optimizer", "scheduler", "run")
+    for key in table:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(f"unknown table [{key}]" + (f"; did you mean [{hint[0]}]?" if hint else ""))
+    if "data" not in table:
+        raise ConfigError("the config needs a [data] table with [[data.datasets]]")
+    loss = dict(table.get("loss", {"fock_mse": 1.0, "fock_mae": 1.0}))
+    for name, weight in loss.items():
+        if name not in LOSS_TERMS:
+            hint = difflib.get_close_matches(name, list(LOSS_TERMS), n=1)
+            raise ConfigError(f"unknown loss term {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                              + f" (known: {', '.join(sorted(LOSS_TERMS))})")
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"loss weight {name} must be a number >= 0, got {weight!r}")
+        loss[name] = float(weight)
+    if not any(w > 0 for w in loss.values()):
+        raise ConfigError("[loss] has no term with a positive weight")
+    model = table.get("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError("[model] must be a table")
+    return TrainConfig(
+        data=_from_table(DataConfig, table["data"], "data"),
+        model=dict(model),
+        loss=loss,
+        optimizer=_from_table(OptimizerConfig, table.get("optimizer", {}), "optimizer"),
+        scheduler=_from_table(SchedulerConfig, table.get("scheduler", {}), "scheduler"),
+        run=_from_table(RunConfig, table.get("run", {}), "run"),
+        base_dir=str(base_dir),
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a TOML training config."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(table, base_dir=path.resolve().parent, source=text)
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        name = f"{prefix}{key}"
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, name + ".")
+        elif va != vb:
+            out.append(name)
+    return out
+
+
+def as_plain(value: Any):
+    """Tuples -> lists recursively (for JSON and for comparing configs)."""
+    if isinstance(value, dict):
+        return {k: as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_plain(v) for v in value]
+    return value

@@ -1,0 +1,150 @@
+"""Loss terms, registered by name, and their weighted sum.
+
+The config's ``[loss]`` table maps term names to weights; ``WeightedLoss`` evaluates the terms with a
+positive weight. A term is a function ``term(outputs, batch, cache) -> scalar tensor`` where ``outputs``
+is the model's output dict, ``batch`` a :class:`~ase_wavecalc.train.data.Batch` and ``cache`` a dict
+shared by the terms of one evaluation (so that e.g. ``energy`` and ``forces`` build the energy once).
+New terms plug in with :func:`register_loss_term`; a term that needs d/dR declares
+``needs_positions_grad=True`` and the trainer then makes the positions require grad before the forward.
+
+| term | compares | unit of the value |
+|---|---|---|
+| fock_mse | all elements of F | Hartree^2 |
+| fock_mae | all elements of F | Hartree |
+| orbital_energy | occupied eigenvalues of (F_pred, S) vs (F_ref, S), mean squared | Hartree^2 |
+| energy | total energy from ``ase_wavecalc.energy.total_energy`` (eigh density), mean squared | Hartree^2 |
+| forces | its gradient w.r.t. positions vs the reference gradient, mean squared | (Hartree/Bohr)^2 |
+
+PhiSNet trains on MSE + MAE of F; the orbital-energy term sharpens the occupied spectrum, which errors
+of F weigh unevenly. Energy and forces need the dataset's ``e_tot``/``gradient`` (loaded on demand, see
+``WeightedLoss.dataset_keys``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["LossTerm", "LOSS_TERMS", "register_loss_term", "WeightedLoss", "predicted_fock"]
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    name: str
+    fn: Callable
+    unit: str
+    needs_positions_grad: bool = False
+    dataset_keys: tuple[str, ...] = ()   # extra dataset arrays the term reads (beyond fock/overlap)
+
+
+LOSS_TERMS: dict[str, LossTerm] = {}
+
+
+def register_loss_term(name: str, unit: str = "", needs_positions_grad: bool = False,
+                       dataset_keys: tuple[str, ...] = ()):
+    """Decorator: register ``fn(outputs, batch, cache) -> scalar`` as loss term ``name``."""
+    def wrap(fn):
+        if name in LOSS_TERMS:
+            raise ValueError(f"loss term {name!r} is already registered")
+        LOSS_TERMS[name] = LossTerm(name, fn, unit, needs_positions_grad, tuple(dataset_keys))
+        return fn
+    return wrap
+
+
+def predicted_fock(outputs: dict) -> torch.Tensor:
+    """The (B, nao, nao) predicted Fock tensor (batches never mix compositions)."""
+    fock = outputs["fock"]
+    if isinstance(fock, (list, tuple)):
+        fock = torch.stack(list(fock))
+    return fock
+
+
+@register_loss_term("fock_mse", unit="Hartree^2")
+def fock_mse(outputs, batch, cache):
+    return (predicted_fock(outputs) - batch.fock).square().mean()
+
+
+@register_loss_term("fock_mae", unit="Hartree")
+def fock_mae(outputs, batch, cache):
+    return (predicted_fock(outputs) - batch.fock).abs().mean()
+
+
+@register_loss_term("orbital_energy", unit="Hartree^2")
+def orbital_energy(outputs, batch, cache):
+    """Mean squared error of the occupied eigenvalues; the eigenproblem is solved in float64."""
+    from ..electronic import solve_fock
+
+    fock = predicted_fock(outputs)
+    eps, _ = solve_fock(fock.double(), batch.overlap.double())
+    n = batch.n_occ
+    return (eps[..., :n] - batch.mo_energy[..., :n].double()).square().mean().to(fock.dtype)
+
+
+def predicted_energy(outputs, batch, cache) -> torch.Tensor:
+    """(B,) total energies in Hartree from the predicted F (cached per evaluation)."""
+    if "energy" not in cache:
+        from ..energy import total_energy
+
+        fock = predicted_fock(outputs)
+        core = outputs.get("core_correction")
+        atom_energy = outputs.get("atom_energy")
+        n = batch.n_atoms
+        numbers = batch.numbers[:n].tolist()
+        energies = []
+        for b in range(batch.n_structures):
+            e, _ = total_energy(numbers, batch.positions_bohr[b * n:(b + 1) * n], fock[b], batch.basis,
+                                core_correction=None if core is None else core[b],
+                                atom_energy=0.0 if atom_energy is None else atom_energy[b],
+                                charge=batch.charge, density="eigh")
+            energies.append(e)
+        cache["energy"] = torch.stack(energies)
+    return cache["energy"]
+
+
+@register_loss_term("energy", unit="Hartree^2", dataset_keys=("e_tot",))
+def energy(outputs, batch, cache):
+    return (predicted_energy(outputs, batch, cache) - batch.e_tot).square().mean()
+
+
+@register_loss_term("forces", unit="(Hartree/Bohr)^2", needs_positions_grad=True, dataset_keys=("gradient",))
+def forces(outputs, batch, cache):
+    if not batch.positions_bohr.requires_grad:
+        raise RuntimeError("the forces loss needs positions_bohr.requires_grad before the model runs")
+    e = predicted_energy(outputs, batch, cache)
+    (grad,) = torch.autograd.grad(e.sum(), batch.positions_bohr, create_graph=torch.is_grad_enabled())
+    return (grad.reshape(batch.gradient.shape) - batch.gradient).square().mean()
+
+
+class WeightedLoss:
+    """sum_k w_k * term_k over the terms with w_k > 0.
+
+    ``__call__`` returns ``(total, parts)``, ``parts`` the unweighted term values as floats.
+    """
+
+    def __init__(self, weights: dict[str, float]):
+        unknown = [k for k in weights if k not in LOSS_TERMS]
+        if unknown:
+            raise KeyError(f"unknown loss terms {unknown}; known: {sorted(LOSS_TERMS)}")
+        self.weights = {k: float(w) for k, w in weights.items() if float(w) > 0}
+        if not self.weights:
+            raise ValueError("no loss term has a positive weight")
+        self.terms = [LOSS_TERMS[k] for k in self.weights]
+
+    @property
+    def needs_positions_grad(self) -> bool:
+        return any(t.needs_positions_grad for t in self.terms)
+
+    @property
+    def dataset_keys(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(k for t in self.terms for k in t.dataset_keys))
+
+    def __call__(self, outputs: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        cache: dict = {}
+        total = 0.0
+        parts = {}
+        for term in self.terms:
+            value = term.fn(outputs, batch, cache)
+            parts[term.name] = float(value.detach())
+            total = total + self.weights[term.name] * value
+        return total, parts
