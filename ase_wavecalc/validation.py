@@ -1,0 +1,133 @@
+"""Checks of user input at the ASE boundary; every problem raises ``ase...InputError`` naming it.
+
+``check_atoms`` is called by :class:`ase_wavecalc.WaveCalculator` before every calculation. It rejects:
+
+| problem | example message |
+|---|---|
+| empty Atoms | "no atoms" |
+| periodic cell | "periodic boundary conditions (pbc=[True, True, True]) are not supported ..." |
+| NaN/inf positions | "position of atom 3 (H) is not finite ..." |
+| unsupported element | "element Xe (Z=54) is not supported ... supported: H, C, O" |
+| element missing from the basis | "basis 'sto-3g' has no functions for element Xe (Z=54)" |
+| non-integer charge | "charge must be an integer" |
+| charge not supported | "charge 1 is not supported ..." |
+| spin != 0 / odd electron count | "closed-shell molecules only ..." |
+| overlapping atoms | "atoms 0 (O) and 1 (H) are 0.050 Angstrom apart ..." |
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+from ase.calculators.calculator import InputError
+from ase.data import chemical_symbols
+
+__all__ = ["check_atoms", "MIN_DISTANCE"]
+
+MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
+
+
+def _symbol(z: int) -> str:
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}"
+
+
+@functools.lru_cache(maxsize=512)
+def _basis_has_element(basis: str, symbol: str) -> bool:
+    from pyscf.gto import basis as pyscf_basis
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shells = pyscf_basis.load(basis, symbol)
+    except Exception:  # BasisNotFoundError, or an unknown basis name
+        return False
+    return len(shells) > 0
+
+
+def check_atoms(atoms, elements=None, charge=0, spin=0, basis=None, *, charges=None,
+                min_distance: float = MIN_DISTANCE) -> None:
+    """Raise ``InputError`` unless ``atoms`` is a valid closed-shell, non-periodic molecule.
+
+    Parameters
+    ----------
+    atoms: ase.Atoms (positions in Angstrom).
+    elements: supported atomic numbers (or symbols); None means any element with ``basis`` functions.
+    charge: total charge requested (integer).
+    spin: number of unpaired electrons (2S) requested; only 0 is supported.
+    basis: PySCF basis name; when given, every element must have functions in it.
+    charges: the charges the provider supports (e.g. ``{0}`` for a network trained on neutral
+        molecules); None allows any integer charge that gives an even electron count.
+    min_distance: atoms closer than this (Angstrom) are reported as overlapping.
+    """
+    n = len(atoms)
+    if n == 0:
+        raise InputError("no atoms: the Atoms object is empty")
+
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.any():
+        raise InputError(f"periodic boundary conditions (pbc={pbc.tolist()}) are not supported: "
+                         "ase-wavecalc computes isolated molecules; set atoms.pbc = False")
+
+    numbers = np.asarray(atoms.numbers, dtype=int)
+    positions = np.asarray(atoms.positions, dtype=float)
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(f"position of atom {i} ({_symbol(numbers[i])}) is not finite "
+                         f"({positions[i].tolist()}); {len(bad)} atom(s) have NaN or inf positions")
+
+    unique = sorted(set(numbers.tolist()))
+    for z in unique:
+        if z <= 0:
+            raise InputError(f"element {_symbol(z)} (Z={z}) is not a real atom and is not supported "
+                             "(ghost/dummy atoms are not allowed)")
+    if elements is not None:
+        allowed = {int(z) if not isinstance(z, str) else chemical_symbols.index(z) for z in elements}
+        missing = [z for z in unique if z not in allowed]
+        if missing:
+            names = ", ".join(f"{_symbol(z)} (Z={z})" for z in missing)
+            supported = ", ".join(_symbol(z) for z in sorted(allowed))
+            raise InputError(f"element {names} is not supported; supported elements: {supported}")
+    if isinstance(basis, str):
+        for z in unique:
+            if not _basis_has_element(basis, _symbol(z)):
+                raise InputError(f"basis {basis!r} has no functions for element {_symbol(z)} (Z={z})")
+
+    try:
+        charge_ok = float(charge) == int(charge)
+    except (TypeError, ValueError):
+        charge_ok = False
+    if not charge_ok:
+        raise InputError(f"charge must be an integer, got {charge!r}")
+    charge = int(charge)
+    if charges is not None and charge not in {int(c) for c in charges}:
+        raise InputError(f"charge {charge} is not supported by this Hamiltonian provider; supported: "
+                         f"{sorted(int(c) for c in charges)}")
+    try:
+        spin_ok = float(spin) == int(spin)
+    except (TypeError, ValueError):
+        spin_ok = False
+    if not spin_ok or int(spin) != 0:
+        raise InputError(f"closed-shell molecules only: spin={spin!r} (2S, number of unpaired "
+                         "electrons) is not supported, use spin=0")
+    n_electrons = int(numbers.sum()) - charge
+    if n_electrons <= 0:
+        raise InputError(f"{n_electrons} electrons (sum of Z = {numbers.sum()}, charge {charge}): "
+                         "at least two electrons are needed")
+    if n_electrons % 2:
+        raise InputError(f"closed-shell molecules only: {atoms.get_chemical_formula()} with charge "
+                         f"{charge} has {n_electrons} electrons (odd, an open shell); change the charge "
+                         "by one to get a closed shell")
+
+    if n > 1:
+        from scipy.spatial import cKDTree
+
+        pairs = cKDTree(positions).query_pairs(r=float(min_distance), output_type="ndarray")
+        if len(pairs):
+            dist = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
+            k = int(np.argmin(dist))
+            i, j = sorted(int(x) for x in pairs[k])
+            raise InputError(f"atoms {i} ({_symbol(numbers[i])}) and {j} ({_symbol(numbers[j])}) are "
+                             f"{dist[k]:.3f} Angstrom apart (overlapping; minimum {min_distance} "
+                             f"Angstrom); {len(pairs)} such pair(s)")
