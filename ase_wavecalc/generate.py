@@ -197,7 +197,7 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
         if own:
             for fut in futures:
                 fut.cancel()
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True)  # pending futures were cancelled above
             cleanup()
     summary["reference_seconds"] = float(np.mean(ref_seconds)) if ref_seconds else float("nan")
     summary["not_converged"].sort()

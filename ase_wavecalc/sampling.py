@@ -145,7 +145,7 @@ def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval
     from ase import units
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md import velocitydistribution as vd
 
     n_frames, interval, equilibration = int(n_frames), int(interval), int(equilibration)
     if n_frames < 1 or interval < 1 or equilibration < 0:
@@ -160,9 +160,11 @@ def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval
     name, calc = make_driver(driver, charge=charge)
     atoms.calc = calc
     rng = np.random.default_rng(int(seed))
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
+    # Maxwell-Boltzmann momenta (thermalize_momenta from ASE 3.29, the older name before)
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+    thermalize(atoms, temperature_K=temperature, rng=rng)
+    vd.Stationary(atoms)
+    vd.ZeroRotation(atoms)
     atoms.set_constraint(FixCom())  # no centre-of-mass drift (ASE's recommended form of fixcm)
     dyn = Langevin(atoms, timestep=timestep * units.fs, temperature_K=temperature,
                    friction=friction / units.fs, fixcm=False, rng=rng)

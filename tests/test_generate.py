@@ -1,0 +1,164 @@
+"""Sampling and `wavecalc generate`: end to end, kill -9 and resume, SCF failures, Dask."""
+import concurrent.futures as cf
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.io import write
+
+from ase_wavecalc import cli, generate as generate_module
+from ase_wavecalc.dataset import connect, frame_ids, metadata, read_candidates, read_dataset
+from ase_wavecalc.generate import generate
+from ase_wavecalc.reference import run_reference
+from ase_wavecalc.sampling import load_structure, sample_geometries
+from ase_wavecalc.units import BOHR
+
+FAST = dict(method="hf", basis="sto-3g", equilibration=20, interval=10, progress=False, log=lambda *a: None)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def test_load_structure_from_name_and_files(tmp_path):
+    water = load_structure("H2O")
+    assert water.get_chemical_formula() == "H2O" and water.calc is None and not water.pbc.any()
+    traj = [molecule("CH4"), molecule("NH3")]
+    write(tmp_path / "m.xyz", traj)
+    write(tmp_path / "m.extxyz", traj)
+    write(tmp_path / "m.db", traj)
+    for name in ("m.xyz", "m.extxyz", "m.db"):
+        assert load_structure(tmp_path / name).get_chemical_formula() == "CH4"  # first structure
+    assert load_structure(f"{tmp_path / 'm.xyz'}@1").get_chemical_formula() == "H3N"
+    with pytest.raises(ValueError, match="neither an existing file"):
+        load_structure("not-a-molecule")
+
+
+def test_sampling_is_deterministic_and_thermal():
+    water = load_structure("H2O")
+    a, info = sample_geometries(water, 4, temperature=500, seed=7, equilibration=40)
+    b, _ = sample_geometries(water, 4, temperature=500, seed=7, equilibration=40)
+    c, _ = sample_geometries(water, 4, temperature=500, seed=8, equilibration=40)
+    np.testing.assert_array_equal(a, b)  # bitwise: OpenMP pinned to one thread during the MD
+    assert np.abs(a - c).max() > 1e-3
+    longer, _ = sample_geometries(water, 6, temperature=500, seed=7, equilibration=40)
+    np.testing.assert_array_equal(longer[:4], a)  # more frames continue the same trajectory
+    assert info["temperature_K"] == 500 and info["seed"] == 7 and info["interval_steps"] == 25
+    d_oh = np.linalg.norm(a[:, 1] - a[:, 0], axis=-1)
+    assert np.all((0.85 < d_oh) & (d_oh < 1.15)) and np.std(d_oh) > 1e-3  # bonded, but moving
+    with pytest.raises(ValueError, match="temperature"):
+        sample_geometries(water, 2, temperature=-5)
+
+
+def test_pyscf_fallback_driver():
+    water = load_structure("H2O")
+    a, info = sample_geometries(water, 2, seed=1, equilibration=4, interval=3, driver="pyscf")
+    b, _ = sample_geometries(water, 2, seed=1, equilibration=4, interval=3, driver="pyscf")
+    assert info["driver"].startswith("HF/STO-3G")
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+
+def test_generate_end_to_end_two_workers(tmp_path):
+    out = tmp_path / "water.db"
+    s = generate("H2O", out, n_frames=3, workers=2, seed=2, **FAST)
+    assert s["computed"] == 3 and not s["not_converged"] and not s["errors"]
+    d = read_dataset(out)
+    assert list(d["frame"]) == [0, 1, 2] and d["fock"].shape == (3, 7, 7)
+    numbers, candidates = read_candidates(connect(out))
+    np.testing.assert_allclose(d["positions_bohr"], candidates, rtol=1e-15)
+    ref = run_reference(numbers, candidates[1] * BOHR, method="hf", basis="sto-3g")
+    assert abs(d["e_tot"][1] - ref["e_tot"]) < 1e-10
+    np.testing.assert_allclose(d["gradient"][1], ref["gradient"], atol=1e-8)
+    md = metadata(out)
+    assert md["method"] == "rhf" and md["basis"] == "sto-3g" and md["sampler"]["seed"] == 2
+    assert md["sampler"]["driver"].startswith(("GFN2-xTB", "HF/STO-3G"))
+
+    again = generate("H2O", out, n_frames=3, workers=2, seed=2, **FAST)  # nothing left to do
+    assert again["computed"] == 0 and again["already_done"] == 3
+    with pytest.raises(ValueError, match="seed"):
+        generate("H2O", out, n_frames=3, seed=3, **FAST)
+    with pytest.raises(ValueError, match="basis"):
+        generate("H2O", out, n_frames=3, seed=2, **{**FAST, "basis": "6-31g"})
+
+
+def _rows(path):
+    try:
+        with sqlite3.connect(path, timeout=0.1) as con:
+            return con.execute("SELECT COUNT(*) FROM systems").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet, or locked by the writer for a moment
+        return 0
+
+
+def test_sigkill_then_resume(tmp_path):
+    """kill -9 the whole job once frames are being written; the same command finishes the set."""
+    out = tmp_path / "kill.db"
+    n = 10
+    cmd = [sys.executable, "-m", "ase_wavecalc.cli", "generate", "H2O", "--out", str(out), "--method", "pbe",
+           "--basis", "sto-3g", "--grid-level", "1", "--n-frames", str(n), "--seed", "5", "--interval", "10",
+           "--equilibration", "20", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while _rows(out) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()
+
+    with sqlite3.connect(out) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    partial = read_dataset(out)  # whole frames only, all arrays present
+    assert 1 <= len(partial["frame"]) < n
+    assert len(set(partial["frame"])) == len(partial["frame"])
+    candidates_before = read_candidates(connect(out))[1]
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    d = read_dataset(out)
+    assert list(d["frame"]) == list(range(n))  # none lost, none duplicated
+    np.testing.assert_array_equal(read_candidates(connect(out))[1], candidates_before)
+    for i, frame in enumerate(partial["frame"]):  # frames from before the kill are kept as they were
+        assert d["e_tot"][frame] == partial["e_tot"][i]
+    assert f"{n} good frames of {n}" in done.stdout
+
+
+def test_not_converged_frames_are_reported_and_stored_as_failed(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bad.db"
+    with cf.ThreadPoolExecutor(1) as pool:
+        s = generate("H2O", out, n_frames=2, seed=4, max_cycle=1, executor=pool,
+                     **{**FAST, "method": "pbe"})
+    assert s["not_converged"] == [0, 1] and s["computed"] == 0
+    db = connect(out)
+    rows = list(db.select())
+    assert all(not r.converged and "not converged" in r.error for r in rows)
+    assert all(r.get("energy") is None and not r.data for r in rows)  # nothing that looks like a result
+    with pytest.raises(ValueError, match="no converged frames"):
+        read_dataset(out)
+
+    # the CLI reports them (a thread pool stands in for the process pool to keep this fast)
+    monkeypatch.setattr(generate_module, "_make_executor",
+                        lambda *a: (cf.ThreadPoolExecutor(1), "test threads", lambda: None))
+    args = ["generate", "H2O", "--out", str(out), "--method", "pbe", "--basis", "sto-3g", "--n-frames", "2",
+            "--seed", "4", "--interval", "10", "--equilibration", "20", "--quiet"]
+    assert cli.main(args + ["--max-cycle", "1"]) == 0
+    assert "2 frames did not converge" in capsys.readouterr().out
+    assert cli.main(args + ["--retry-failed"]) == 0
+    assert "2 good frames of 2" in capsys.readouterr().out
+    assert frame_ids(connect(out), converged=True) == {0, 1} and len(connect(out)) == 2
+
+
+def test_dask_executor(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    out = tmp_path / "dask.db"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        s = generate("H2O", out, n_frames=2, seed=6, dask_scheduler=cluster.scheduler_address, **FAST)
+    assert s["computed"] == 2
+    assert list(read_dataset(out)["frame"]) == [0, 1]
