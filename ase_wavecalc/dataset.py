@@ -381,6 +381,9 @@ def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
         if not p.is_file():
             raise FileNotFoundError(f"npz part {str(p)!r} does not exist")
     db = connect(out, create=True)
+    if read_candidates(db) is not None:
+        raise DatasetError(f"{str(out)!r} is a `wavecalc generate` dataset (its frame ids belong to stored "
+                           "candidates); import into a separate file")
     done = {}
     next_frame = 0
     for row in db.select(include_data=False):

@@ -277,6 +277,10 @@ def cli_main(args) -> int:
         print("\nwavecalc generate: interrupted; finished frames are saved, re-run the same command to resume",
               file=sys.stderr)
         return 130
+    except cf.process.BrokenProcessPool as exc:
+        print(f"wavecalc generate: a worker process died ({exc}; out of memory?); finished frames are saved, "
+              "re-run the same command (perhaps with fewer --workers) to resume", file=sys.stderr)
+        return 1
     except (DatasetError, ValueError, FileNotFoundError, ImportError) as exc:
         print(f"wavecalc generate: error: {exc}", file=sys.stderr)
         return 1

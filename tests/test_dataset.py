@@ -207,3 +207,8 @@ def test_import_npz_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         import_npz(tmp_path / "x.db", [tmp_path / "missing.npz"], progress=False)
     assert cli.main(["import-npz", str(tmp_path / "x.db"), str(tmp_path / "missing.npz"), "--quiet"]) == 1
+    if WATER_PARTS:  # a generate dataset owns its frame ids: no imports into it
+        gen = tmp_path / "gen.db"
+        write_candidates(connect(gen, create=True), NUMBERS, np.zeros((2, 3, 3)))
+        with pytest.raises(DatasetError, match="generate"):
+            import_npz(gen, WATER_PARTS[:1], max_frames=1, progress=False)
