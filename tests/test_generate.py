@@ -100,7 +100,7 @@ def _rows(path):
 def test_sigkill_then_resume(tmp_path):
     """kill -9 the whole job once frames are being written; the same command finishes the set."""
     out = tmp_path / "kill.db"
-    n = 10
+    n = 6
     cmd = [sys.executable, "-m", "ase_wavecalc.cli", "generate", "H2O", "--out", str(out), "--method", "pbe",
            "--basis", "sto-3g", "--grid-level", "1", "--n-frames", str(n), "--seed", "5", "--interval", "10",
            "--equilibration", "20", "--workers", "1", "--quiet"]
