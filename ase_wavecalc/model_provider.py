@@ -1,0 +1,114 @@
+"""The trained network as a Hamiltonian provider for :class:`~ase_wavecalc.WaveCalculator`.
+
+``ModelProvider(model)`` loads a shipped model (name) or a model directory and implements the provider
+interface of :mod:`ase_wavecalc.providers`: F from the network, S from PySCF integrals, orbitals and
+density from F C = S C eps, and, for models trained with an energy head, the total energy of
+:mod:`ase_wavecalc.energy` with its exact gradient (autograd through the network, PySCF's analytic
+derivatives of S and h_core, and the degeneracy-safe density-matrix response).
+
+The network may run in float32 for speed (``dtype="float32"``); the electronic-structure part (eigenproblem,
+traces, energy) always runs in float64, so the absolute energy keeps its precision.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from . import energy as energy_mod
+from . import integrals
+from .providers import HamiltonianProvider, HamiltonianResult
+
+__all__ = ["ModelProvider"]
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class ModelProvider(HamiltonianProvider):
+    """Hamiltonian (and energy/forces) from a trained equivariant network.
+
+    Parameters
+    ----------
+    model: a shipped model name (``models/NAME``), a model directory, or an in-memory
+        ``HamiltonianModel`` (then ``card`` describes it).
+    dtype: "float64" (default; MD energy conservation) or "float32" for the network.
+    charge: must be the charge the model was trained for (its card's ``charge``, default 0).
+    """
+
+    def __init__(self, model, dtype: str = "float64", charge: int = 0, card: dict | None = None):
+        from .model.io import load_model
+
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        self.dtype = _DTYPES[dtype]
+        if isinstance(model, torch.nn.Module):
+            self.model, self.card = model.to(self.dtype), dict(card or {})
+            self.name = self.card.get("name", type(model).__name__)
+        else:
+            self.model, self.card = load_model(model, dtype=self.dtype)
+            self.name = str(model)
+        self.model.eval()
+        config = getattr(self.model, "config", None) or self.card.get("config", {})
+        self.basis = str(config["basis"])
+        self.elements = frozenset(int(z) for z in config["elements"])
+        trained_charge = int(self.card.get("charge", 0))
+        if int(charge) != trained_charge:
+            raise ValueError(f"model {self.name!r} was trained for charge {trained_charge}, not {charge}")
+        self.charge = trained_charge
+        self.has_energy = bool(config.get("energy_head", False)) and bool(self.card.get("energy_trained", True))
+
+    def describe(self) -> dict:
+        return {"provider": "ModelProvider", "model": self.name, "basis": self.basis,
+                "level_of_theory": self.card.get("level_of_theory"), "dtype": str(self.dtype).split(".")[-1],
+                "charge": self.charge}
+
+    def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
+        """F, S, orbitals, density; energy (Hartree) and gradient (Hartree/Bohr) for energy models."""
+        start = time.perf_counter()
+        numbers = np.asarray(numbers, dtype=int).reshape(-1)
+        want_energy_grad = want_gradient and self.has_energy
+        pos64 = torch.tensor(np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3),
+                             requires_grad=want_energy_grad)
+        z = torch.as_tensor(numbers, dtype=torch.long)
+        with torch.set_grad_enabled(want_energy_grad):
+            out = self.model(z, pos64.to(self.dtype), None)
+            fock = _single(out["fock"]).to(torch.float64)
+            mol = integrals.make_mol(numbers, pos64.detach().numpy(), self.basis, charge=self.charge)
+            gradient = None
+            if self.has_energy:
+                core = _single(out["core_correction"]).to(torch.float64)
+                atom_energy = out["atom_energy"].reshape(-1)[0].to(torch.float64)
+                e_tot, parts = energy_mod.total_energy(numbers, pos64, fock, self.basis, core_correction=core,
+                                                       atom_energy=atom_energy, charge=self.charge,
+                                                       density="projector")
+                overlap, hcore = parts["overlap"], parts["hcore"]
+                if want_energy_grad:
+                    (gradient,) = torch.autograd.grad(e_tot, pos64)
+                e_value = e_tot.detach()
+            else:
+                overlap = torch.as_tensor(integrals.overlap(mol))
+                hcore = None
+                e_value = float("nan")
+        result = HamiltonianResult.from_fock(mol, fock.detach(), overlap.detach(), e_value,
+                                             gradient=None if gradient is None else gradient.detach(),
+                                             hcore=None if hcore is None else hcore.detach(),
+                                             info={"seconds": time.perf_counter() - start, "model": self.name})
+        return result
+
+    def require_energy(self):
+        """Raise ``PropertyNotImplementedError`` if the model predicts only the Hamiltonian."""
+        if not self.has_energy:
+            raise PropertyNotImplementedError(
+                f"model {self.name!r} predicts the Hamiltonian only (no energy head trained): energy and "
+                f"forces are not available; orbitals, density, charges and dipole are")
+
+
+def _single(x):
+    """The one molecule's matrix from a model output ((1, nao, nao) tensor or a one-element list)."""
+    if isinstance(x, (list, tuple)):
+        if len(x) != 1:
+            raise ValueError("expected one molecule")
+        return x[0]
+    return x[0] if x.dim() == 3 else x
