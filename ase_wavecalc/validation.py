@@ -90,9 +90,13 @@ def check_atoms(atoms, elements=None, charge=0, spin=0, basis=None, *, charges=N
             supported = ", ".join(_symbol(z) for z in sorted(allowed))
             raise InputError(f"element {names} is not supported; supported elements: {supported}")
     if isinstance(basis, str):
-        for z in unique:
-            if not _basis_has_element(basis, _symbol(z)):
-                raise InputError(f"basis {basis!r} has no functions for element {_symbol(z)} (Z={z})")
+        missing = [z for z in unique if not _basis_has_element(basis, _symbol(z))]
+        if missing and len(missing) == len(unique) and not _basis_has_element(basis, "H"):
+            raise InputError(f"basis {basis!r} is not known to PySCF (or has none of the elements "
+                             f"{', '.join(_symbol(z) for z in unique)})")
+        if missing:
+            z = missing[0]
+            raise InputError(f"basis {basis!r} has no functions for element {_symbol(z)} (Z={z})")
 
     try:
         charge_ok = float(charge) == int(charge)

@@ -1,0 +1,313 @@
+"""``WaveCalculator``: the ASE calculator (the only place where atomic units meet eV and Angstrom).
+
+Properties (``atoms.get_...``), computed from one Hamiltonian per geometry:
+
+| property | shape | unit | from |
+|---|---|---|---|
+| energy, free_energy | () | eV | provider (total energy; free_energy = energy, no smearing) |
+| forces | (n, 3) | eV/Angstrom | minus the provider's analytic gradient |
+| dipole | (3,) | e*Angstrom | nuclei - Tr[P r], origin at (0, 0, 0) of the Atoms frame |
+| charges | (n,) | e | Mulliken charges of P |
+
+Electronic structure (methods of the calculator; computed on demand, cached with the results):
+
+| method | returns | unit |
+|---|---|---|
+| get_eigenvalues(kpt=0, spin=0) | orbital energies (nmo,), ascending | eV |
+| get_occupation_numbers(kpt=0, spin=0) | 2 or 0 per orbital (closed shell, spin-summed) | electrons |
+| get_homo_lumo() | (HOMO, LUMO) | eV |
+| get_fermi_level() | mid-gap (HOMO + LUMO) / 2, a convention for molecules | eV |
+| get_number_of_bands() / get_number_of_spins() | nmo / 1 | - |
+| get_hamiltonian() / get_core_hamiltonian() | F / h (nao, nao), PySCF AO order | Hartree |
+| get_overlap() / get_density_matrix() / get_mo_coefficients() | S / P / C | a.u. |
+| get_pseudo_density(...) / get_density_on_grid(...) | electron density on a box | e/Angstrom^3 |
+| get_electron_density(points) | density at points (m, 3) Angstrom | e/Angstrom^3 |
+| write_cube(filename, ...) | Gaussian cube file of the density (Bohr, e/Bohr^3, as the format says) | - |
+
+Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf" or a PySCF xc name),
+``basis``, ``charge``, ``spin`` (2S; only 0), ``conv_tol``, ``grid_level``, ``max_cycle``,
+``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``). A
+ready-made provider object may be passed as ``provider=`` instead (then method/basis/... do not apply).
+"""
+from __future__ import annotations
+
+import numpy as np
+from ase.calculators.calculator import (CalculationFailed, Calculator, InputError, all_changes)
+
+from . import electronic
+from .units import BOHR, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
+from .validation import check_atoms
+
+__all__ = ["WaveCalculator"]
+
+# parameters that configure the PySCF provider (they do not apply to a model or a given provider)
+_PYSCF_KEYS = ("method", "basis", "conv_tol", "grid_level", "max_cycle", "grid_response")
+
+
+class WaveCalculator(Calculator):
+    """ASE calculator for closed-shell molecules from a Kohn-Sham/Fock Hamiltonian.
+
+    Examples
+    --------
+    >>> WaveCalculator()                                  # exact PBE/def2-SVP with PySCF
+    >>> WaveCalculator(method="hf", basis="sto-3g")
+    >>> WaveCalculator(model="ethanol-pbe-def2svp")       # trained network (providers.ModelProvider)
+    >>> WaveCalculator(provider=my_provider)              # any object with the providers.py interface
+
+    Bad input (periodic cells, unsupported elements, open shells, NaN or overlapping atoms, unknown
+    parameters) raises ``ase.calculators.calculator.InputError``; failures of the electronic-structure
+    code (e.g. an SCF that does not converge) raise ``CalculationFailed``.
+    """
+
+    implemented_properties = ("energy", "free_energy", "forces", "dipole", "charges")
+    default_parameters = {
+        "method": "pbe",
+        "basis": "def2-svp",
+        "charge": 0,
+        "spin": 0,
+        "conv_tol": 1e-10,
+        "grid_level": 3,
+        "max_cycle": 100,
+        "grid_response": False,
+        "model": None,
+    }
+    discard_results_on_any_change = True
+
+    def __init__(self, provider=None, restart=None, label=None, atoms=None, directory=".", **kwargs):
+        self._provider_given = provider
+        self._provider = provider
+        self._result = None
+        bad = sorted(set(kwargs) - set(self.default_parameters))
+        if bad:
+            raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
+                             f"{sorted(self.default_parameters)} and provider=")
+        if provider is not None:
+            clash = sorted(k for k in set(_PYSCF_KEYS) | {"model"} if k in kwargs)
+            if clash:
+                raise InputError(f"parameters {clash} do not apply when provider= is given")
+            kwargs.setdefault("charge", int(getattr(provider, "charge", 0)))
+        super().__init__(restart=restart, label=label, atoms=atoms, directory=directory, **kwargs)
+
+    # -- parameters ------------------------------------------------------------------------------
+    def set(self, **kwargs):
+        bad = sorted(set(kwargs) - set(self.default_parameters) - {"parameters"})
+        if bad:
+            raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
+                             f"{sorted(self.default_parameters)}")
+        changed = super().set(**kwargs)
+        if changed and self._provider_given is None:
+            self._provider = None   # rebuilt with the new settings on the next calculation
+        return changed
+
+    def reset(self):
+        super().reset()
+        self._result = None
+
+    @property
+    def provider(self):
+        """The Hamiltonian provider (built from the parameters on first use)."""
+        if self._provider is None:
+            self._provider = self._make_provider()
+        return self._provider
+
+    def _make_provider(self):
+        from . import providers
+
+        p = self.parameters
+        if p.get("model") is not None:
+            model_provider = getattr(providers, "ModelProvider", None)
+            if model_provider is None:
+                raise InputError(f"model={p['model']!r} needs ase_wavecalc.providers.ModelProvider, "
+                                 "which this installation does not have; use method=/basis= for the "
+                                 "exact PySCF Hamiltonian")
+            provider = model_provider(p["model"])
+            if int(getattr(provider, "charge", 0)) != int(p["charge"]):
+                raise InputError(f"model {p['model']!r} was trained for charge "
+                                 f"{getattr(provider, 'charge', 0)}, not charge={p['charge']}")
+            return provider
+        try:
+            return providers.PySCFProvider(
+                method=p["method"], basis=p["basis"], charge=int(p["charge"]), conv_tol=p["conv_tol"],
+                grid_level=p["grid_level"], max_cycle=p["max_cycle"], grid_response=p["grid_response"])
+        except ValueError as exc:   # unknown functional etc.
+            raise InputError(str(exc)) from exc
+
+    # -- the calculation -------------------------------------------------------------------------
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        if self.atoms is None:
+            raise InputError("no Atoms: attach the calculator (atoms.calc = calc) or pass atoms")
+        provider = self.provider
+        charge = self.parameters["charge"]
+        basis = getattr(provider, "basis", None)
+        check_atoms(self.atoms, elements=getattr(provider, "elements", None), charge=charge,
+                    spin=self.parameters["spin"], basis=basis if isinstance(basis, str) else None,
+                    charges=getattr(provider, "charges", None))
+        if int(getattr(provider, "charge", charge)) != int(charge):
+            raise InputError(f"the provider computes charge {provider.charge}, but charge={charge} "
+                             "was asked for")
+
+        want_gradient = "forces" in properties
+        numbers = self.atoms.numbers.copy()
+        positions_bohr = self.atoms.positions / BOHR
+        try:
+            result = provider.compute(numbers, positions_bohr, want_gradient)
+        except (InputError, CalculationFailed):
+            raise
+        except Exception as exc:  # anything the electronic-structure code throws
+            raise CalculationFailed(f"{provider!r} failed: {type(exc).__name__}: {exc}") from exc
+        self._result = result
+
+        mol = result.mol
+        dm = _torch(result.dm)
+        dipole = electronic.dipole_moment(dm, _ao_dipole(mol), mol.atom_charges(), mol.atom_coords())
+        charges = electronic.mulliken_charges(dm, _torch(result.overlap), _ao_atom(mol),
+                                              mol.atom_charges())
+        energy = hartree_to_ev(float(result.energy))
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "dipole": bohr_to_angstrom(dipole.numpy()),
+            "charges": charges.numpy(),
+        }
+        if result.gradient is not None:
+            self.results["forces"] = gradient_au_to_forces_ev(np.asarray(result.gradient, dtype=float))
+        elif want_gradient:
+            raise CalculationFailed(f"{provider!r} returned no gradient although forces were requested")
+
+    def _electronic(self, atoms=None):
+        """The HamiltonianResult of ``atoms`` (default: the last atoms; calculated if needed)."""
+        if atoms is None and self.atoms is None:
+            raise InputError("no calculation yet: run e.g. atoms.get_potential_energy() first (the "
+                             "calculator only knows the atoms it has computed)")
+        self.get_property("energy", atoms)
+        return self._result
+
+    # -- electronic structure, ASE names ---------------------------------------------------------
+    def get_number_of_spins(self):
+        return 1
+
+    def get_spin_polarized(self):
+        return False
+
+    def get_number_of_bands(self):
+        return int(len(self._electronic().mo_energy))
+
+    def get_ibz_k_points(self):
+        return np.zeros((1, 3))
+
+    def get_k_point_weights(self):
+        return np.ones(1)
+
+    @staticmethod
+    def _check_kpt_spin(kpt, spin):
+        if kpt != 0 or spin != 0:
+            raise IndexError(f"a molecule has one k-point (kpt=0) and one spin channel (spin=0); got "
+                             f"kpt={kpt}, spin={spin}")
+
+    def get_eigenvalues(self, kpt=0, spin=0):
+        """Orbital energies (nmo,) in eV, ascending."""
+        self._check_kpt_spin(kpt, spin)
+        return hartree_to_ev(np.array(self._electronic().mo_energy, dtype=float))
+
+    def get_occupation_numbers(self, kpt=0, spin=0):
+        """Occupations (nmo,): 2 for occupied orbitals, 0 otherwise (closed shell, spin-summed)."""
+        self._check_kpt_spin(kpt, spin)
+        return np.array(self._electronic().mo_occ, dtype=float)
+
+    def get_number_of_electrons(self):
+        return float(np.sum(self._electronic().mo_occ))
+
+    def get_homo_lumo(self):
+        """(HOMO, LUMO) orbital energies in eV (NaN LUMO if the basis has no virtual orbital)."""
+        res = self._electronic()
+        homo, lumo = electronic.homo_lumo(_torch(res.mo_energy), res.n_occ)
+        return hartree_to_ev(float(homo)), hartree_to_ev(float(lumo))
+
+    def get_homo_lumo_gap(self):
+        homo, lumo = self.get_homo_lumo()
+        return lumo - homo
+
+    def get_fermi_level(self):
+        """Mid-gap energy (HOMO + LUMO) / 2 in eV: the zero-temperature convention for a gapped molecule."""
+        homo, lumo = self.get_homo_lumo()
+        return 0.5 * (homo + lumo)
+
+    # -- matrices in atomic units, PySCF AO order ------------------------------------------------
+    def get_hamiltonian(self):
+        """Kohn-Sham/Fock matrix F (nao, nao) in Hartree, PySCF spherical AO order."""
+        return np.array(self._electronic().fock, dtype=float)
+
+    def get_core_hamiltonian(self):
+        """Core Hamiltonian h (nao, nao) in Hartree (None if the provider does not give it)."""
+        hcore = self._electronic().hcore
+        return None if hcore is None else np.array(hcore, dtype=float)
+
+    def get_overlap(self):
+        """AO overlap matrix S (nao, nao)."""
+        return np.array(self._electronic().overlap, dtype=float)
+
+    def get_density_matrix(self):
+        """Density matrix P (nao, nao) with Tr[P S] = number of electrons."""
+        return np.array(self._electronic().dm, dtype=float)
+
+    def get_mo_coefficients(self):
+        """Orbital coefficients C (nao, nmo), columns, C^T S C = 1."""
+        return np.array(self._electronic().mo_coeff, dtype=float)
+
+    def get_pyscf_mol(self):
+        """The ``pyscf.gto.Mole`` of the last calculation (Bohr), e.g. for further integrals."""
+        return self._electronic().mol
+
+    # -- electron density --------------------------------------------------------------------------
+    def get_electron_density(self, points):
+        """All-electron density at ``points`` (m, 3) in Angstrom, returned in e/Angstrom^3."""
+        res = self._electronic()
+        pts = np.asarray(points, dtype=float).reshape(-1, 3) / BOHR
+        rho = electronic.density_on_points(res.mol, res.dm, pts).numpy()
+        return rho / BOHR**3
+
+    def get_density_on_grid(self, nx=60, ny=60, nz=60, margin=2.0):
+        """Density on a box around the molecule: ``(rho (nx, ny, nz) e/A^3, origin (3,) A, axes (3, 3) A)``.
+
+        The box encloses all atoms plus ``margin`` Angstrom; point (i, j, k) is at
+        ``origin + i*axes[0] + j*axes[1] + k*axes[2]``.
+        """
+        res = self._electronic()
+        rho, origin, axes = electronic.density_on_grid(res.mol, res.dm, nx, ny, nz, margin / BOHR)
+        return rho / BOHR**3, origin * BOHR, axes * BOHR
+
+    def get_pseudo_density(self, spin=None, pad=True, nx=60, ny=60, nz=60, margin=2.0):
+        """All-electron density (no pseudopotentials) on the box of :meth:`get_density_on_grid`, e/A^3."""
+        if spin not in (None, 0):
+            raise IndexError("closed shell: only spin=None or 0")
+        return self.get_density_on_grid(nx, ny, nz, margin)[0]
+
+    def write_cube(self, filename, nx=80, ny=80, nz=80, margin=2.0):
+        """Write the electron density as a Gaussian cube file (the format's units: Bohr, e/Bohr^3).
+
+        ``margin`` (Angstrom) around the atoms; written by ``pyscf.tools.cubegen``.
+        """
+        res = self._electronic()
+        electronic.write_cube(filename, res.mol, res.dm, nx, ny, nz, margin / BOHR)
+
+
+def _torch(x):
+    import torch
+
+    if torch.is_tensor(x):
+        return x.detach().to(torch.float64)
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+def _ao_dipole(mol):
+    from .integrals import ao_dipole
+
+    return ao_dipole(mol)
+
+
+def _ao_atom(mol):
+    from .integrals import ao_atom_index
+
+    return ao_atom_index(mol)
+
