@@ -1,0 +1,382 @@
+"""The Hamiltonian network: atoms and positions -> Fock matrix (and optional energy-head outputs).
+
+Architecture (PhiSNet's outputs, NequIP-style message passing, eSCN-style edge-frame products):
+
+1. Embedding: element -> C scalars (0e) per atom; all other irreps start at zero.
+2. ``num_layers`` interaction blocks. Each edge (i <- j) of every ordered atom pair of a molecule:
+   rotate the neighbour's features into the bond frame, scale them per (channel, irrep) by a radial MLP
+   of Bessel functions times a smooth envelope (zero beyond ``cutoff``), apply the channel-wise
+   edge-frame tensor product with Y(r_hat) (``SO2Conv``), scale again per output irrep, rotate back, sum
+   over neighbours / sqrt(avg_num_neighbors). Update h <- h + Gate(Linear(messages) + Linear(h)).
+   Features carry every L <= lmax = 2 * (highest l of the basis) with both parities (E(3)-equivariant).
+3. Pair features for every ordered pair (i, j), i != j, whether or not within ``cutoff`` (off-diagonal
+   blocks need them): the features of i and j in the bond frame go through an edge-frame tensor product
+   and are modulated per (channel, irrep) by an MLP of the pair's invariants: the m = 0 components of
+   both atoms' natural-parity irreps in the bond frame (projections of each environment on the bond
+   axis), Bessel functions of the distance up to ``pair_cutoff`` and both elements. That makes the pair
+   block depend jointly on both environments (PhiSNet gets this from pair tensor products, at a much
+   higher cost). Optional edge-frame residual blocks follow (``pair_layers``).
+4. Readout (``blocks.BlockReadout``): per element (diagonal blocks, with 0e biases = mean atom block)
+   and per ordered element pair (off-diagonal blocks), a linear map to the irreps the block needs and one
+   Clebsch-Gordan assembly matmul into PySCF order. F_ii = (B_ii + B_ii^T)/2, F_ij = (B_ij + B_ji^T)/2:
+   symmetric and permutation-equivariant by construction.
+
+Inputs and outputs (atomic units, PySCF spherical AO order):
+
+| key | shape | unit |
+|---|---|---|
+| numbers | (N,) long | |
+| positions | (N, 3) | Bohr |
+| batch | (N,) long or None | molecule index 0..B-1 |
+| "fock" | (B, nao, nao), or list of (nao_b, nao_b) for mixed compositions | Hartree |
+| "core_correction" | like "fock" (only with ``energy_head``) | Hartree |
+| "atom_energy" | (B,) sum of per-element offsets e0[Z] | Hartree |
+
+Scatter sums use torch's own ``index_add`` rather than torch-scatter: torch-scatter has no wheels for
+current torch and takes minutes to compile, and ``index_add`` is just as fast at this size.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..basis import BasisLayout
+from .blocks import BlockReadout, MatrixIndex, build_matrix_index
+from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGate, NodeLinear, SO2Conv, WignerD,
+                     edge_frame, rotate_in, rotate_out)
+from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
+
+__all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE"]
+
+MODEL_TYPE = "wavecalc-so2-hamiltonian"
+
+# Defaults: def2-SVP water/ethanol, trains on 2 CPU cores (see docs in the report / README)
+DEFAULT_CONFIG = {
+    "model_type": MODEL_TYPE,
+    "basis": "def2-svp",
+    "elements": [1, 6, 8],
+    "channels": 24,              # C: channels of every irrep of the atom features
+    "lmax": None,                # None: 2 * (highest l of the basis), 4 for def2-SVP
+    "parity": True,              # E(3) (both parities) vs SE(3) (natural parity only, cheaper)
+    "num_layers": 3,
+    "cutoff": 10.0,              # Bohr, message passing
+    "num_radial": 8,
+    "radial_hidden": 32,
+    "envelope_exponent": 6,
+    "avg_num_neighbors": 6.0,    # messages are summed and divided by sqrt(this)
+    "pair_channels": 24,
+    "pair_layers": 0,            # extra edge-frame residual blocks on the pair features
+    "pair_cutoff": 20.0,         # Bohr: off-diagonal blocks go smoothly to 0 beyond it
+    "pair_num_radial": 12,
+    "pair_hidden": 64,
+    "energy_head": False,        # adds "core_correction"
+}
+
+
+def default_config(**overrides) -> dict:
+    """A copy of ``DEFAULT_CONFIG`` with ``overrides`` applied (unknown keys are errors)."""
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    _check_keys(overrides)
+    cfg.update(copy.deepcopy(overrides))
+    return cfg
+
+
+def _check_keys(config: dict) -> None:
+    for key in config:
+        if key not in DEFAULT_CONFIG:
+            hint = difflib.get_close_matches(key, DEFAULT_CONFIG, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"unknown model config key {key!r}{extra}")
+
+
+def _resolve_config(config: dict) -> dict:
+    _check_keys(config)
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg.update(copy.deepcopy(config))
+    if cfg["model_type"] != MODEL_TYPE:
+        raise ValueError(f"model_type {cfg['model_type']!r} is not {MODEL_TYPE!r}")
+    cfg["basis"] = str(cfg["basis"]).lower()
+    elements = sorted({int(z) for z in cfg["elements"]})
+    if not elements:
+        raise ValueError("config 'elements' is empty")
+    cfg["elements"] = elements
+    layout = BasisLayout(cfg["basis"], elements)  # raises for elements the basis lacks
+    if cfg["lmax"] is None:
+        cfg["lmax"] = 2 * layout.max_l
+    cfg["lmax"] = int(cfg["lmax"])
+    if cfg["lmax"] < 2 * layout.max_l:
+        raise ValueError(f"lmax={cfg['lmax']} is too small for {cfg['basis']}: blocks need L up to "
+                         f"{2 * layout.max_l}")
+    for key in ("channels", "num_layers", "num_radial", "radial_hidden", "pair_channels", "pair_num_radial",
+                "pair_hidden", "envelope_exponent"):
+        cfg[key] = int(cfg[key])
+        if cfg[key] < (0 if key == "num_layers" else 1):
+            raise ValueError(f"config {key!r} must be positive")
+    cfg["pair_layers"] = int(cfg["pair_layers"])
+    for key in ("cutoff", "pair_cutoff", "avg_num_neighbors"):
+        cfg[key] = float(cfg[key])
+        if cfg[key] <= 0:
+            raise ValueError(f"config {key!r} must be positive")
+    cfg["parity"] = bool(cfg["parity"])
+    cfg["energy_head"] = bool(cfg["energy_head"])
+    return cfg
+
+
+class _ScaleHead(ConstantsMixin, nn.Module):
+    """Turns invariant MLP outputs into per-component edge-frame scalings (D, E, C).
+
+    scale[c, (q, |m|)] = a[c, q] * b[(q, |m|)]: a per (channel, irrep) factor times a channel-shared
+    per-(irrep, |m|) factor. Both are invariant under rotations about the bond (and mirror planes), so
+    multiplying edge-frame features by them keeps equivariance; the |m| factor lets sigma (m = 0) and pi
+    (|m| = 1) ... couplings have their own distance dependence.
+    """
+
+    def __init__(self, layout: FeatureLayout, channels: int):
+        super().__init__()
+        self.layout, self.channels = layout, int(channels)
+        self.size = self.channels * layout.n_irreps + layout.n_irm
+        self.register_constant("comp_irrep_m", layout.comp_irrep_m)
+        self.register_constant("comp_irm_m", layout.comp_irm_m)
+
+    def forward(self, r: torch.Tensor, env: torch.Tensor | None = None) -> torch.Tensor:
+        E, C, nq = r.shape[0], self.channels, self.layout.n_irreps
+        a = r[:, :C * nq].view(E, nq, C).transpose(0, 1).index_select(0, self.comp_irrep_m)
+        b = r[:, C * nq:]
+        if env is not None:
+            b = b * env[:, None]
+        return a * b.T.index_select(0, self.comp_irm_m)[:, :, None]
+
+    def scalar(self, r: torch.Tensor, env: torch.Tensor | None = None) -> torch.Tensor:
+        """The 0e component of ``forward`` only: (E, C)."""
+        C, nq = self.channels, self.layout.n_irreps
+        b = r[:, C * nq] if env is None else r[:, C * nq] * env
+        return r[:, :C] * b[:, None]
+
+
+class Interaction(nn.Module):
+    """One message-passing block: h (N, D, C) l-order -> (N, D, C). irreps_in = irreps_out = C x layout.
+
+    message_ij = D(Q_ij) [ S_out * SO2Conv( S_in * D(Q_ij)^T Linear(h_j) ) ], S = radial scalings
+    (``_ScaleHead`` of an MLP of Bessel functions; the envelope multiplies S_in, so messages vanish
+    smoothly at the cutoff); h_i <- h_i + Gate(Linear(sum_j message_ij / sqrt(avg_num_neighbors))
+    + Linear(h_i)).
+    """
+
+    def __init__(self, layout: FeatureLayout, channels: int, num_radial: int, radial_hidden: int,
+                 avg_num_neighbors: float):
+        super().__init__()
+        self.layout, self.channels = layout, channels
+        self.irreps_in = self.irreps_out = layout.irreps_str(channels)
+        self.lin_pre = NodeLinear(layout, channels, channels)
+        self.scale_in = _ScaleHead(layout, channels)
+        self.scale_out = _ScaleHead(layout, channels)
+        self.radial = RadialMLP(num_radial, radial_hidden, 2 * self.scale_in.size)
+        self.conv = SO2Conv(layout, channels)
+        self.lin_post = NodeLinear(layout, channels, channels)
+        self.lin_self = NodeLinear(layout, channels, channels)
+        self.gate = NodeGate(layout, channels)
+        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
+
+    def forward(self, h, Ds, rbf, env, src, dst, scalar_input: bool = False):
+        x = self.lin_pre(h)
+        r = self.radial(rbf)
+        r_in, r_out = r[:, :self.scale_in.size], r[:, self.scale_in.size:]
+        if scalar_input:  # only 0e is non-zero (and rotation-invariant): skip the rotation in
+            mt = self.conv.forward_scalar(x[src, 0] * self.scale_in.scalar(r_in, env))
+        else:
+            mt = self.conv(rotate_in(x[src], Ds, self.layout) * self.scale_in(r_in, env))
+        m = rotate_out(mt * self.scale_out(r_out), Ds, self.layout)
+        agg = torch.zeros_like(h).index_add_(0, dst, m) * self.norm
+        return h + self.gate(self.lin_post(agg) + self.lin_self(h))
+
+
+class PairFeatures(nn.Module):
+    """Features of every ordered pair (i, j): h (N, D, C) -> (E, D, Cp) lab frame, l-order.
+
+    In the bond frame of (i, j): Linear(h_i) and Linear'(h_j) (Cp channels each) are scaled, sent
+    through the edge-frame tensor product and summed, then scaled again. The scalings come from an MLP
+    of the pair's invariants: the m = 0 natural-parity components of both atoms' features in the bond
+    frame, Bessel functions of the distance (times an envelope at ``pair_cutoff``) and both elements, so
+    the block depends jointly on the two environments. ``pair_layers`` residual blocks
+    (EdgeLinear -> EdgeGate -> SO2Conv) follow.
+    """
+
+    def __init__(self, layout: FeatureLayout, channels: int, pair_channels: int, n_elements: int,
+                 num_radial: int, hidden: int, cutoff: float, envelope_exponent: int, num_layers: int):
+        super().__init__()
+        self.layout, self.cp = layout, pair_channels
+        self.irreps_in = layout.irreps_str(channels)
+        self.irreps_out = layout.irreps_str(pair_channels)
+        self.n_elements = n_elements
+        self.lin = NodeLinear(layout, channels, 2 * pair_channels)
+        self.rbf = BesselBasis(num_radial, cutoff)
+        self.env = PolynomialEnvelope(cutoff, envelope_exponent)
+        self.scale_in = _ScaleHead(layout, 2 * pair_channels)
+        self.scale_out = _ScaleHead(layout, pair_channels)
+        n_inv = 2 * pair_channels * len(layout.m0_invariant) + num_radial + 2 * n_elements
+        self.filter = RadialMLP(n_inv, hidden, self.scale_in.size + self.scale_out.size, num_hidden_layers=1,
+                                bias=True)
+        self.conv = SO2Conv(layout, 2 * pair_channels)
+        self.blocks = nn.ModuleList()
+        for _ in range(num_layers):
+            self.blocks.append(nn.ModuleList([EdgeLinear(layout, pair_channels, pair_channels, bias=True),
+                                              EdgeGate(layout, pair_channels),
+                                              SO2Conv(layout, pair_channels)]))
+        self.register_buffer("m0_invariant", layout.m0_invariant.clone(), persistent=False)
+
+    def forward(self, h, Ds, d, src, dst, elem):
+        E, cp = src.shape[0], self.cp
+        x = self.lin(h)
+        xe = torch.cat([x[dst][:, :, :cp], x[src][:, :, cp:]], 2)      # (E, D, 2Cp): role i, role j
+        xt = rotate_in(xe, Ds, self.layout)                            # (D, E, 2Cp)
+        onehot = torch.nn.functional.one_hot(elem, self.n_elements).to(h.dtype)
+        env = self.env(d)
+        inv = torch.cat([xt[self.m0_invariant].transpose(0, 1).reshape(E, -1), self.rbf(d) * env[:, None],
+                         onehot[dst], onehot[src]], -1)
+        f = self.filter(inv)
+        s_in, s_out = f[:, :self.scale_in.size], f[:, self.scale_in.size:]
+        pt = self.conv(xt * self.scale_in(s_in))
+        pt = (pt[:, :, :cp] + pt[:, :, cp:]) * self.scale_out(s_out, env)
+        for lin, gate, conv in self.blocks:
+            pt = pt + conv(gate(lin(pt)))
+        return rotate_out(pt, Ds, self.layout)
+
+
+class HamiltonianModel(nn.Module):
+    """Equivariant Fock-matrix network; build it with :func:`build_model` (see module docstring)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        cfg = _resolve_config(config)
+        self.config = cfg
+        self.basis_layout = BasisLayout(cfg["basis"], cfg["elements"])
+        self.elements = tuple(cfg["elements"])
+        self.layout = FeatureLayout(cfg["lmax"], cfg["parity"])
+        self.heads = 2 if cfg["energy_head"] else 1
+        C, n_el = cfg["channels"], len(self.elements)
+        self.irreps_hidden = self.layout.irreps_str(C)
+
+        self.embedding = nn.Parameter(torch.randn(n_el, C))
+        self.wigner = WignerD(cfg["lmax"])
+        self.rbf = BesselBasis(cfg["num_radial"], cfg["cutoff"])
+        self.envelope = PolynomialEnvelope(cfg["cutoff"], cfg["envelope_exponent"])
+        self.interactions = nn.ModuleList([
+            Interaction(self.layout, C, cfg["num_radial"], cfg["radial_hidden"], cfg["avg_num_neighbors"])
+            for _ in range(cfg["num_layers"])])
+        self.pair = PairFeatures(self.layout, C, cfg["pair_channels"], n_el, cfg["pair_num_radial"],
+                                 cfg["pair_hidden"], cfg["pair_cutoff"], cfg["envelope_exponent"],
+                                 cfg["pair_layers"])
+        bl = self.basis_layout
+        self.atom_readout = nn.ModuleDict()
+        self.pair_readout = nn.ModuleDict()
+        for za in self.elements:
+            pa = bl.e3nn_to_pyscf(za)
+            self.atom_readout[str(za)] = BlockReadout(self.layout, C, self.heads, bl.shells(za), bl.shells(za),
+                                                      pa, pa, diagonal=True, bias=True)
+            for zb in self.elements:
+                self.pair_readout[f"{za}-{zb}"] = BlockReadout(
+                    self.layout, cfg["pair_channels"], self.heads, bl.shells(za), bl.shells(zb), pa,
+                    bl.e3nn_to_pyscf(zb), diagonal=False, bias=False)
+        # e0[Z] in Hartree, per element (index = position in config "elements"); the trainer may set it
+        self.atom_energy_offsets = nn.Parameter(torch.zeros(n_el))
+        self._index_cache: OrderedDict = OrderedDict()
+
+    # ------------------------------------------------------------------------------------------
+    def n_parameters(self) -> int:
+        """Trainable parameters that influence the output (masked readout padding excluded)."""
+        n = 0
+        for name, p in self.named_parameters():
+            if name.endswith(".weight") and ("atom_readout" in name or "pair_readout" in name):
+                continue
+            if name.endswith(".bias") and ("atom_readout" in name or "pair_readout" in name):
+                continue
+            n += p.numel()
+        for ro in list(self.atom_readout.values()) + list(self.pair_readout.values()):
+            n += ro.n_effective_parameters
+        return n
+
+    def set_mean_block(self, z: int, block) -> None:
+        """Set element ``z``'s diagonal-block biases to the invariant part of a mean atom block (Hartree)."""
+        self.atom_readout[str(int(z))].set_mean_block(block)
+
+    def matrix_index(self, numbers: torch.Tensor, batch: torch.Tensor | None) -> MatrixIndex:
+        """Edges and block placement for this composition (cached: training repeats compositions)."""
+        nums = numbers.detach().cpu().numpy().astype(np.int64)
+        bat = (np.zeros(len(nums), dtype=np.int64) if batch is None
+               else batch.detach().cpu().numpy().astype(np.int64))
+        key = (nums.tobytes(), bat.tobytes(), str(numbers.device))
+        idx = self._index_cache.get(key)
+        if idx is None:
+            idx = build_matrix_index(self.basis_layout, self.elements, nums, bat, numbers.device)
+            self._index_cache[key] = idx
+            while len(self._index_cache) > 32:
+                self._index_cache.popitem(last=False)
+        else:
+            self._index_cache.move_to_end(key)
+        return idx
+
+    def forward(self, numbers: torch.Tensor, positions: torch.Tensor, batch: torch.Tensor | None = None) -> dict:
+        if numbers.dim() != 1 or positions.shape != (numbers.shape[0], 3):
+            raise ValueError(f"numbers (N,) and positions (N, 3) expected, got {tuple(numbers.shape)} and "
+                             f"{tuple(positions.shape)}")
+        if batch is not None and batch.shape != numbers.shape:
+            raise ValueError("batch must have the shape of numbers")
+        ix = self.matrix_index(numbers, batch)
+        dtype = self.embedding.dtype
+        pos = positions.to(dtype)
+        vec = (pos[ix.src] - pos[ix.dst])[:, [1, 2, 0]]          # r_j - r_i, fed to e3nn as (y, z, x)
+        d = torch.linalg.norm(vec, dim=-1)
+        if d.numel() and float(d.detach().min()) < 1e-3:
+            raise ValueError("two atoms (almost) coincide")
+        Ds = self.wigner(edge_frame(vec / d[:, None]))
+        rbf = self.rbf(d)
+        env = self.envelope(d)
+
+        N, C = numbers.shape[0], self.config["channels"]
+        h = torch.cat([self.embedding[ix.elem][:, None, :],
+                       torch.zeros(N, self.layout.dim - 1, C, dtype=dtype, device=pos.device)], 1)
+        for k, block in enumerate(self.interactions):
+            h = block(h, Ds, rbf, env, ix.src, ix.dst, scalar_input=(k == 0))
+        p = self.pair(h, Ds, d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
+
+        values = []
+        for kind, key, items, _n in ix.groups:
+            if kind == "atom":
+                v = self.atom_readout[str(key)](h[items])
+            else:
+                v = self.pair_readout[f"{key[0]}-{key[1]}"](p[items])
+            values.append(v.transpose(0, 1).reshape(self.heads, -1))
+        flat = torch.cat(values, 1)[:, ix.gather]                  # (heads, total) back-to-back matrices
+
+        out = {}
+        names = ["fock", "core_correction"][: self.heads]
+        for hd, name in enumerate(names):
+            if ix.same_composition:
+                n = ix.nao[0]
+                m = flat[hd].view(ix.n_mol, n, n)
+                out[name] = 0.5 * (m + m.transpose(1, 2))
+            else:
+                mats = []
+                for b in range(ix.n_mol):
+                    n = ix.nao[b]
+                    m = flat[hd, ix.offsets[b]:ix.offsets[b] + n * n].view(n, n)
+                    mats.append(0.5 * (m + m.T))
+                out[name] = mats
+        e0 = self.atom_energy_offsets[ix.elem]
+        out["atom_energy"] = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, e0)
+        return out
+
+
+def build_model(config: dict) -> HamiltonianModel:
+    """Build a :class:`HamiltonianModel` from a JSON-serializable config (missing keys take defaults).
+
+    ``model.config`` holds the fully resolved config (every key, ``lmax`` filled in); it alone
+    determines the architecture and is what ``save_model`` writes into the model card.
+    """
+    return HamiltonianModel(config)
