@@ -35,7 +35,7 @@ import torch
 
 from . import electronic, integrals
 
-__all__ = ["electronic_energy", "density_from_eigh", "total_energy", "n_occupied"]
+__all__ = ["electronic_energy", "density_from_eigh", "one_electron_matrices", "total_energy", "n_occupied"]
 
 
 def n_occupied(numbers: Sequence[int], charge: int = 0) -> int:
@@ -58,21 +58,55 @@ def density_from_eigh(fock: torch.Tensor, overlap: torch.Tensor, n_occ: int) -> 
     return 2.0 * c_occ @ c_occ.transpose(-1, -2)
 
 
+def one_electron_matrices(numbers, positions_bohr: torch.Tensor, basis: str, derivative_order: int = 1):
+    """Overlap S and core Hamiltonian h_core (nao, nao) as differentiable functions of the positions.
+
+    ``derivative_order=1`` (default): S and h are built as their first-order expansion around the
+    current positions, ``M0 + sum_Ax dM/dR_Ax (R - R0)_Ax`` with ``R0`` a detached copy. Value and first
+    derivative are exact; second derivatives with respect to the positions are zero. That is all forces,
+    and a force loss in training, need, and it keeps ``loss.backward()`` from computing second-derivative
+    integrals. ``derivative_order=2``: the autograd ops of :mod:`integrals` (exact to second order, e.g.
+    for Hessians by double autograd).
+    """
+    if derivative_order == 2 or not positions_bohr.requires_grad:
+        return (integrals.overlap_torch(numbers, positions_bohr, basis),
+                integrals.core_hamiltonian_torch(numbers, positions_bohr, basis))
+    if derivative_order != 1:
+        raise ValueError(f"derivative_order must be 1 or 2, got {derivative_order}")
+    kw = dict(dtype=positions_bohr.dtype, device=positions_bohr.device)
+    mol = integrals.make_mol(numbers, positions_bohr.detach().cpu().numpy(), basis)
+    delta = positions_bohr - positions_bohr.detach()
+    matrices = []
+    for value, derivative in ((integrals.overlap, integrals.overlap_derivative),
+                              (integrals.core_hamiltonian, integrals.core_hamiltonian_derivative)):
+        m0 = torch.as_tensor(value(mol), **kw)
+        dm = torch.as_tensor(derivative(mol), **kw)
+        matrices.append(m0 + torch.einsum("ax,axij->ij", delta, dm))
+    return tuple(matrices)
+
+
 def total_energy(numbers, positions_bohr: torch.Tensor, fock: torch.Tensor, basis: str,
                  core_correction: torch.Tensor | None = None, atom_energy: torch.Tensor | float = 0.0,
-                 charge: int = 0, density: str = "projector") -> tuple[torch.Tensor, dict]:
+                 charge: int = 0, density: str = "projector", derivative_order: int = 1
+                 ) -> tuple[torch.Tensor, dict]:
     """Total energy (Hartree, 0-dim tensor) of one molecule and the intermediate matrices.
 
     ``positions_bohr`` (n, 3) should require grad when forces are wanted; ``fock`` and
     ``core_correction`` (nao, nao) are the network outputs at those positions (PySCF AO order).
+    Everything is evaluated in float64 (inputs of lower precision are promoted): total energies are
+    hundreds of Hartree and are wanted to micro-Hartree. ``derivative_order``: see
+    :func:`one_electron_matrices`.
     Returns ``(e_tot, parts)`` with ``parts`` holding ``dm``, ``overlap``, ``hcore``, ``e_nuc``,
-    ``e_elec`` (tensors in the dtype of ``fock``).
+    ``e_elec`` (float64 tensors).
     """
     numbers = np.asarray(numbers, dtype=int).reshape(-1)
-    dtype = fock.dtype
-    positions = positions_bohr.to(dtype)
-    overlap = integrals.overlap_torch(numbers, positions, basis)
-    hcore = integrals.core_hamiltonian_torch(numbers, positions, basis)
+    positions = positions_bohr.to(torch.float64)
+    fock = fock.to(torch.float64)
+    if core_correction is not None:
+        core_correction = core_correction.to(torch.float64)
+    if torch.is_tensor(atom_energy):
+        atom_energy = atom_energy.to(torch.float64)
+    overlap, hcore = one_electron_matrices(numbers, positions, basis, derivative_order)
     core = hcore if core_correction is None else hcore + core_correction
     n_occ = n_occupied(numbers, charge)
     if density == "projector":

@@ -83,6 +83,20 @@ def test_eigh_and_projector_back_ends_agree():
     assert (grads[0][1] - grads[1][1]).abs().max() < 1e-9
 
 
+def test_first_order_matrices_match_exact_ops():
+    """The linearized S and h (default) give the same value and gradient as the exact autograd ops."""
+    numbers, pos = _positions("H2O", 0.05, seed=2)
+    grads = []
+    for order in (1, 2):
+        p = pos.clone().requires_grad_(True)
+        s, h = energy.one_electron_matrices(numbers, p, "def2-svp", derivative_order=order)
+        w = torch.linspace(-1, 1, s.numel(), dtype=torch.float64).reshape(s.shape)
+        loss = (w * s).sum() + (w.T * h).sum()
+        grads.append((s.detach(), h.detach(), torch.autograd.grad(loss, p)[0]))
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-12
+
+
 def test_odd_electron_count_rejected():
     with pytest.raises(ValueError, match="closed-shell"):
         energy.n_occupied([8, 1])
