@@ -32,7 +32,8 @@ ready-made provider object may be passed as ``provider=`` instead (then method/b
 from __future__ import annotations
 
 import numpy as np
-from ase.calculators.calculator import (CalculationFailed, Calculator, InputError, all_changes)
+from ase.calculators.calculator import (CalculationFailed, Calculator, InputError,
+                                         PropertyNotImplementedError, all_changes)
 
 from . import electronic
 from .units import BOHR, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
@@ -115,16 +116,17 @@ class WaveCalculator(Calculator):
 
         p = self.parameters
         if p.get("model") is not None:
-            model_provider = getattr(providers, "ModelProvider", None)
-            if model_provider is None:
+            try:
+                model_provider = providers.ModelProvider
+            except (AttributeError, ImportError) as exc:
                 raise InputError(f"model={p['model']!r} needs ase_wavecalc.providers.ModelProvider, "
-                                 "which this installation does not have; use method=/basis= for the "
-                                 "exact PySCF Hamiltonian")
-            provider = model_provider(p["model"])
-            if int(getattr(provider, "charge", 0)) != int(p["charge"]):
-                raise InputError(f"model {p['model']!r} was trained for charge "
-                                 f"{getattr(provider, 'charge', 0)}, not charge={p['charge']}")
-            return provider
+                                 f"which cannot be imported here ({exc}); use method=/basis= for the "
+                                 "exact PySCF Hamiltonian") from exc
+            try:
+                return model_provider(p["model"], charge=int(p["charge"]))
+            except Exception as exc:  # unknown name, bad directory, wrong charge, ...
+                raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "
+                                 f"{exc}") from exc
         try:
             return providers.PySCFProvider(
                 method=p["method"], basis=p["basis"], charge=int(p["charge"]), conv_tol=p["conv_tol"],
@@ -163,24 +165,25 @@ class WaveCalculator(Calculator):
         dipole = electronic.dipole_moment(dm, _ao_dipole(mol), mol.atom_charges(), mol.atom_coords())
         charges = electronic.mulliken_charges(dm, _torch(result.overlap), _ao_atom(mol),
                                               mol.atom_charges())
-        energy = hartree_to_ev(float(result.energy))
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "dipole": bohr_to_angstrom(dipole.numpy()),
-            "charges": charges.numpy(),
-        }
+        self.results = {"dipole": bohr_to_angstrom(dipole.numpy()), "charges": charges.numpy()}
+        energy = float(result.energy)
+        if np.isfinite(energy):   # NaN: a Hamiltonian-only model (no energy head)
+            self.results["energy"] = self.results["free_energy"] = hartree_to_ev(energy)
         if result.gradient is not None:
             self.results["forces"] = gradient_au_to_forces_ev(np.asarray(result.gradient, dtype=float))
-        elif want_gradient:
-            raise CalculationFailed(f"{provider!r} returned no gradient although forces were requested")
+        missing = [name for name in properties if name not in self.results]
+        if missing:
+            require_energy = getattr(provider, "require_energy", None)
+            if require_energy is not None:
+                require_energy()      # raises PropertyNotImplementedError with the provider's reason
+            raise PropertyNotImplementedError(f"{provider!r} did not provide {missing}")
 
     def _electronic(self, atoms=None):
         """The HamiltonianResult of ``atoms`` (default: the last atoms; calculated if needed)."""
         if atoms is None and self.atoms is None:
             raise InputError("no calculation yet: run e.g. atoms.get_potential_energy() first (the "
                              "calculator only knows the atoms it has computed)")
-        self.get_property("energy", atoms)
+        self.get_property("dipole", atoms)   # every provider gives what the dipole needs
         return self._result
 
     # -- electronic structure, ASE names ---------------------------------------------------------

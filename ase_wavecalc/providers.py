@@ -15,7 +15,9 @@ asked for after an energy does not redo the SCF.
 | provider | source of F |
 |---|---|
 | PySCFProvider | exact closed-shell SCF (RHF or RKS with any xc functional) + analytic gradient |
-| ModelProvider | a trained equivariant network (added with the model code; same interface) |
+| ModelProvider | a trained equivariant network (``ase_wavecalc/model_provider.py``; same interface; energy is
+  NaN and gradient None for a Hamiltonian-only model, which then offers ``require_energy()`` raising
+  ``PropertyNotImplementedError``) |
 
 HamiltonianResult fields
 ------------------------
@@ -41,7 +43,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase.calculators.calculator import CalculationFailed
 
-__all__ = ["HamiltonianResult", "HamiltonianProvider", "PySCFProvider"]
+__all__ = ["HamiltonianResult", "HamiltonianProvider", "PySCFProvider", "ModelProvider"]
+
+
+def __getattr__(name):
+    # ModelProvider lives in model_provider.py (it needs torch and the network); imported on first use
+    if name == "ModelProvider":
+        from .model_provider import ModelProvider
+
+        return ModelProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

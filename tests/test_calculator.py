@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import molecule
-from ase.calculators.calculator import CalculationFailed, InputError
+from ase.calculators.calculator import CalculationFailed, InputError, PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_forces
 from ase.optimize import BFGS
 from ase.vibrations import Vibrations
@@ -175,18 +175,39 @@ def test_density_and_cube(tmp_path):
 
 
 def test_model_hook(monkeypatch):
-    with pytest.raises(InputError, match="ModelProvider"):
-        WaveCalculator(model="some-model").get_potential_energy(_water())
-
     class FakeModelProvider(providers.PySCFProvider):
-        def __init__(self, name):
-            super().__init__(method="hf", basis="sto-3g")
-            self.name = name
+        """Stands in for the trained network: same interface."""
+
+        def __init__(self, name, charge=0):
+            if name != "fake-model":
+                raise FileNotFoundError(f"no model {name!r}")
+            super().__init__(method="hf", basis="sto-3g", charge=charge)
+            self.name, self.elements = name, frozenset({1, 8})
 
     monkeypatch.setattr(providers, "ModelProvider", FakeModelProvider, raising=False)
-    calc = WaveCalculator(model="some-model")
+    with pytest.raises(InputError, match="could not load model 'unknown'"):
+        WaveCalculator(model="unknown").get_potential_energy(_water())
+    calc = WaveCalculator(model="fake-model")
     assert calc.get_potential_energy(_water()) < 0
-    assert calc.provider.name == "some-model"
+    assert calc.provider.name == "fake-model"
+    with pytest.raises(InputError, match="element C \\(Z=6\\) is not supported"):
+        calc.get_potential_energy(molecule("CH4"))
+
+
+def test_hamiltonian_only_provider():
+    """A provider without energies (NaN, no gradient) still gives orbitals, dipole and charges."""
+
+    class HamiltonianOnly(providers.PySCFProvider):
+        def compute(self, numbers, positions_bohr, want_gradient=False):
+            res = super().compute(numbers, positions_bohr, False)
+            return providers.HamiltonianResult.from_fock(res.mol, res.fock, res.overlap, float("nan"))
+
+    atoms = _water()
+    atoms.calc = WaveCalculator(provider=HamiltonianOnly("hf", "sto-3g"))
+    assert atoms.get_dipole_moment().shape == (3,)
+    assert len(atoms.calc.get_eigenvalues()) == 7
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_potential_energy()
 
 
 # -- bad input --------------------------------------------------------------------------------------
