@@ -12,7 +12,6 @@ from ase_wavecalc import WaveCalculator, providers
 from ase_wavecalc.units import BOHR, HARTREE
 from ase_wavecalc.validation import check_atoms
 
-CM1_PER_AU = 219474.63  # only to print; the comparison below is relative
 
 
 def _water(rattle=0.0):
