@@ -34,6 +34,8 @@ BASIS = "sto-3g"
 def water_db(tmp_path_factory):
     """24 distorted water molecules, RHF/STO-3G (gradient left zero), as a dataset file (frame ids 100,
     102, ...)."""
+    from pyscf import lib
+
     from ase_wavecalc import dataset
     from ase_wavecalc.reference import reference_settings, run_reference
     from ase_wavecalc.units import BOHR
@@ -44,7 +46,9 @@ def water_db(tmp_path_factory):
     numbers = [8, 1, 1]
     db = dataset.connect(path, create=True)
     dataset.update_metadata(db, reference_settings("hf", BASIS, conv_tol=1e-10))
-    with db:
+    # one OpenMP thread: 7x7 matrices gain nothing from threads, and spinning threads on a busy machine
+    # make PySCF several times slower
+    with db, lib.with_omp_threads(1):
         for i in range(N_FRAMES):
             pos = base + rng.normal(scale=0.1, size=base.shape)
             ref = run_reference(numbers, pos * BOHR, method="hf", basis=BASIS, conv_tol=1e-10,
@@ -133,6 +137,22 @@ def test_orbital_metrics_are_invariant(water_db):
     assert float(shifted["dm_rel_fro"].max()) < 1e-10
     assert torch.allclose(shifted["eps_occ_mae"], torch.full((3,), 0.01, dtype=torch.float64))
     assert torch.allclose(shifted["gap_mae"], torch.zeros(3, dtype=torch.float64), atol=1e-12)
+
+
+def test_energy_and_forces_terms_plug_in(water_db):
+    from ase_wavecalc.train.losses import WeightedLoss
+
+    table = load_table(water_db, keys=("e_tot", "gradient"), sha256=False)
+    batch = table.batch([0, 1], dtype=torch.float64)
+    loss = WeightedLoss({"fock_mae": 1.0, "energy": 1.0, "forces": 1.0})
+    assert loss.needs_positions_grad and set(loss.dataset_keys) == {"e_tot", "gradient"}
+    batch.positions_bohr.requires_grad_(True)
+    fock = batch.fock.clone().requires_grad_(True)
+    total, parts = loss({"fock": fock}, batch)
+    # for HF, E_nn + 1/2 Tr[P (F + h)] with the reference F is the reference energy
+    assert parts["energy"] < 1e-14 and parts["fock_mae"] == 0.0
+    total.backward()
+    assert torch.isfinite(fock.grad).all() and fock.grad.abs().max() > 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,4 +346,5 @@ def test_train_export_load_evaluate_with_real_model(water_db, tmp_path):
     assert metrics["fock_mae_uha"] == pytest.approx(card["test_metrics"]["fock_mae_uha"], rel=1e-6)
 
 
-TINY_MODEL = ""  # filled in once the model's config keys are known
+TINY_MODEL = ("channels = 8\n        num_layers = 1\n        pair_channels = 8\n        pair_hidden = 16\n"
+              "        radial_hidden = 16\n        num_radial = 4\n        pair_num_radial = 4")

@@ -24,7 +24,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", default=None, help="write the metrics as JSON")
     parser.add_argument("--batch-size", type=int, default=16, help="structures per batch (default 16)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
-                        help="run the model in this precision (default: the model's)")
+                        help="run the model in this precision (default: the one it was saved in)")
 
 
 def _test_frames(split_datasets: list[dict], table, path: Path) -> list[int]:
@@ -56,9 +56,10 @@ def evaluate(model_ref: str, dataset_path, frames: str = "test", batch_size: int
         split = json.loads((ref / "split.json").read_text())["datasets"]
     else:
         from ..model.io import load_model
-        model, card = load_model(model_ref)
+        model, card = load_model(model_ref, dtype=torch.float64)
         split = (card.get("split") or {}).get("datasets", [])
-    if dtype is not None:
+        dtype = dtype or card.get("dtype")  # the precision it was trained and tested in (exact round trip)
+    if dtype in ("float32", "float64"):
         model = model.to(torch.float64 if dtype == "float64" else torch.float32)
     table = load_table(dataset_path)
     if frames == "all":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -76,18 +77,9 @@ def run_split_tables(run_dir, split: str = "test", check_hash: bool = True):
     return tables, rows, info
 
 
-def _versions() -> dict:
-    import ase
-    import e3nn
-    import pyscf
-
-    from .. import __version__
-    return {"ase_wavecalc": __version__, "torch": torch.__version__, "e3nn": e3nn.__version__,
-            "ase": ase.__version__, "pyscf": pyscf.__version__}
-
-
 def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metrics: dict | None) -> dict:
-    """The model card (JSON-serializable)."""
+    """The model card (JSON-serializable). ``model.io.save_model`` adds config (the architecture),
+    model_type, dtype, weights_sha256 and versions."""
     from ase.data import chemical_symbols
 
     cfg = info["model_config"]
@@ -95,8 +87,6 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
     progress, train_cfg = info["progress"], info["config"]
     return {
         "name": None,  # filled by export_run
-        "architecture": cfg,
-        "dtype": info["dtype"],
         "level_of_theory": {k: dataset_meta.get(k) for k in ("method", "xc", "basis", "grid_level", "conv_tol",
                                                               "pyscf_version") if k in dataset_meta},
         "basis": dataset_meta.get("basis", cfg.get("basis")),
@@ -111,13 +101,14 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
         "training": {"epochs": progress["epoch"], "steps": progress["step"],
                      "train_time_s": round(float(progress["train_time_s"]), 1),
                      "weights": f"EMA, {info['weights']} (epoch {info['epoch']}, step {info['step']})",
-                     "best_epoch": progress["best_epoch"], "best_val_loss": progress["best_val_loss"],
+                     "best_epoch": progress["best_epoch"],
+                     "best_val_loss": progress["best_val_loss"] if math.isfinite(progress["best_val_loss"])
+                     else None,
                      "loss": train_cfg["loss"], "optimizer": train_cfg["optimizer"],
                      "scheduler": train_cfg["scheduler"], "precision": train_cfg["run"]["precision"],
                      "batch_size": train_cfg["run"]["batch_size"]},
         "test_metrics": test_metrics,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
     }
 
 

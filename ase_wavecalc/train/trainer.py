@@ -247,6 +247,28 @@ def model_config_for(config: TrainConfig, tables) -> dict:
     return cfg
 
 
+def mean_atom_blocks(tables, row_sets) -> dict[int, torch.Tensor]:
+    """Mean on-site block of F per element over the training frames (Hartree, PySCF order).
+
+    The network's on-site biases start from these (``model.set_mean_block``), so training begins near
+    the right scale (core levels of O reach -20 Hartree) instead of at zero.
+    """
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    for table, rows in zip(tables, row_sets):
+        if len(rows) == 0:
+            continue
+        from ..basis import BasisLayout
+        z = [int(v) for v in table.numbers]
+        slices = BasisLayout(table.basis, sorted(set(z))).ao_slices(z)
+        fock = table.fock[torch.as_tensor(rows)]
+        for za, sl in zip(z, slices):
+            block = fock[:, sl, sl].sum(0)
+            sums[za] = sums[za] + block if za in sums else block
+            counts[za] = counts.get(za, 0) + len(rows)
+    return {za: sums[za] / counts[za] for za in sorted(sums)}
+
+
 class Trainer:
     """Train a Hamiltonian model as configured; ``fit()`` runs until a stop criterion.
 
@@ -260,7 +282,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         if build_model is None:
-            from ..model import build_model
+            from ..model import build_model, default_config
+            default_config(**config.model)  # misspelled [model] keys fail here, before data loading
         self.build_model = build_model
         self._log_fn = log
         self.loss_fn = WeightedLoss(config.loss)
@@ -334,7 +357,12 @@ class Trainer:
                              else model_config_for(self.config, self.tables))
         torch.manual_seed(run.seed)
         self.model = self.build_model(dict(self.model_config)).to(self.dtype)
+        # the resolved config (every key, defaults filled in) is what rebuilds this architecture
+        self.model_config = as_plain(dict(getattr(self.model, "config", self.model_config)))
         self.model.train()
+        if checkpoint is None and hasattr(self.model, "set_mean_block"):
+            for z, block in mean_atom_blocks(self.tables, self.rows["train"]).items():
+                self.model.set_mean_block(z, block)
         self.ema = None
         if self.config.optimizer.ema_decay > 0:
             shadow = self.build_model(dict(self.model_config)).to(self.dtype)
@@ -478,7 +506,10 @@ class Trainer:
                 return "signal"
             if run.max_steps > 0 and p["step"] >= run.max_steps:
                 return "max_steps"
-            need = self._ckpt_s * 1.5 + 1.0 + (1.5 * t_step if before_step else 1.5 * self._val_s)
+            val_s = self._val_s
+            if val_s == 0.0 and structures:  # no validation timed yet: guess a training step's cost
+                val_s = self.n_val * train_s / structures
+            need = self._ckpt_s * 1.5 + 1.0 + 1.5 * (t_step if before_step else val_s)
             if self._time_left() < need:
                 return "max_time"
             return None
