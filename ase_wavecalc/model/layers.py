@@ -270,28 +270,72 @@ class EdgeLinear(_IrrepLinearBase):
         return out
 
 
-def so2_paths(layout: FeatureLayout):
-    """Edge-frame form of every tensor-product path (l1, p1) x Y^(l2) -> (l3, p3).
+def _wigner_d64(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
+    """Wigner-D (e3nn basis) of one float64 rotation matrix for l = 0..lmax, same recursion as WignerD."""
+    Ds = [torch.ones(1, 1, dtype=torch.float64), R]
+    for l in range(2, lmax + 1):
+        U = math.sqrt(2 * l + 1) * _wigner_3j64(l - 1, 1, l).reshape(3 * (2 * l - 1), 2 * l + 1)
+        Ds.append(U.T @ torch.kron(Ds[-1], R) @ U)
+    return Ds[: lmax + 1]
 
-    Returns (irrep_in, irrep_out, l2, M) with M (2l1+1, 2l3+1) = wigner_3j(l1, l2, l3)[:, m2=0, :]
-    (e3nn m order), scaled to ||M||_F^2 = (2l3+1) / (number of paths into irrep_out): unit second moment
-    out for unit inputs and N(0, 1) weights. With parity, p3 = p1 (-1)^l2 (Y^l2 has parity (-1)^l2).
-    """
-    paths = []
+
+@functools.lru_cache(maxsize=None)
+def _so2_paths_cached(lmax: int, parity: bool):
+    layout = FeatureLayout(lmax, parity)
+
+    def rot_y(phi):
+        c, s = math.cos(phi), math.sin(phi)
+        return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=torch.float64)
+
+    # generic rotations about the bond (y) and, with parity, the mirror plane z -> -z (inversion o C2(z))
+    group = [(_wigner_d64(lmax, rot_y(0.7)), None), (_wigner_d64(lmax, rot_y(1.9)), None)]
+    if parity:
+        c2z = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
+        group.append((_wigner_d64(lmax, c2z), "parity"))
+    raw = []
     for b, (l3, p3) in enumerate(layout.irreps):
-        cand = []
         for a, (l1, p1) in enumerate(layout.irreps):
-            for l2 in range(abs(l1 - l3), l1 + l3 + 1):
-                if layout.parity and p3 != p1 * (-1) ** l2:
-                    continue
-                M = _wigner_3j64(l1, l2, l3)[:, l2, :]
-                norm = torch.linalg.norm(M)
-                if norm < 1e-9:
-                    continue
-                cand.append((a, b, l2, M / norm))
-        for a, b, l2, M in cand:
-            paths.append((a, b, l2, M * math.sqrt((2 * l3 + 1) / len(cand))))
+            n1, n3 = 2 * l1 + 1, 2 * l3 + 1
+            cons = []
+            for Ds, kind in group:
+                D1, D3 = Ds[l1], Ds[l3]
+                if kind == "parity":
+                    D1, D3 = p1 * D1, p3 * D3
+                # row convention out = x @ W: equivariance D1^T W = W D3^T, vec(A W B) = (A kron B^T) vec(W)
+                cons.append(torch.kron(D1.T.contiguous(), torch.eye(n3, dtype=torch.float64))
+                            - torch.kron(torch.eye(n1, dtype=torch.float64), D3))
+            cons = torch.cat(cons, 0)
+            for m in range(min(l1, l3) + 1):
+                idx = [i * n3 + j for i in range(n1) for j in range(n3)
+                       if abs(i - l1) == m and abs(j - l3) == m]
+                sub = cons[:, idx]
+                _, sv, vh = torch.linalg.svd(sub)   # sub has more rows than columns: vh is square
+                null = vh[int((sv > 1e-9).sum()):]
+                for v in null:
+                    M = torch.zeros(n1 * n3, dtype=torch.float64)
+                    M[idx] = v
+                    raw.append((a, b, m, M.view(n1, n3)))
+    # normalize: every output component gets unit second moment from unit inputs and N(0, 1) weights
+    count: dict = {}
+    for a, b, m, M in raw:
+        count[(b, m)] = count.get((b, m), 0) + 1
+    paths = []
+    for a, b, m, M in raw:
+        col = M.square().sum(0)
+        col = col[col > 1e-12].mean()
+        paths.append((a, b, m, M / torch.sqrt(col * count[(b, m)])))
     return paths
+
+
+def so2_paths(layout: FeatureLayout):
+    """Basis of the linear maps, edge frame, from irrep (l1, p1) to (l3, p3) that commute with rotations
+    about the bond and (with parity) with the mirror planes containing it: one element per |m| <=
+    min(l1, l3) and per SO(2) type. This space is exactly the span of the tensor-product paths
+    (l1, p1) x Y^(l2)(r_hat) -> (l3, p3) over all l2 (eSCN), found numerically as a null space (faster
+    than building wigner_3j up to l2 = 2 lmax). Returns (irrep_in, irrep_out, |m|, M (2l1+1, 2l3+1)),
+    scaled so each output component has unit second moment for unit inputs and N(0, 1) weights.
+    """
+    return _so2_paths_cached(layout.lmax, layout.parity)
 
 
 class SO2Conv(ConstantsMixin, nn.Module):

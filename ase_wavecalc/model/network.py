@@ -242,10 +242,11 @@ class PairFeatures(nn.Module):
         f = self.filter(inv)
         s_in, s_out = f[:, :self.scale_in.size], f[:, self.scale_in.size:]
         pt = self.conv(xt * self.scale_in(s_in))
-        pt = (pt[:, :, :cp] + pt[:, :, cp:]) * self.scale_out(s_out, env)
+        pt = (pt[:, :, :cp] + pt[:, :, cp:]) * self.scale_out(s_out)
         for lin, gate, conv in self.blocks:
             pt = pt + conv(gate(lin(pt)))
-        return rotate_out(pt, Ds, self.layout)
+        # off-diagonal blocks go smoothly to zero at pair_cutoff
+        return rotate_out(pt * env[None, :, None], Ds, self.layout)
 
 
 class HamiltonianModel(nn.Module):
