@@ -214,6 +214,7 @@ class MatrixIndex:
     batch: torch.Tensor     # (N,)
     groups: list
     gather: torch.Tensor    # (total,) position in the concatenated group values of each output entry
+    pair_sizes: list        # number of edges of each pair group, in group order (edges are sorted so)
 
 
 def build_matrix_index(basis_layout, elements, numbers: np.ndarray, batch: np.ndarray, device) -> MatrixIndex:
@@ -247,6 +248,11 @@ def build_matrix_index(basis_layout, elements, numbers: np.ndarray, batch: np.nd
             src.append(jj[keep])
     src = np.concatenate(src) if src else np.zeros(0, dtype=np.int64)
     dst = np.concatenate(dst) if dst else np.zeros(0, dtype=np.int64)
+    # edges sorted by (element of i, element of j), so that each pair type is a contiguous range
+    rank = {int(z): i for i, z in enumerate(elements)}
+    zrank = np.array([rank[int(z)] for z in numbers], dtype=np.int64)
+    order = np.argsort(zrank[dst] * len(elements) + zrank[src], kind="stable")
+    src, dst = src[order], dst[order]
     mol_nao = np.asarray(nao, dtype=np.int64)[batch] if len(batch) else np.zeros(0, dtype=np.int64)
     mol_off = np.asarray(offsets, dtype=np.int64)[batch] if len(batch) else np.zeros(0, dtype=np.int64)
     groups, dest = [], []
@@ -261,6 +267,7 @@ def build_matrix_index(basis_layout, elements, numbers: np.ndarray, batch: np.nd
         groups.append(("atom", int(z), torch.as_tensor(atoms, device=device), len(atoms)))
         dest.append(idx.reshape(-1))
     zi, zj = numbers[dst], numbers[src]
+    pair_sizes = []
     for za in elements:
         for zb in elements:
             edges = np.nonzero((zi == za) & (zj == zb))[0]
@@ -270,6 +277,9 @@ def build_matrix_index(basis_layout, elements, numbers: np.ndarray, batch: np.nd
             ra, rb = np.arange(n_ao_z[int(za)]), np.arange(n_ao_z[int(zb)])
             base = mol_off[i] + ao_start[i] * mol_nao[i] + ao_start[j]
             idx = base[:, None, None] + ra[None, :, None] * mol_nao[i][:, None, None] + rb[None, None, :]
+            if len(pair_sizes) and edges[0] != sum(pair_sizes) or edges[-1] - edges[0] + 1 != len(edges):
+                raise RuntimeError("edges of one element pair are not contiguous")
+            pair_sizes.append(len(edges))
             groups.append(("pair", (int(za), int(zb)), torch.as_tensor(edges, device=device), len(edges)))
             dest.append(idx.reshape(-1))
     dest = np.concatenate(dest) if dest else np.zeros(0, dtype=np.int64)
@@ -282,4 +292,4 @@ def build_matrix_index(basis_layout, elements, numbers: np.ndarray, batch: np.nd
     as_t = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)  # noqa: E731
     return MatrixIndex(n_mol=n_mol, nao=nao, offsets=offsets, total=total, same_composition=bool(same),
                        src=as_t(src), dst=as_t(dst), elem=as_t(elem), batch=as_t(batch), groups=groups,
-                       gather=as_t(gather))
+                       gather=as_t(gather), pair_sizes=pair_sizes)

@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ConstantsMixin", "FeatureLayout", "edge_frame", "WignerD", "rotate_in", "rotate_out",
+__all__ = ["ConstantsMixin", "FeatureLayout", "edge_frame", "WignerD", "rotate_in", "rotate_out", "scale_edge",
            "NodeLinear", "EdgeLinear", "SO2Conv", "NodeGate", "EdgeGate", "so2_paths"]
 
 
@@ -75,7 +75,9 @@ class FeatureLayout:
     comp_irrep_l / comp_irrep_m (D,): irrep index of each component in l- / m-order;
     m_perm: l-order index at each m-order position; m_inv: its inverse;
     m_groups: (start, stop) of each |m| group in m-order;
-    comp_irm_m (D,): index of the (irrep, |m|) pair of each m-order component (n_irm pairs);
+    comp_irm_m (D,): index of the (|m|, irrep) pair of each m-order component (n_irm pairs, sorted by |m|
+    then irrep); irm_irrep: irrep of each pair; irm_sizes / group_sizes / group_signs: per |m| group, the
+    number of pairs, of components, and 1 (m = 0) or 2 (+m and -m blocks);
     m0_invariant: m-order positions of the m = 0 components that are invariant under the bond's symmetry
     group C_inf_v (natural parity only; unnatural-parity m = 0 components flip sign under mirror planes
     containing the bond); n_scalars: 2 with parity (0e, 0o), else 1.
@@ -117,11 +119,21 @@ class FeatureLayout:
         self.comp_m = torch.tensor(comp_m, dtype=torch.long)
         self.comp_irrep_m = self.comp_irrep_l[self.m_perm]
         m_abs = self.comp_m[self.m_perm].abs()
-        pairs = sorted({(int(q), int(m)) for q, m in zip(self.comp_irrep_m, m_abs)})
+        # (|m|, irrep) pairs sorted by |m| then irrep: group g of m-order is [+g block, -g block], each
+        # block holding the irreps with l >= g in irrep order, i.e. the irm range of group g
+        pairs = sorted({(int(m), int(q)) for q, m in zip(self.comp_irrep_m, m_abs)})
         self.n_irm = len(pairs)
-        lookup = {pm: i for i, pm in enumerate(pairs)}
-        self.comp_irm_m = torch.tensor([lookup[(int(q), int(m))] for q, m in zip(self.comp_irrep_m, m_abs)],
+        lookup = {mq: i for i, mq in enumerate(pairs)}
+        self.comp_irm_m = torch.tensor([lookup[(int(m), int(q))] for q, m in zip(self.comp_irrep_m, m_abs)],
                                        dtype=torch.long)
+        self.irm_irrep = torch.tensor([q for _, q in pairs], dtype=torch.long)
+        self.irm_sizes = [sum(1 for m, _ in pairs if m == g) for g in range(self.lmax + 1)]
+        self.group_sizes = [g1 - g0 for g0, g1 in self.m_groups]
+        self.group_signs = [1 if g == 0 else 2 for g in range(self.lmax + 1)]
+        for g, (g0, g1) in enumerate(self.m_groups):
+            ok = self.comp_irm_m[g0:g1].tolist() == list(range(sum(self.irm_sizes[:g]), sum(self.irm_sizes[:g + 1]))) * self.group_signs[g]
+            if not ok:
+                raise RuntimeError("m-order and (|m|, irrep) order disagree")
         inv = []
         for pos in range(self.dim):
             q = int(self.comp_irrep_m[pos])
@@ -207,10 +219,11 @@ class WignerD(ConstantsMixin, nn.Module):
 def _rotate_l_blocks(x: torch.Tensor, Ds: list[torch.Tensor], layout: FeatureLayout, transpose: bool):
     E, _, C = x.shape
     parts = []
-    for l, (start, stop, P) in enumerate(layout.l_blocks):
-        xl = x[:, start:stop]
+    sizes = [stop - start for start, stop, _ in layout.l_blocks]
+    # torch.split, not slicing: a slice's backward zero-fills a tensor of the full size, per slice
+    for l, xl in enumerate(torch.split(x, sizes, 1)):
         if l > 0:
-            n = 2 * l + 1
+            n, P = 2 * l + 1, layout.l_blocks[l][2]
             D = Ds[l].transpose(1, 2) if transpose else Ds[l]
             xl = torch.bmm(D, xl.reshape(E, n, P * C)).view(E, n * P, C)
         parts.append(xl)
@@ -227,6 +240,20 @@ def rotate_out(x: torch.Tensor, Ds: list[torch.Tensor], layout: FeatureLayout) -
     """Edge frame (D, E, C) m-order -> lab frame (E, D, C) l-order: x = D(Q) x_edge per irrep."""
     y = torch.index_select(x.transpose(0, 1), 1, layout.m_inv.to(x.device))
     return _rotate_l_blocks(y, Ds, layout, transpose=False)
+
+
+def scale_edge(x: torch.Tensor, s: torch.Tensor, layout: FeatureLayout) -> torch.Tensor:
+    """Multiply edge-frame features (D, E, C) m-order by per-(|m|, irrep) scalings s (n_irm, E, C or 1).
+
+    Such scalings commute with rotations about the bond and with its mirror planes (the +m and -m
+    components of an irrep get the same factor), so they keep equivariance.
+    """
+    D, E, C = x.shape
+    out = []
+    for g, (xg, sg) in enumerate(zip(torch.split(x, layout.group_sizes, 0), torch.split(s, layout.irm_sizes, 0))):
+        k = layout.irm_sizes[g]
+        out.append((xg.view(layout.group_signs[g], k, E, C) * sg).view(-1, E, C))
+    return torch.cat(out, 0)
 
 
 class _IrrepLinearBase(ConstantsMixin, nn.Module):
@@ -381,18 +408,32 @@ class SO2Conv(ConstantsMixin, nn.Module):
         w = self.weight[self.path_index] * self.values
         return torch.zeros(D * D, dtype=w.dtype, device=w.device).index_add(0, self.flat_index, w).view(D, D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, s_in: torch.Tensor | None = None,
+                s_out: torch.Tensor | None = None) -> torch.Tensor:
+        """x (D, E, C) m-order; optional per-(|m|, irrep) scalings (n_irm, E, C or 1) before and after."""
         D, E, C = x.shape
+        L = self.layout
         W = self.weight_matrix()
+        xs = torch.split(x, L.group_sizes, 0)
+        s_in = torch.split(s_in, L.irm_sizes, 0) if s_in is not None else None
+        s_out = torch.split(s_out, L.irm_sizes, 0) if s_out is not None else None
         outs = []
-        for g0, g1 in self.layout.m_groups:
-            outs.append(W[g0:g1, g0:g1].T @ x[g0:g1].reshape(g1 - g0, E * C))
-        return torch.cat(outs, 0).view(D, E, C)
+        for g, (g0, g1) in enumerate(L.m_groups):
+            ns, k = L.group_signs[g], L.irm_sizes[g]
+            xg = xs[g]
+            if s_in is not None:
+                xg = xg.view(ns, k, E, C) * s_in[g]
+            yg = W[g0:g1, g0:g1].T @ xg.reshape(g1 - g0, E * C)
+            if s_out is not None:
+                yg = yg.view(ns, k, E, C) * s_out[g]
+            outs.append(yg.reshape(g1 - g0, E, C))
+        return torch.cat(outs, 0)
 
-    def forward_scalar(self, s: torch.Tensor) -> torch.Tensor:
-        """Same as forward for an input that is zero except 0e: s (E, C) -> (D, E, C)."""
+    def forward_scalar(self, s: torch.Tensor, s_out: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` for an input that is zero except 0e (which is rotation invariant): s (E, C)."""
         W = self.weight_matrix()
-        return W[0][:, None, None] * s[None]
+        y = W[0][:, None, None] * s[None]
+        return y if s_out is None else scale_edge(y, s_out, self.layout)
 
 
 class _GateBase(ConstantsMixin, nn.Module):

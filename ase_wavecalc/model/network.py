@@ -49,7 +49,7 @@ from torch import nn
 from ..basis import BasisLayout
 from .blocks import BlockReadout, MatrixIndex, build_matrix_index
 from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGate, NodeLinear, SO2Conv, WignerD,
-                     edge_frame, rotate_in, rotate_out)
+                     edge_frame, rotate_in, rotate_out, scale_edge)
 from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
 
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE"]
@@ -129,34 +129,34 @@ def _resolve_config(config: dict) -> dict:
 
 
 class _ScaleHead(ConstantsMixin, nn.Module):
-    """Turns invariant MLP outputs into per-component edge-frame scalings (D, E, C).
+    """Invariant MLP outputs -> per-(|m|, irrep, channel) edge-frame scalings (n_irm, E, C).
 
-    scale[c, (q, |m|)] = a[c, q] * b[(q, |m|)]: a per (channel, irrep) factor times a channel-shared
-    per-(irrep, |m|) factor. Both are invariant under rotations about the bond (and mirror planes), so
-    multiplying edge-frame features by them keeps equivariance; the |m| factor lets sigma (m = 0) and pi
-    (|m| = 1) ... couplings have their own distance dependence.
+    s[(|m|, q), c] = a[q, c] * b[(|m|, q)]: a per (irrep, channel) factor times a channel-shared
+    per-(|m|, irrep) factor (C * n_irreps + n_irm numbers per edge instead of C * n_irm). Both are
+    invariant under rotations about the bond and its mirror planes, so scaling edge-frame features by
+    them keeps equivariance; the |m| factor gives sigma (m = 0), pi (|m| = 1), delta ... couplings their
+    own distance dependence.
     """
 
     def __init__(self, layout: FeatureLayout, channels: int):
         super().__init__()
         self.layout, self.channels = layout, int(channels)
         self.size = self.channels * layout.n_irreps + layout.n_irm
-        self.register_constant("comp_irrep_m", layout.comp_irrep_m)
-        self.register_constant("comp_irm_m", layout.comp_irm_m)
+        self.register_constant("irm_irrep", layout.irm_irrep)
 
     def forward(self, r: torch.Tensor, env: torch.Tensor | None = None) -> torch.Tensor:
         E, C, nq = r.shape[0], self.channels, self.layout.n_irreps
-        a = r[:, :C * nq].view(E, nq, C).transpose(0, 1).index_select(0, self.comp_irrep_m)
-        b = r[:, C * nq:]
+        a, b = torch.split(r, [C * nq, self.layout.n_irm], 1)
         if env is not None:
             b = b * env[:, None]
-        return a * b.T.index_select(0, self.comp_irm_m)[:, :, None]
+        return a.view(E, nq, C).transpose(0, 1).index_select(0, self.irm_irrep) * b.T[:, :, None]
 
     def scalar(self, r: torch.Tensor, env: torch.Tensor | None = None) -> torch.Tensor:
-        """The 0e component of ``forward`` only: (E, C)."""
-        C, nq = self.channels, self.layout.n_irreps
-        b = r[:, C * nq] if env is None else r[:, C * nq] * env
-        return r[:, :C] * b[:, None]
+        """The (m = 0, 0e) row of ``forward`` only: (E, C)."""
+        C = self.channels
+        a, b = torch.split(r, [C, r.shape[1] - C], 1)
+        b = b[:, :1] if env is None else b[:, :1] * env[:, None]  # (0, 0e) is pair 0
+        return a * b
 
 
 class Interaction(nn.Module):
@@ -185,13 +185,13 @@ class Interaction(nn.Module):
 
     def forward(self, h, Ds, rbf, env, src, dst, scalar_input: bool = False):
         x = self.lin_pre(h)
-        r = self.radial(rbf)
-        r_in, r_out = r[:, :self.scale_in.size], r[:, self.scale_in.size:]
+        r_in, r_out = torch.split(self.radial(rbf), self.scale_in.size, 1)
+        s_out = self.scale_out(r_out)
         if scalar_input:  # only 0e is non-zero (and rotation-invariant): skip the rotation in
-            mt = self.conv.forward_scalar(x[src, 0] * self.scale_in.scalar(r_in, env))
+            mt = self.conv.forward_scalar(x[:, 0][src] * self.scale_in.scalar(r_in, env), s_out)
         else:
-            mt = self.conv(rotate_in(x[src], Ds, self.layout) * self.scale_in(r_in, env))
-        m = rotate_out(mt * self.scale_out(r_out), Ds, self.layout)
+            mt = self.conv(rotate_in(x[src], Ds, self.layout), self.scale_in(r_in, env), s_out)
+        m = rotate_out(mt, Ds, self.layout)
         agg = torch.zeros_like(h).index_add_(0, dst, m) * self.norm
         return h + self.gate(self.lin_post(agg) + self.lin_self(h))
 
@@ -232,17 +232,16 @@ class PairFeatures(nn.Module):
 
     def forward(self, h, Ds, d, src, dst, elem):
         E, cp = src.shape[0], self.cp
-        x = self.lin(h)
-        xe = torch.cat([x[dst][:, :, :cp], x[src][:, :, cp:]], 2)      # (E, D, 2Cp): role i, role j
+        xa, xb = torch.split(self.lin(h), cp, 2)
+        xe = torch.cat([xa[dst], xb[src]], 2)                          # (E, D, 2Cp): role i, role j
         xt = rotate_in(xe, Ds, self.layout)                            # (D, E, 2Cp)
         onehot = torch.nn.functional.one_hot(elem, self.n_elements).to(h.dtype)
         env = self.env(d)
         inv = torch.cat([xt[self.m0_invariant].transpose(0, 1).reshape(E, -1), self.rbf(d) * env[:, None],
                          onehot[dst], onehot[src]], -1)
-        f = self.filter(inv)
-        s_in, s_out = f[:, :self.scale_in.size], f[:, self.scale_in.size:]
-        pt = self.conv(xt * self.scale_in(s_in))
-        pt = (pt[:, :, :cp] + pt[:, :, cp:]) * self.scale_out(s_out)
+        s_in, s_out = torch.split(self.filter(inv), [self.scale_in.size, self.scale_out.size], 1)
+        pa, pb = torch.split(self.conv(xt, self.scale_in(s_in)), cp, 2)
+        pt = scale_edge(pa + pb, self.scale_out(s_out), self.layout)
         for lin, gate, conv in self.blocks:
             pt = pt + conv(gate(lin(pt)))
         # off-diagonal blocks go smoothly to zero at pair_cutoff
@@ -347,11 +346,12 @@ class HamiltonianModel(nn.Module):
         p = self.pair(h, Ds, d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
 
         values = []
+        pair_parts = iter(torch.split(p, ix.pair_sizes, 0)) if p is not None else None
         for kind, key, items, _n in ix.groups:
             if kind == "atom":
                 v = self.atom_readout[str(key)](h[items])
-            else:
-                v = self.pair_readout[f"{key[0]}-{key[1]}"](p[items])
+            else:  # edges are sorted by element pair: contiguous ranges (split, no gather)
+                v = self.pair_readout[f"{key[0]}-{key[1]}"](next(pair_parts))
             values.append(v.transpose(0, 1).reshape(self.heads, -1))
         flat = torch.cat(values, 1)[:, ix.gather]                  # (heads, total) back-to-back matrices
 
