@@ -145,7 +145,7 @@ def test_energy_and_forces_terms_plug_in(water_db):
     table = load_table(water_db, keys=("e_tot", "gradient"), sha256=False)
     batch = table.batch([0, 1], dtype=torch.float64)
     loss = WeightedLoss({"fock_mae": 1.0, "energy": 1.0, "forces": 1.0})
-    assert loss.needs_positions_grad and set(loss.dataset_keys) == {"e_tot", "gradient"}
+    assert loss.needs_positions_grad and set(loss.dataset_keys) == {"e_tot", "gradient", "hcore"}
     batch.positions_bohr.requires_grad_(True)
     fock = batch.fock.clone().requires_grad_(True)
     total, parts = loss({"fock": fock}, batch)
@@ -153,6 +153,11 @@ def test_energy_and_forces_terms_plug_in(water_db):
     assert parts["energy"] < 1e-14 and parts["fock_mae"] == 0.0
     total.backward()
     assert torch.isfinite(fock.grad).all() and fock.grad.abs().max() > 0
+    # ... so the per-element offsets fitted to the reference energies vanish for HF
+    from ase_wavecalc.train.trainer import reference_atom_energies
+    table = load_table(water_db, keys=("e_tot", "hcore"), sha256=False)
+    e0 = reference_atom_energies([table], [np.arange(table.n_frames)], [1, 8])
+    assert float(e0.abs().max()) < 1e-7
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -332,6 +337,14 @@ def test_train_export_load_evaluate_with_real_model(water_db, tmp_path):
     """))
     run_dir, out = tmp_path / "run", tmp_path / "models" / "tiny_water"
     assert main(["train", str(toml), "--out", str(run_dir)]) == 0
+    # the saved best weights reproduce the validation error logged for their epoch
+    from ase_wavecalc.train.cli_export import load_run_model, run_split_tables
+    model, info = load_run_model(run_dir, "best")
+    tables, rows, _ = run_split_tables(run_dir, "val")
+    logged = np.genfromtxt(run_dir / "metrics.csv", delimiter=",", names=True)
+    logged = logged[logged["epoch"] == info["epoch"]]["val_fock_mae_uha"][0]
+    again = evaluate_model(model, tables, rows, orbitals=False)["fock_mae_uha"]
+    assert again == pytest.approx(logged, rel=1e-6)
     assert main(["export", str(run_dir), str(out), "--test"]) == 0
     model, card = load_model(str(out))
     assert (out / "train_config.toml").read_text() == toml.read_text()

@@ -47,8 +47,10 @@ def cli_main(args) -> int:
     except (TrainingError, ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"wavecalc train: error: {exc}", file=sys.stderr)
         return 1
-    print(f"run directory: {result.run_dir}  (best val loss {result.best_val_loss:.4e} at epoch "
-          f"{result.best_epoch}; export with: wavecalc export {result.run_dir} models/NAME --test)")
+    best = (f"best val loss {result.best_val_loss:.4e} at epoch {result.best_epoch}"
+            if result.best_epoch >= 0 else "no epoch completed yet")
+    print(f"run directory: {result.run_dir} ({best}); continue with --resume, or export with: "
+          f"wavecalc export {result.run_dir} models/NAME --test")
     if result.stopped == "signal" and result.signum is not None:
         return 128 + int(result.signum)
     return 0

@@ -12,7 +12,7 @@ stacked ``(B, nao, nao)`` Fock tensor.
 | batch | (B*n,) | structure index 0..B-1 |
 | fock, overlap | (B, nao, nao) | Hartree, 1 |
 | mo_energy | (B, nao) | Hartree, eigenvalues of the reference (F, S) |
-| e_tot | (B,) | Hartree (only when loaded) |
+| e_tot | (B,) | Hartree, always float64 (only when loaded) |
 | gradient | (B, n, 3) | Hartree/Bohr (only when loaded) |
 | hcore | (B, nao, nao) | Hartree (only when loaded) |
 | frame | (B,) | frame ids of the dataset file |
@@ -135,7 +135,9 @@ class FrameTable:
         """The structures at ``rows`` as a Batch in ``dtype``."""
         rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         b, n = len(rows), len(self.numbers)
-        extra = {k: self.extra[k][rows].to(dtype) for k in ENERGY_KEYS if k in self.extra}
+        # e_tot stays float64: ~100 Hartree in float32 would lose the micro-Hartree digits
+        extra = {k: self.extra[k][rows].to(torch.float64 if k == "e_tot" else dtype)
+                 for k in ENERGY_KEYS if k in self.extra}
         return Batch(
             numbers=self.numbers.repeat(b),
             positions_bohr=self.positions_bohr[rows].reshape(b * n, 3).to(dtype),

@@ -17,7 +17,8 @@ New terms plug in with :func:`register_loss_term`; a term that needs d/dR declar
 
 PhiSNet trains on MSE + MAE of F; the orbital-energy term sharpens the occupied spectrum, which errors
 of F weigh unevenly. Energy and forces need the dataset's ``e_tot``/``gradient`` (loaded on demand, see
-``WeightedLoss.dataset_keys``).
+``WeightedLoss.dataset_keys``; ``hcore`` lets the trainer start the per-element energy offsets from
+the reference energies).
 """
 from __future__ import annotations
 
@@ -102,9 +103,11 @@ def predicted_energy(outputs, batch, cache) -> torch.Tensor:
     return cache["energy"]
 
 
-@register_loss_term("energy", unit="Hartree^2", dataset_keys=("e_tot",))
+@register_loss_term("energy", unit="Hartree^2", dataset_keys=("e_tot", "hcore"))
 def energy(outputs, batch, cache):
-    return (predicted_energy(outputs, batch, cache) - batch.e_tot).square().mean()
+    # float64: total energies are ~100 Hartree, float32 would round them to ~10 micro-Hartree
+    err = predicted_energy(outputs, batch, cache) - batch.e_tot.double()
+    return err.square().mean().to(predicted_fock(outputs).dtype)
 
 
 @register_loss_term("forces", unit="(Hartree/Bohr)^2", needs_positions_grad=True, dataset_keys=("gradient",))
@@ -113,7 +116,8 @@ def forces(outputs, batch, cache):
         raise RuntimeError("the forces loss needs positions_bohr.requires_grad before the model runs")
     e = predicted_energy(outputs, batch, cache)
     (grad,) = torch.autograd.grad(e.sum(), batch.positions_bohr, create_graph=torch.is_grad_enabled())
-    return (grad.reshape(batch.gradient.shape) - batch.gradient).square().mean()
+    err = grad.reshape(batch.gradient.shape).double() - batch.gradient.double()
+    return err.square().mean().to(predicted_fock(outputs).dtype)
 
 
 class WeightedLoss:
