@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     for ensemble in ensembles:
         traj = out / f"md_{args.molecule}_{ensemble}.traj"
         calc = model_calculator(model, args.dtype)
+        warm = atoms.copy()
+        warm.calc = calc
+        warm.get_forces()  # load the model and warm up outside the timed run
         t0 = time.perf_counter()
         rec = run_md(atoms, calc, ensemble=ensemble, temperature=args.temperature, timestep=args.timestep,
                      steps=args.steps, friction=args.friction, seed=args.seed, trajectory=str(traj),
