@@ -18,14 +18,21 @@ MOLECULES = {"water": "H2O", "ethanol": "CH3CH2OH"}
 
 
 def resolve_model(spec: str) -> str:
-    """A model directory or shipped name as given; a name that is a folder of the repository's models/
-    (before installation) is turned into that path."""
+    """A model directory, or a shipped model name turned into its folder of the repository's models/
+    (also before installation; ``-`` and ``_`` in the name are interchangeable). Exits with a message if
+    there is no such model."""
+    from ase_wavecalc.model.io import available_models
+
     if Path(spec).expanduser().is_dir():
         return str(Path(spec).expanduser())
-    local = ROOT / "models" / spec
-    if local.is_dir():
-        return str(local)
-    return spec
+    for name in dict.fromkeys([spec, spec.replace("-", "_"), spec.replace("_", "-")]):
+        if "/" not in name and (ROOT / "models" / name).is_dir():
+            return str(ROOT / "models" / name)
+        if name in available_models():
+            return name
+    sys.exit(f"no model {spec!r}: not a directory, and the shipped models are "
+             f"{available_models() or 'none yet'}. Pass --model DIR (e.g. a stand-in from "
+             f"benchmarks/make_standin_model.py)")
 
 
 def model_calculator(model: str, dtype: str = "float64"):

@@ -107,10 +107,10 @@ def main(argv=None) -> int:
     if "pyscf_energy_at_model_minimum_eV" in result and "energy_eV" in ref_info:
         de = 1e3 * (result["pyscf_energy_at_model_minimum_eV"] - ref_info["energy_eV"])
         result["pyscf_energy_penalty_meV"] = de
-        print(f"PySCF energy at the model's minimum - PySCF minimum: {de:+.3f} meV")
+        print(f"PySCF energy at the model's optimized geometry - at PySCF's: {de:+.3f} meV")
     if "energy_eV" in model_info and "energy_eV" in ref_info:
         result["energy_difference_meV"] = 1e3 * (model_info["energy_eV"] - ref_info["energy_eV"])
-        print(f"model - PySCF energy at their own minima: {result['energy_difference_meV']:+.3f} meV")
+        print(f"model - PySCF energy, each at its own optimized geometry: {result['energy_difference_meV']:+.3f} meV")
 
     if ref_atoms is not None and model_info["error"] is None:
         rmsd, _ = kabsch_rmsd(ref_atoms.positions, model_atoms.positions)
