@@ -38,7 +38,8 @@ def _test_frames(split_datasets: list[dict], table, path: Path) -> list[int]:
               "frame ids recorded under the same file name", file=sys.stderr)
         d = names[0]
         return list(d["test_frames"] if "test_frames" in d else d["test"])
-    raise ValueError(f"the model's split lists no test frames for {path.name}: use --frames all or an ids file")
+    raise ValueError(f"the model's split lists no test frames for {path.name}: use --frames all or a file "
+                     "of frame ids")
 
 
 def evaluate(model_ref: str, dataset_path, frames: str = "test", batch_size: int = 16, dtype=None) -> dict:

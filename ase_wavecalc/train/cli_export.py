@@ -20,6 +20,10 @@ import torch
 __all__ = ["add_cli_arguments", "cli_main", "export_run", "load_run_model", "run_split_tables"]
 
 
+# dataset metadata copied into the card's "level_of_theory"
+LEVEL_OF_THEORY_KEYS = ("method", "xc", "basis", "grid_level", "conv_tol", "pyscf_version")
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (holds checkpoint.pt)")
     parser.add_argument("out", metavar="models/NAME", help="directory of the exported model")
@@ -87,8 +91,7 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
     progress, train_cfg = info["progress"], info["config"]
     return {
         "name": None,  # filled by export_run
-        "level_of_theory": {k: dataset_meta.get(k) for k in ("method", "xc", "basis", "grid_level", "conv_tol",
-                                                              "pyscf_version") if k in dataset_meta},
+        "level_of_theory": {k: dataset_meta[k] for k in LEVEL_OF_THEORY_KEYS if k in dataset_meta},
         "basis": dataset_meta.get("basis", cfg.get("basis")),
         "elements": elements,
         "element_symbols": [chemical_symbols[z] for z in elements],

@@ -79,8 +79,8 @@ def _from_table(cls, table: dict, where: str):
     for key in table:
         if key not in names:
             hint = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"unknown key {key!r} in [{where}]"
-                              + (f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(names)}"))
+            advice = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key {key!r} in [{where}]{advice}")
     return cls(**table)
 
 

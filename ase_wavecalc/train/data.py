@@ -32,8 +32,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["FrameTable", "Batch", "load_table", "file_sha256", "split_frames", "epoch_plan", "iterate_batches",
-           "read_frame_ids", "BASE_KEYS", "ENERGY_KEYS"]
+__all__ = ["FrameTable", "Batch", "load_table", "file_sha256", "split_frames", "epoch_plan",
+           "iterate_batches", "read_frame_ids", "BASE_KEYS", "ENERGY_KEYS"]
 
 BASE_KEYS = ("fock", "overlap")
 ENERGY_KEYS = ("e_tot", "gradient", "hcore")
@@ -186,7 +186,8 @@ def load_table(path, keys: Sequence[str] = BASE_KEYS, sha256: bool = True) -> Fr
     )
 
 
-def split_frames(frame_ids: Sequence[int], train: int, val: int, test: int, seed: int) -> dict[str, list[int]]:
+def split_frames(frame_ids: Sequence[int], train: int, val: int, test: int,
+                 seed: int) -> dict[str, list[int]]:
     """Disjoint random train/val/test frame ids (sorted within each split) from ``seed``.
 
     The permutation is of the sorted frame ids, so the split depends only on the set of ids and the

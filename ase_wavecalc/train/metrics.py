@@ -12,9 +12,11 @@ value per structure; ``evaluate_model`` runs a model over dataset rows and avera
 | fock_max_abs_uha | largest |F_pred - F_ref| of any element of any structure | micro-Hartree |
 | eps_occ_mae_uha | mean |eps_pred - eps_ref| over occupied orbitals of (F, S) | micro-Hartree |
 | homo_mae_uha, lumo_mae_uha, gap_mae_uha | HOMO, LUMO energy and HOMO-LUMO gap errors | micro-Hartree |
-| orbital_cosine | per occupied orbital i: norm of the projection of c_pred_i onto the reference eigenspace of eps_ref_i, i.e. sqrt(sum_j (c_pred_i^T S c_ref_j)^2) over reference orbitals j degenerate with i; = |c_pred_i^T S c_ref_i| for a non-degenerate level; sign- and degeneracy-invariant, 1 is perfect | 1 |
-| occupied_subspace | ||C_pred,occ^T S C_ref,occ||_F^2 / n_occ: overlap of the occupied subspaces, 1 is perfect | 1 |
-| dm_mae | mean |P_pred - P_ref|, P = 2 C_occ C_occ^T (invariant to rotations among occupied orbitals) | electrons (AO basis) |
+| orbital_cosine | mean over occupied i of sqrt(sum_j (c_pred_i^T S c_ref_j)^2), j over the reference
+  orbitals degenerate with i (= |c_pred_i^T S c_ref_i| for a non-degenerate level): sign- and
+  degeneracy-invariant cosine similarity, 1 is perfect | 1 |
+| occupied_subspace | ||C_pred,occ^T S C_ref,occ||_F^2 / n_occ: occupied-space overlap, 1 is perfect | 1 |
+| dm_mae | mean |P_pred - P_ref|, P = 2 C_occ C_occ^T (invariant to occupied-orbital rotations) | e |
 | dm_rel_fro | ||P_pred - P_ref||_F / ||P_ref||_F | 1 |
 """
 from __future__ import annotations

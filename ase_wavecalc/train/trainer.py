@@ -345,7 +345,8 @@ class Trainer:
                                     f"on resume only run.{{{','.join(RUN_OVERRIDABLE)}}} may change")
             return load_checkpoint(ckpt_path)
         if ckpt_path.exists():
-            raise TrainingError(f"{self.run_dir} already holds a training run: pass --resume, or another --out")
+            raise TrainingError(f"{self.run_dir} already holds a training run: pass --resume, or another "
+                                "--out")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.toml").write_text(self.config.source or _dump_toml(self.config.to_dict()))
         return None
@@ -394,12 +395,14 @@ class Trainer:
         if checkpoint is None and hasattr(self.model, "set_mean_block"):
             for z, block in mean_atom_blocks(self.tables, self.rows["train"]).items():
                 self.model.set_mean_block(z, block)
-        if checkpoint is None and "energy" in self.loss_fn.weights and hasattr(self.model, "atom_energy_offsets"):
-            e0 = reference_atom_energies(self.tables, self.rows["train"], self.model_config["elements"])
+        if (checkpoint is None and "energy" in self.loss_fn.weights
+                and hasattr(self.model, "atom_energy_offsets")):
+            elements = self.model_config["elements"]
+            e0 = reference_atom_energies(self.tables, self.rows["train"], elements)
             with torch.no_grad():
                 self.model.atom_energy_offsets.copy_(e0)
             self.log("per-element energy offsets from the reference energies: "
-                     + ", ".join(f"Z={z}: {float(v):.6f} Ha" for z, v in zip(self.model_config["elements"], e0)))
+                     + ", ".join(f"Z={z}: {float(v):.6f} Ha" for z, v in zip(elements, e0)))
         self.ema = None
         if self.config.optimizer.ema_decay > 0:
             shadow = self.build_model(dict(self.model_config)).to(self.dtype)
