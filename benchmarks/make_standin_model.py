@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="/tmp/standin-model", help="model directory to write")
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--full-size", action="store_true",
+                        help="the default architecture (model.network.DEFAULT_CONFIG widths) instead of a small "
+                             "one: for realistic timings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-test", type=int, default=50, help="test frame ids listed per dataset")
     parser.add_argument("--weight-scale", type=float, default=0.02,
@@ -69,9 +72,12 @@ def main(argv=None) -> int:
     from ase_wavecalc.model.io import save_model
 
     torch.manual_seed(args.seed)
-    config = default_config(energy_head=True, elements=[1, 6, 8], basis="def2-svp", channels=args.channels,
-                            pair_channels=args.channels, num_layers=args.num_layers, radial_hidden=16,
-                            pair_hidden=16)
+    if args.full_size:
+        config = default_config(energy_head=True, elements=[1, 6, 8], basis="def2-svp")
+    else:
+        config = default_config(energy_head=True, elements=[1, 6, 8], basis="def2-svp", channels=args.channels,
+                                pair_channels=args.channels, num_layers=args.num_layers, radial_hidden=16,
+                                pair_hidden=16)
     model = build_model(config).double()
     _tame(model, args.data, args.weight_scale)
     rng = np.random.default_rng(args.seed)
@@ -86,8 +92,8 @@ def main(argv=None) -> int:
             "split": {"seed": args.seed, "datasets": split}}
     save_model(model, args.out, card)
     n_par = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.out}: random model, {n_par} parameters, channels={args.channels}, "
-          f"layers={args.num_layers}, test frames listed for {[d['name'] for d in split]}")
+    print(f"wrote {args.out}: random model, {n_par} parameters, channels={config['channels']}, "
+          f"layers={config['num_layers']}, test frames listed for {[d['name'] for d in split]}")
     return 0
 
 
