@@ -182,6 +182,11 @@ def test_training_reduces_validation_error(water_db, tmp_path):
     assert not set(d["test"]) & set(d["train"])
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")   # weights_only=True
     assert ckpt["progress"]["epoch"] == 25
+    # a second stage starts from this run's best EMA weights
+    stage2 = make_config(water_db, max_epochs=1, init_weights=str(run_dir))
+    Trainer(stage2, tmp_path / "stage2", build_model=build_stand_in, log=quiet).fit()
+    first = np.genfromtxt(tmp_path / "stage2" / "metrics.csv", delimiter=",", names=True)
+    assert float(first["val_fock_mae_uha"]) < 0.5 * rows["val_fock_mae_uha"][0]
 
 
 def _flat_state(ckpt):

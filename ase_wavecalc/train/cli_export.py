@@ -109,7 +109,8 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
                      else None,
                      "loss": train_cfg["loss"], "optimizer": train_cfg["optimizer"],
                      "scheduler": train_cfg["scheduler"], "precision": train_cfg["run"]["precision"],
-                     "batch_size": train_cfg["run"]["batch_size"]},
+                     "batch_size": train_cfg["run"]["batch_size"],
+                     "init_weights": train_cfg["run"].get("init_weights") or None},
         "test_metrics": test_metrics,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -43,6 +43,8 @@ checkpoint_every_min = 10.0
 seed = 0                               # weight initialization and data order
 threads = 0                            # torch intra-op threads; 0 leaves torch's default
 progress = true                        # tqdm bar
+init_weights = ""                      # start from trained weights: a run directory (its best EMA
+                                       # weights) or an exported model directory; same architecture
 ```
 """
 from __future__ import annotations
@@ -155,6 +157,7 @@ class RunConfig:
     seed: int = 0
     threads: int = 0
     progress: bool = True
+    init_weights: str = ""
 
     def __post_init__(self):
         if self.precision not in ("float32", "float64"):

@@ -269,6 +269,22 @@ def mean_atom_blocks(tables, row_sets) -> dict[int, torch.Tensor]:
     return {za: sums[za] / counts[za] for za in sorted(sums)}
 
 
+def initial_weights(path) -> dict:
+    """A state dict to start from: a run directory (EMA weights of best.pt, else of checkpoint.pt) or
+    an exported model directory (weights.safetensors). Read without executing code."""
+    path = Path(path)
+    if (path / "checkpoint.pt").is_file():
+        if (path / "best.pt").is_file():
+            return torch.load(path / "best.pt", map_location="cpu", weights_only=True)["model"]
+        ckpt = load_checkpoint(path / "checkpoint.pt")
+        return ckpt["ema"]["module"] if ckpt.get("ema") is not None else ckpt["model"]
+    if (path / "weights.safetensors").is_file():
+        from safetensors.torch import load_file
+        return load_file(str(path / "weights.safetensors"))
+    raise TrainingError(f"run.init_weights: {path} is neither a run directory (checkpoint.pt) nor a model "
+                        "directory (weights.safetensors)")
+
+
 def reference_atom_energies(tables, row_sets, elements) -> torch.Tensor:
     """Per-element offsets e0 (Hartree, in the order of ``elements``) that make the energy functional
     E = E_nn + 1/2 Tr[P (F + h_core)] + sum_A e0[Z_A], evaluated with the *reference* F, reproduce the
@@ -392,11 +408,20 @@ class Trainer:
         # the resolved config (every key, defaults filled in) is what rebuilds this architecture
         self.model_config = as_plain(dict(getattr(self.model, "config", self.model_config)))
         self.model.train()
-        if checkpoint is None and hasattr(self.model, "set_mean_block"):
+        if checkpoint is None and run.init_weights:
+            path = self.config.resolve_path(run.init_weights)
+            try:
+                self.model.load_state_dict(initial_weights(path))
+            except RuntimeError as exc:
+                raise TrainingError(f"run.init_weights {path}: the weights do not fit the [model] "
+                                    f"architecture: {str(exc).splitlines()[0]}") from None
+            self.log(f"initial weights from {path}")
+        elif checkpoint is None and hasattr(self.model, "set_mean_block"):
             for z, block in mean_atom_blocks(self.tables, self.rows["train"]).items():
                 self.model.set_mean_block(z, block)
         if (checkpoint is None and "energy" in self.loss_fn.weights
-                and hasattr(self.model, "atom_energy_offsets")):
+                and hasattr(self.model, "atom_energy_offsets")
+                and not bool(self.model.atom_energy_offsets.detach().abs().sum() > 0)):
             elements = self.model_config["elements"]
             e0 = reference_atom_energies(self.tables, self.rows["train"], elements)
             with torch.no_grad():
