@@ -46,6 +46,35 @@ def model_calc(spec, dtype):
         return WaveCalculator(provider=ModelProvider(spec, dtype=dtype))
 
 
+def profile_call(factory, atoms, top):
+    """cProfile of a few model energy+forces calls (after warm-up): [(function, calls, own s, cumulative s)]."""
+    import cProfile
+    import pstats
+
+    from ase.calculators.calculator import all_changes
+
+    calc = factory()
+    calc.calculate(atoms, ["energy", "forces"], all_changes)
+    prof = cProfile.Profile()
+    n = 5
+    prof.enable()
+    for _ in range(n):
+        calc.calculate(atoms, ["energy", "forces"], all_changes)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
+        rows.append({"function": f"{func} ({file.split('site-packages/')[-1].split('/work/main/')[-1]}:{line})",
+                     "calls_per_call": ncalls / n, "own_ms": 1e3 * tottime / n, "cumulative_ms": 1e3 * cumtime / n})
+    rows.sort(key=lambda r: -r["own_ms"])
+    total = sum(r["own_ms"] for r in rows)
+    print(f"\nprofile of one model energy+forces call ({total:.1f} ms under cProfile), top by own time:")
+    print(table(["function", "calls", "own ms", "cum ms"],
+                [[r["function"][:90], f"{r['calls_per_call']:.0f}", f"{r['own_ms']:.2f}", f"{r['cumulative_ms']:.2f}"]
+                 for r in rows[:top]]))
+    return {"total_ms": total, "top": rows[:top]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -57,6 +86,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--pyscf-repeats", type=int, default=3)
     parser.add_argument("--pyscf-warmup", type=int, default=1)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile one model energy+forces call per molecule: top functions by own time")
+    parser.add_argument("--top", type=int, default=15, help="functions listed with --profile")
     parser.add_argument("--json", default=None, help="output file (default benchmarks/results/speed_calculator.json)")
     args = parser.parse_args(argv)
 
@@ -94,6 +126,8 @@ def main(argv=None) -> int:
             if dtype == "float64":
                 timings["model_float64_energy_only"] = time_call(
                     lambda: calc.calculate(atoms, ["energy"], all_changes), args.repeats, args.warmup)
+        if args.profile:
+            case["profile"] = profile_call(lambda: model_calc(spec, "float64"), atoms, args.top)
         timings["pyscf"] = time_call(energy_forces(lambda: WaveCalculator(method="pbe", basis="def2-svp")),
                                      args.pyscf_repeats, args.pyscf_warmup)
         if TBLite is not None:
