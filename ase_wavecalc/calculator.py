@@ -71,6 +71,7 @@ class WaveCalculator(Calculator):
         "max_cycle": 100,
         "grid_response": False,
         "model": None,
+        "dtype": "float64",   # network precision with model= (the electronic structure is always float64)
     }
     discard_results_on_any_change = True
 
@@ -83,7 +84,7 @@ class WaveCalculator(Calculator):
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
                              f"{sorted(self.default_parameters)} and provider=")
         if provider is not None:
-            clash = sorted(k for k in set(_PYSCF_KEYS) | {"model"} if k in kwargs)
+            clash = sorted(k for k in set(_PYSCF_KEYS) | {"model", "dtype"} if k in kwargs)
             if clash:
                 raise InputError(f"parameters {clash} do not apply when provider= is given")
             kwargs.setdefault("charge", int(getattr(provider, "charge", 0)))
@@ -123,7 +124,7 @@ class WaveCalculator(Calculator):
                                  f"which cannot be imported here ({exc}); use method=/basis= for the "
                                  "exact PySCF Hamiltonian") from exc
             try:
-                return model_provider(p["model"], charge=int(p["charge"]))
+                return model_provider(p["model"], charge=int(p["charge"]), dtype=p["dtype"])
             except Exception as exc:  # unknown name, bad directory, wrong charge, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "
                                  f"{exc}") from exc
