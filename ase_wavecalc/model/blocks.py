@@ -17,7 +17,7 @@ antisymmetric in m1, m2 for odd L): the atom block is symmetric with exactly n(n
 | object | shape | meaning |
 |---|---|---|
 | ``block_features(shells_a, shells_b, diagonal)`` | list of (a, b, L, p) | irreps needed by one block |
-| ``BlockReadout(x)`` | (n, C, D) -> (n, heads, n_ao_a * n_ao_b) | readout + assembly, PySCF order |
+| ``BlockReadout(x)`` | (n, D, C) -> (n, heads, n_ao_a * n_ao_b) | readout + assembly, PySCF order |
 | ``MatrixIndex`` | | where every block lands in the flat output, per batch composition |
 """
 from __future__ import annotations
@@ -87,19 +87,21 @@ def assembly_matrix(shells_a, shells_b, perm_a, perm_b, diagonal: bool):
 class BlockReadout(ConstantsMixin, nn.Module):
     """Readout of one element (diagonal) or one ordered element pair (off-diagonal) block.
 
-    x (n, C, D) lab-frame features in l-order -> (n, heads, n_ao_a * n_ao_b), PySCF order.
+    x (n, D, C) lab-frame features in l-order -> (n, heads, n_ao_a * n_ao_b), PySCF order.
 
     For every irrep the block needs (say k copies of (L, p)), a channel-mixing linear map C -> k copies per
     head; then the assembly matmul. Copies are padded to the largest k over the block's irreps so that
     all irreps go through one batched einsum; the padding entries are masked (structurally zero, they
     receive no gradient and are not counted by ``n_effective_parameters``).
+    Weights start at ``init_scale`` (0.1) times the unit-variance scale, so an untrained model predicts
+    about the mean atom blocks plus small couplings (faster early training than O(1 Hartree) noise).
     ``bias=True`` (diagonal blocks) adds learnable per-element constants to the 0e copies: the element's
     mean atom block (the trainer may set it from data with ``set_mean_block``). Head 0 is the Fock
     matrix; head 1 (if any) is the energy head's core correction, initialized to zero.
     """
 
     def __init__(self, layout: FeatureLayout, channels: int, heads: int, shells_a, shells_b, perm_a, perm_b,
-                 diagonal: bool, bias: bool):
+                 diagonal: bool, bias: bool, init_scale: float = 0.1):
         super().__init__()
         self.layout, self.channels, self.heads = layout, int(channels), int(heads)
         self.diagonal = bool(diagonal)
@@ -139,7 +141,7 @@ class BlockReadout(ConstantsMixin, nn.Module):
         for q, k in counts.items():
             mask[local[q], :, :, :k] = 1.0
         self.register_constant("mask", mask.reshape(len(self.irreps_needed), 1, self.heads * self.copies))
-        w = torch.randn(len(self.irreps_needed), channels, self.heads, self.copies) / math.sqrt(channels)
+        w = torch.randn(len(self.irreps_needed), channels, self.heads, self.copies) * (init_scale / math.sqrt(channels))
         if self.heads > 1:
             w[:, :, 1:] = 0.0  # core correction starts at zero
         self.weight = nn.Parameter(w.reshape(len(self.irreps_needed), channels, self.heads * self.copies)

@@ -252,7 +252,7 @@ def scale_edge(x: torch.Tensor, s: torch.Tensor, layout: FeatureLayout) -> torch
     out = []
     for g, (xg, sg) in enumerate(zip(torch.split(x, layout.group_sizes, 0), torch.split(s, layout.irm_sizes, 0))):
         k = layout.irm_sizes[g]
-        out.append((xg.view(layout.group_signs[g], k, E, C) * sg).view(-1, E, C))
+        out.append((xg.view(layout.group_signs[g], k, E, C) * sg).view(layout.group_signs[g] * k, E, C))
     return torch.cat(out, 0)
 
 

@@ -55,6 +55,7 @@ from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE"]
 
 MODEL_TYPE = "wavecalc-so2-hamiltonian"
+_SQRT_HALF = math.sqrt(0.5)
 
 # Defaults: def2-SVP water/ethanol, trains on 2 CPU cores (see docs in the report / README)
 DEFAULT_CONFIG = {
@@ -169,23 +170,26 @@ class Interaction(nn.Module):
     """
 
     def __init__(self, layout: FeatureLayout, channels: int, num_radial: int, radial_hidden: int,
-                 avg_num_neighbors: float):
+                 avg_num_neighbors: float, n_elements: int):
         super().__init__()
         self.layout, self.channels = layout, channels
         self.irreps_in = self.irreps_out = layout.irreps_str(channels)
         self.lin_pre = NodeLinear(layout, channels, channels)
         self.scale_in = _ScaleHead(layout, channels)
         self.scale_out = _ScaleHead(layout, channels)
-        self.radial = RadialMLP(num_radial, radial_hidden, 2 * self.scale_in.size)
+        # edge MLP of the Bessel functions and both elements (one-hot): element-pair-dependent radial
+        # functions. Not of the features themselves: the scalings multiply the features, and a feedback of
+        # the features into their own scale made activations explode with depth.
+        self.radial = RadialMLP(num_radial + 2 * n_elements, radial_hidden, 2 * self.scale_in.size)
         self.conv = SO2Conv(layout, channels)
-        self.lin_post = NodeLinear(layout, channels, channels)
+        self.lin_post = NodeLinear(layout, channels, channels, init_scale=0.1)
         self.lin_self = NodeLinear(layout, channels, channels)
         self.gate = NodeGate(layout, channels)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
-    def forward(self, h, Ds, rbf, env, src, dst, scalar_input: bool = False):
+    def forward(self, h, Ds, edge_attr, env, src, dst, scalar_input: bool = False):
         x = self.lin_pre(h)
-        r_in, r_out = torch.split(self.radial(rbf), self.scale_in.size, 1)
+        r_in, r_out = torch.split(self.radial(edge_attr), self.scale_in.size, 1)
         s_out = self.scale_out(r_out)
         if scalar_input:  # only 0e is non-zero (and rotation-invariant): skip the rotation in
             mt = self.conv.forward_scalar(x[:, 0][src] * self.scale_in.scalar(r_in, env), s_out)
@@ -193,7 +197,7 @@ class Interaction(nn.Module):
             mt = self.conv(rotate_in(x[src], Ds, self.layout), self.scale_in(r_in, env), s_out)
         m = rotate_out(mt, Ds, self.layout)
         agg = torch.zeros_like(h).index_add_(0, dst, m) * self.norm
-        return h + self.gate(self.lin_post(agg) + self.lin_self(h))
+        return h + self.gate((self.lin_post(agg) + self.lin_self(h)) * _SQRT_HALF)
 
 
 class PairFeatures(nn.Module):
@@ -237,8 +241,11 @@ class PairFeatures(nn.Module):
         xt = rotate_in(xe, Ds, self.layout)                            # (D, E, 2Cp)
         onehot = torch.nn.functional.one_hot(elem, self.n_elements).to(h.dtype)
         env = self.env(d)
-        inv = torch.cat([xt[self.m0_invariant].transpose(0, 1).reshape(E, -1), self.rbf(d) * env[:, None],
-                         onehot[dst], onehot[src]], -1)
+        proj = xt[self.m0_invariant].transpose(0, 1).reshape(E, -1)
+        # unit root-mean-square per edge (an invariant scalar): the filter multiplies the features, so
+        # its input must not scale with them (that feedback is unstable)
+        proj = proj * torch.rsqrt(proj.square().mean(1, keepdim=True) + 1e-6)
+        inv = torch.cat([proj, self.rbf(d) * env[:, None], onehot[dst], onehot[src]], -1)
         s_in, s_out = torch.split(self.filter(inv), [self.scale_in.size, self.scale_out.size], 1)
         pa, pb = torch.split(self.conv(xt, self.scale_in(s_in)), cp, 2)
         pt = scale_edge(pa + pb, self.scale_out(s_out), self.layout)
@@ -267,7 +274,7 @@ class HamiltonianModel(nn.Module):
         self.rbf = BesselBasis(cfg["num_radial"], cfg["cutoff"])
         self.envelope = PolynomialEnvelope(cfg["cutoff"], cfg["envelope_exponent"])
         self.interactions = nn.ModuleList([
-            Interaction(self.layout, C, cfg["num_radial"], cfg["radial_hidden"], cfg["avg_num_neighbors"])
+            Interaction(self.layout, C, cfg["num_radial"], cfg["radial_hidden"], cfg["avg_num_neighbors"], n_el)
             for _ in range(cfg["num_layers"])])
         self.pair = PairFeatures(self.layout, C, cfg["pair_channels"], n_el, cfg["pair_num_radial"],
                                  cfg["pair_hidden"], cfg["pair_cutoff"], cfg["envelope_exponent"],
@@ -335,14 +342,15 @@ class HamiltonianModel(nn.Module):
         if d.numel() and float(d.detach().min()) < 1e-3:
             raise ValueError("two atoms (almost) coincide")
         Ds = self.wigner(edge_frame(vec / d[:, None]))
-        rbf = self.rbf(d)
         env = self.envelope(d)
+        onehot = torch.nn.functional.one_hot(ix.elem, len(self.elements)).to(dtype)
+        edge_attr = torch.cat([self.rbf(d), onehot[ix.dst], onehot[ix.src]], 1)
 
         N, C = numbers.shape[0], self.config["channels"]
         h = torch.cat([self.embedding[ix.elem][:, None, :],
                        torch.zeros(N, self.layout.dim - 1, C, dtype=dtype, device=pos.device)], 1)
         for k, block in enumerate(self.interactions):
-            h = block(h, Ds, rbf, env, ix.src, ix.dst, scalar_input=(k == 0))
+            h = block(h, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
         p = self.pair(h, Ds, d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
 
         values = []

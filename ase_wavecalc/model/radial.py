@@ -6,7 +6,7 @@ cutoff.
 
 | object | input | output |
 |---|---|---|
-| ``BesselBasis(n, cutoff)`` | d (E,) Bohr | (E, n): sqrt(2/rc) sin(k pi d / rc) / d, k = 1..n |
+| ``BesselBasis(n, cutoff)`` | d (E,) Bohr | (E, n): sin(k pi u) / (2 u), u = d / rc, k = 1..n |
 | ``PolynomialEnvelope(cutoff, p)`` | d (E,) Bohr | (E,): 1 at d = 0, 0 for d >= rc, C^p smooth |
 | ``RadialMLP(n_in, hidden, n_out)`` | (E, n_in) | (E, n_out) |
 """
@@ -19,12 +19,16 @@ from torch import nn
 
 __all__ = ["BesselBasis", "PolynomialEnvelope", "RadialMLP"]
 
+_SILU_GAIN = 1.679
+
 
 class BesselBasis(nn.Module):
-    """Spherical Bessel functions of order 0 on [0, rc] (DimeNet, NequIP).
+    """Spherical Bessel functions of order 0 on [0, rc] (DimeNet, NequIP): sin(k pi u) / (2 u), u = d/rc.
 
-    The frequencies k pi / rc are fixed (not trained): a trained frequency buys little on molecules this
-    small and a fixed one keeps the basis a pure function of the config.
+    Scaled (1/2 instead of NequIP's 2/rc^2 in units of u) so that the features have root-mean-square
+    about 1 over u in [0.1, 1], i.e. unit-scale inputs for the MLPs whatever the cutoff. The frequencies
+    are fixed (not trained): a trained frequency buys little on molecules this small and a fixed one
+    keeps the basis a pure function of the config.
     """
 
     def __init__(self, num_basis: int, cutoff: float):
@@ -35,11 +39,11 @@ class BesselBasis(nn.Module):
             raise ValueError("cutoff must be positive (Bohr)")
         self.num_basis = int(num_basis)
         self.cutoff = float(cutoff)
-        self.prefactor = math.sqrt(2.0 / self.cutoff)
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
-        k = torch.arange(1, self.num_basis + 1, dtype=d.dtype, device=d.device) * (math.pi / self.cutoff)
-        return self.prefactor * torch.sin(d[:, None] * k) / d[:, None]
+        u = (d / self.cutoff)[:, None]
+        k = torch.arange(1, self.num_basis + 1, dtype=d.dtype, device=d.device) * math.pi
+        return torch.sin(k * u) / (2.0 * u)
 
     def extra_repr(self) -> str:
         return f"num_basis={self.num_basis}, cutoff={self.cutoff}"
@@ -84,8 +88,8 @@ class RadialMLP(nn.Module):
         self.linears = nn.ModuleList()
         for i in range(len(dims) - 1):
             lin = nn.Linear(dims[i], dims[i + 1], bias=bias)
-            # SiLU keeps roughly half the second moment; sqrt(2) gain on hidden layers compensates
-            gain = 1.0 if i == 0 else math.sqrt(2.0)
+            # silu(x) of x ~ N(0, 1) has second moment 0.355: gain 1/sqrt(0.355) after each SiLU
+            gain = 1.0 if i == 0 else _SILU_GAIN
             if i == len(dims) - 2:
                 gain *= out_scale
             nn.init.normal_(lin.weight, std=gain / math.sqrt(dims[i]))
