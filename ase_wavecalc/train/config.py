@@ -43,6 +43,9 @@ checkpoint_every_min = 10.0
 seed = 0                               # weight initialization and data order
 threads = 0                            # torch intra-op threads; 0 leaves torch's default
 progress = true                        # tqdm bar
+deterministic = true                   # torch.use_deterministic_algorithms: with several threads,
+                                       # CPU scatter/index_put accumulation otherwise varies in the
+                                       # last bit between runs (resume is then exact only with 1 thread)
 init_weights = ""                      # start from trained weights: a run directory (its best EMA
                                        # weights) or an exported model directory; same architecture
 ```
@@ -158,6 +161,7 @@ class RunConfig:
     threads: int = 0
     progress: bool = True
     init_weights: str = ""
+    deterministic: bool = True
 
     def __post_init__(self):
         if self.precision not in ("float32", "float64"):

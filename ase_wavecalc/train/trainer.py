@@ -153,18 +153,36 @@ def load_checkpoint(path) -> dict:
 
 
 @contextlib.contextmanager
-def _isolated_global_state(threads: int):
-    """Run with private RNG states and thread count; the caller's are restored afterwards."""
+def _isolated_global_state(threads: int, deterministic: bool):
+    """Run with private RNG states, thread count and deterministic-algorithms flag; the caller's are
+    restored afterwards."""
     np_state, py_state, n_threads = np.random.get_state(), random.getstate(), torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     with torch.random.fork_rng(devices=[]):
         try:
             if threads > 0:
                 torch.set_num_threads(threads)
+            if deterministic:
+                torch.use_deterministic_algorithms(True)
             yield
         finally:
+            torch.use_deterministic_algorithms(det, warn_only=det_warn)
             torch.set_num_threads(n_threads)
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Single-threaded torch for a block: multi-threaded LAPACK (lstsq, pinv) on CPU is not bitwise
+    reproducible, and the initialization must be for runs to be repeatable."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class _StopSignals:
@@ -417,13 +435,15 @@ class Trainer:
                                     f"architecture: {str(exc).splitlines()[0]}") from None
             self.log(f"initial weights from {path}")
         elif checkpoint is None and hasattr(self.model, "set_mean_block"):
-            for z, block in mean_atom_blocks(self.tables, self.rows["train"]).items():
-                self.model.set_mean_block(z, block)
+            with _one_thread():  # LAPACK least squares differs in the last bit between runs otherwise
+                for z, block in mean_atom_blocks(self.tables, self.rows["train"]).items():
+                    self.model.set_mean_block(z, block)
         if (checkpoint is None and "energy" in self.loss_fn.weights
                 and hasattr(self.model, "atom_energy_offsets")
                 and not bool(self.model.atom_energy_offsets.detach().abs().sum() > 0)):
             elements = self.model_config["elements"]
-            e0 = reference_atom_energies(self.tables, self.rows["train"], elements)
+            with _one_thread():
+                e0 = reference_atom_energies(self.tables, self.rows["train"], elements)
             with torch.no_grad():
                 self.model.atom_energy_offsets.copy_(e0)
             self.log("per-element energy offsets from the reference energies: "
@@ -537,7 +557,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         threads = self.config.run.threads
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with _run_dir_lock(self.run_dir), _isolated_global_state(threads), _StopSignals() as signals:
+        with _run_dir_lock(self.run_dir), _isolated_global_state(threads, self.config.run.deterministic), \
+                _StopSignals() as signals:
             checkpoint = self._prepare_run_dir()
             self._load_data()
             self._build(checkpoint)
@@ -562,7 +583,7 @@ class Trainer:
             total = min(total, run.max_steps)
         bar = tqdm(total=total, initial=min(p["step"], total), unit="step", dynamic_ncols=True,
                    disable=not run.progress, mininterval=1.0, desc="train")
-        structures, train_s, t_step = 0, 0.0, 0.0
+        structures, train_s, cpu_s, t_step = 0, 0.0, 0.0, 0.0
         last_val: dict = {}
         stopped = None
 
@@ -595,11 +616,12 @@ class Trainer:
                 for t, rows in plan[p["batch_in_epoch"]:]:
                     if (stopped := stop_reason(before_step=True)) is not None:
                         break
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     batch = self.tables[t].batch(rows, dtype=self.dtype, table=t)
                     loss = self.train_step(batch)
                     t_step = time.perf_counter() - t0
                     train_s += t_step
+                    cpu_s += time.process_time() - c0
                     structures += batch.n_structures
                     p["step"] += 1
                     p["batch_in_epoch"] += 1
@@ -627,8 +649,9 @@ class Trainer:
         self.save()
         self._plot(force=True)
         rate = structures / train_s if train_s > 0 else 0.0
-        self.log(f"stopped ({stopped}) after {p['epoch']} epochs, {p['step']} steps; "
-                 f"{rate:.1f} structures/s in training steps; total training time "
+        cpu_rate = structures / cpu_s if cpu_s > 0 else 0.0
+        self.log(f"stopped ({stopped}) after {p['epoch']} epochs, {p['step']} steps; training steps ran at "
+                 f"{rate:.1f} structures/s ({cpu_rate:.1f} per CPU-second); total training time "
                  f"{_hms(p['train_time_s'])}; checkpoint {self.run_dir / 'checkpoint.pt'}")
         return TrainResult(run_dir=str(self.run_dir), epochs=p["epoch"], steps=p["step"], stopped=stopped,
                            train_time_s=p["train_time_s"], best_val_loss=p["best_val_loss"],
