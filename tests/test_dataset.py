@@ -13,7 +13,9 @@ from ase_wavecalc.dataset import (FRAME_KEYS, DatasetError, connect, frame_ids, 
 from ase_wavecalc.integrals import make_mol
 from ase_wavecalc.units import BOHR, HARTREE, HARTREE_PER_BOHR
 
-SHARED = Path("/work/shared/data")
+# shared/ lies beside the repository (CI clones it there); /work/shared on the development machines
+SHARED = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data"))
+               if p.is_dir()), Path("/work/shared/data"))
 WATER_PARTS = sorted((SHARED / "water_pbe_def2svp").glob("part-*.npz"))
 NUMBERS = np.array([8, 1, 1])
 
