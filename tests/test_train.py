@@ -91,7 +91,8 @@ def make_config(db, **run):
         "loss": {"fock_mse": 1.0, "fock_mae": 1.0, "orbital_energy": 0.01},
         "optimizer": {"lr": 1e-2, "ema_decay": 0.9, "grad_clip": 5.0},
         "scheduler": {"patience": 2, "factor": 0.5},
-        "run": {"batch_size": 4, "max_epochs": 30, "progress": False, "checkpoint_every_min": 10.0, **run},
+        "run": {"batch_size": 4, "max_epochs": 30, "progress": False, "checkpoint_every_min": 10.0,
+                "threads": 1, **run},
     }
     return parse_config(table)
 
@@ -342,6 +343,7 @@ def test_train_export_load_evaluate_with_real_model(water_db, tmp_path):
         batch_size = 4
         max_epochs = 3
         progress = false
+        threads = 1
     """))
     run_dir, out = tmp_path / "run", tmp_path / "models" / "tiny_water"
     assert main(["train", str(toml), "--out", str(run_dir)]) == 0
