@@ -67,9 +67,10 @@ except ImportError:  # Python 3.10
 __all__ = ["DatasetSpec", "DataConfig", "OptimizerConfig", "SchedulerConfig", "RunConfig", "TrainConfig",
            "load_config", "parse_config", "RUN_OVERRIDABLE"]
 
-# [run] keys that may change when a run is resumed (stop criteria and cosmetics, nothing that changes
-# the trajectory of the optimization)
-RUN_OVERRIDABLE = ("max_epochs", "max_steps", "max_time_min", "checkpoint_every_min", "threads", "progress")
+# [run] keys that may change when a run is resumed (stop criteria, threads and cosmetics; init_weights
+# only acts on a fresh start)
+RUN_OVERRIDABLE = ("max_epochs", "max_steps", "max_time_min", "checkpoint_every_min", "threads", "progress",
+                   "deterministic", "init_weights")
 
 
 class ConfigError(ValueError):
