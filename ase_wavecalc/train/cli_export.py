@@ -127,14 +127,23 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
         raise FileExistsError(f"{out} exists and is not empty (--force overwrites)")
     model, info = load_run_model(run_dir, weights)
     tables, rows, split = run_split_tables(run_dir, "test", check_hash=True)
+    loss = info["config"]["loss"]
+    energy_trained = bool(info["model_config"].get("energy_head")) and (
+        float(loss.get("energy", 0)) > 0 or float(loss.get("forces", 0)) > 0)
     test_metrics = None
     if test:
         if sum(len(r) for r in rows) == 0:
             raise ValueError(f"{run_dir}: the test split is empty")
         test_metrics = evaluate_model(model, tables, rows, batch_size=batch_size)
+        if energy_trained:
+            from .metrics import energy_force_errors
+            for d, table in zip(split["datasets"], tables):
+                test_metrics.update(energy_force_errors(model, table.path, d["test"], charge=table.charge))
         print(format_metrics(test_metrics, f"test split ({test_metrics['n_structures']} structures):"))
     card = build_card(run_dir, info, split, tables[0].metadata, test_metrics)
     card["name"] = out.name
+    card["energy_trained"] = energy_trained   # False: a Hamiltonian-only model (no energy or forces)
+    card["charge"] = int(tables[0].charge)
     save_model(model, out, card)
     shutil.copyfile(run_dir / "config.toml", out / "train_config.toml")
     return card

@@ -159,6 +159,8 @@ _LABELS = {
     "gap_mae_uha": "gap MAE", "orbital_cosine": "orbital cosine (occ.)",
     "occupied_subspace": "occupied subspace overlap", "dm_mae": "density matrix MAE",
     "dm_rel_fro": "density matrix rel. Frobenius",
+    "energy_mae_mev": "energy MAE (meV/molecule)", "energy_max_mev": "energy max |error| (meV)",
+    "force_mae_mev_a": "force MAE (meV/A)", "force_max_mev_a": "force max |error| (meV/A)",
 }
 
 
@@ -174,3 +176,36 @@ def format_metrics(summary: dict, title: str = "") -> str:
     if "n_structures" in summary:
         lines.append(f"  {'structures':<32s}{summary['n_structures']:12d}")
     return "\n".join(lines)
+
+
+def energy_force_errors(model: torch.nn.Module, dataset_path, frame_ids, charge: int = 0) -> dict:
+    """Energy and force errors of an energy-head model on the given frames of a dataset file.
+
+    The model runs in float64 through :class:`~ase_wavecalc.model_provider.ModelProvider` (the same path
+    as the calculator: degeneracy-safe density response, exact S and h_core derivatives). Returns
+    ``energy_mae_mev`` (meV per molecule), ``energy_max_mev``, ``force_mae_mev_a`` (meV/Angstrom, per
+    component), ``force_max_mev_a``, ``n_energy_structures``.
+    """
+    import copy
+
+    from ..dataset import read_dataset
+    from ..model_provider import ModelProvider
+    from ..units import HARTREE, HARTREE_PER_BOHR
+
+    data = read_dataset(dataset_path, keys=("e_tot", "gradient"))
+    where = {int(f): i for i, f in enumerate(data["frame"])}
+    missing = [int(f) for f in frame_ids if int(f) not in where]
+    if missing:
+        raise ValueError(f"{dataset_path}: frames {missing[:5]} not in the dataset")
+    provider = ModelProvider(copy.deepcopy(model).to(torch.float64), charge=charge,
+                             card={"name": "evaluation", "charge": charge})
+    de, df = [], []
+    for f in frame_ids:
+        i = where[int(f)]
+        res = provider.compute(data["numbers"], data["positions_bohr"][i], want_gradient=True)
+        de.append((res.energy - data["e_tot"][i]) * HARTREE * 1e3)
+        df.append(((res.gradient - data["gradient"][i]) * HARTREE_PER_BOHR * 1e3).reshape(-1))
+    de, df = np.abs(np.asarray(de)), np.abs(np.concatenate(df))
+    return {"energy_mae_mev": float(de.mean()), "energy_max_mev": float(de.max()),
+            "force_mae_mev_a": float(df.mean()), "force_max_mev_a": float(df.max()),
+            "n_energy_structures": int(len(de))}
