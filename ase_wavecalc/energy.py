@@ -58,7 +58,8 @@ def density_from_eigh(fock: torch.Tensor, overlap: torch.Tensor, n_occ: int) -> 
     return 2.0 * c_occ @ c_occ.transpose(-1, -2)
 
 
-def one_electron_matrices(numbers, positions_bohr: torch.Tensor, basis: str, derivative_order: int = 1):
+def one_electron_matrices(numbers, positions_bohr: torch.Tensor, basis: str, derivative_order: int = 1,
+                          mol=None):
     """Overlap S and core Hamiltonian h_core (nao, nao) as differentiable functions of the positions.
 
     ``derivative_order=1`` (default): S and h are built as their first-order expansion around the
@@ -74,7 +75,8 @@ def one_electron_matrices(numbers, positions_bohr: torch.Tensor, basis: str, der
     if derivative_order != 1:
         raise ValueError(f"derivative_order must be 1 or 2, got {derivative_order}")
     kw = dict(dtype=positions_bohr.dtype, device=positions_bohr.device)
-    mol = integrals.make_mol(numbers, positions_bohr.detach().cpu().numpy(), basis)
+    if mol is None:  # a PySCF Mole at exactly these positions may be passed in to save building one
+        mol = integrals.make_mol(numbers, positions_bohr.detach().cpu().numpy(), basis)
     delta = positions_bohr - positions_bohr.detach()
     matrices = []
     for value, derivative in ((integrals.overlap, integrals.overlap_derivative),
@@ -87,7 +89,7 @@ def one_electron_matrices(numbers, positions_bohr: torch.Tensor, basis: str, der
 
 def total_energy(numbers, positions_bohr: torch.Tensor, fock: torch.Tensor, basis: str,
                  core_correction: torch.Tensor | None = None, atom_energy: torch.Tensor | float = 0.0,
-                 charge: int = 0, density: str = "projector", derivative_order: int = 1
+                 charge: int = 0, density: str = "projector", derivative_order: int = 1, mol=None
                  ) -> tuple[torch.Tensor, dict]:
     """Total energy (Hartree, 0-dim tensor) of one molecule and the intermediate matrices.
 
@@ -95,7 +97,7 @@ def total_energy(numbers, positions_bohr: torch.Tensor, fock: torch.Tensor, basi
     ``core_correction`` (nao, nao) are the network outputs at those positions (PySCF AO order).
     Everything is evaluated in float64 (inputs of lower precision are promoted): total energies are
     hundreds of Hartree and are wanted to micro-Hartree. ``derivative_order``: see
-    :func:`one_electron_matrices`.
+    :func:`one_electron_matrices`; ``mol``: an optional PySCF Mole at these positions (reused).
     Returns ``(e_tot, parts)`` with ``parts`` holding ``dm``, ``overlap``, ``hcore``, ``e_nuc``,
     ``e_elec`` (float64 tensors).
     """
@@ -106,7 +108,7 @@ def total_energy(numbers, positions_bohr: torch.Tensor, fock: torch.Tensor, basi
         core_correction = core_correction.to(torch.float64)
     if torch.is_tensor(atom_energy):
         atom_energy = atom_energy.to(torch.float64)
-    overlap, hcore = one_electron_matrices(numbers, positions, basis, derivative_order)
+    overlap, hcore = one_electron_matrices(numbers, positions, basis, derivative_order, mol=mol)
     core = hcore if core_correction is None else hcore + core_correction
     n_occ = n_occupied(numbers, charge)
     if density == "projector":

@@ -82,7 +82,7 @@ class ModelProvider(HamiltonianProvider):
                 atom_energy = out["atom_energy"].reshape(-1)[0].to(torch.float64)
                 e_tot, parts = energy_mod.total_energy(numbers, pos64, fock, self.basis, core_correction=core,
                                                        atom_energy=atom_energy, charge=self.charge,
-                                                       density="projector")
+                                                       density="projector", mol=mol)
                 overlap, hcore = parts["overlap"], parts["hcore"]
                 if want_energy_grad:
                     (gradient,) = torch.autograd.grad(e_tot, pos64)
