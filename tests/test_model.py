@@ -193,6 +193,11 @@ def test_gradient_matches_finite_differences():
                 e[i, k] = h
                 fd[i, k] = (f(r + e) - f(r - e)) / (2 * h)
     assert torch.allclose(g, fd, rtol=1e-6, atol=1e-7)
+    # force training differentiates the gradient again, w.r.t. the weights
+    (g2,) = torch.autograd.grad(f(r), r, create_graph=True)
+    grads = torch.autograd.grad(g2.square().sum(), [p for p in model.parameters() if p.requires_grad],
+                                allow_unused=True)
+    assert all(torch.isfinite(x).all() for x in grads if x is not None)
 
 
 def test_pairs_beyond_pair_cutoff_vanish_and_unknown_element_rejected():
@@ -244,6 +249,8 @@ def test_load_errors(tmp_path):
     d = save_model(model, tmp_path / "m", {})
     with pytest.raises(ModelFileError, match="no model directory"):
         load_model(tmp_path / "nope")
+    with pytest.raises(ModelFileError, match="shipped models"):
+        load_model("no-such-shipped-model")
     # corrupted weights: checksum
     w = d / "weights.safetensors"
     data = bytearray(w.read_bytes())
