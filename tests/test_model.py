@@ -147,7 +147,8 @@ def test_edge_frame_and_wigner_d():
     u = u / u.norm(dim=-1, keepdim=True)
     Q = edge_frame(u)
     assert torch.allclose(Q[:, :, 1], u, atol=1e-14)
-    assert torch.allclose(Q @ Q.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(50, 3, 3), atol=1e-14)
+    eye = torch.eye(3, dtype=torch.float64).expand(50, 3, 3)
+    assert torch.allclose(Q @ Q.transpose(1, 2), eye, atol=1e-14)
     assert torch.allclose(torch.det(Q), torch.ones(50, dtype=torch.float64))
     Ds = WignerD(4).double()(Q)
     with float64_default():

@@ -123,11 +123,10 @@ class BlockReadout(ConstantsMixin, nn.Module):
         for q in self.irreps_needed:
             local_start.append(len(comps))
             comps += layout.irrep_comps(q)
-        d_local = len(comps)
         self.register_constant("comps", torch.tensor(comps, dtype=torch.long))
         comp_local = torch.tensor([local[int(layout.comp_irrep_l[c])] for c in comps], dtype=torch.long)
         self.register_constant("comp_local", comp_local)
-        # which entries of the padded output (d_local, copies), flattened per head, each feature row reads
+        # which entries of the padded output (len(comps), copies), flattened per head, each feature row reads
         seen: dict[int, int] = {}
         used = []
         for q in feat_irrep:
@@ -141,7 +140,8 @@ class BlockReadout(ConstantsMixin, nn.Module):
         for q, k in counts.items():
             mask[local[q], :, :, :k] = 1.0
         self.register_constant("mask", mask.reshape(len(self.irreps_needed), 1, self.heads * self.copies))
-        w = torch.randn(len(self.irreps_needed), channels, self.heads, self.copies) * (init_scale / math.sqrt(channels))
+        w = torch.randn(len(self.irreps_needed), channels, self.heads, self.copies)
+        w = w * (init_scale / math.sqrt(channels))
         if self.heads > 1:
             w[:, :, 1:] = 0.0  # core correction starts at zero
         self.weight = nn.Parameter(w.reshape(len(self.irreps_needed), channels, self.heads * self.copies)

@@ -34,7 +34,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ConstantsMixin", "FeatureLayout", "edge_frame", "WignerD", "rotate_in", "rotate_out", "scale_edge",
+__all__ = ["ConstantsMixin", "FeatureLayout", "edge_frame", "WignerD", "rotate_in", "rotate_out",
+           "scale_edge",
            "NodeLinear", "EdgeLinear", "SO2Conv", "NodeGate", "EdgeGate", "so2_paths"]
 
 
@@ -131,8 +132,9 @@ class FeatureLayout:
         self.group_sizes = [g1 - g0 for g0, g1 in self.m_groups]
         self.group_signs = [1 if g == 0 else 2 for g in range(self.lmax + 1)]
         for g, (g0, g1) in enumerate(self.m_groups):
-            ok = self.comp_irm_m[g0:g1].tolist() == list(range(sum(self.irm_sizes[:g]), sum(self.irm_sizes[:g + 1]))) * self.group_signs[g]
-            if not ok:
+            first = sum(self.irm_sizes[:g])
+            expected = list(range(first, first + self.irm_sizes[g])) * self.group_signs[g]
+            if self.comp_irm_m[g0:g1].tolist() != expected:
                 raise RuntimeError("m-order and (|m|, irrep) order disagree")
         inv = []
         for pos in range(self.dim):
@@ -250,7 +252,8 @@ def scale_edge(x: torch.Tensor, s: torch.Tensor, layout: FeatureLayout) -> torch
     """
     D, E, C = x.shape
     out = []
-    for g, (xg, sg) in enumerate(zip(torch.split(x, layout.group_sizes, 0), torch.split(s, layout.irm_sizes, 0))):
+    groups = zip(torch.split(x, layout.group_sizes, 0), torch.split(s, layout.irm_sizes, 0))
+    for g, (xg, sg) in enumerate(groups):
         k = layout.irm_sizes[g]
         out.append((xg.view(layout.group_signs[g], k, E, C) * sg).view(layout.group_signs[g] * k, E, C))
     return torch.cat(out, 0)
@@ -444,7 +447,8 @@ class _GateBase(ConstantsMixin, nn.Module):
         ns = layout.n_scalars
         self.n_gated = layout.n_irreps - ns
         self.register_constant("gate_index", comp[ns:] - ns)
-        self.weight = nn.Parameter(torch.randn(channels, channels * max(self.n_gated, 1)) / math.sqrt(channels))
+        n_out = channels * max(self.n_gated, 1)
+        self.weight = nn.Parameter(torch.randn(channels, n_out) / math.sqrt(channels))
         self.bias = nn.Parameter(torch.zeros(channels * max(self.n_gated, 1)))
 
     def _gates(self, s):  # s (n, C) -> (n, n_gated, C)

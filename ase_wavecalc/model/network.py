@@ -56,8 +56,8 @@ from torch import nn
 
 from ..basis import BasisLayout
 from .blocks import BlockReadout, MatrixIndex, build_matrix_index
-from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGate, NodeLinear, SO2Conv, WignerD,
-                     edge_frame, rotate_in, rotate_out, scale_edge)
+from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGate, NodeLinear, SO2Conv,
+                     WignerD, edge_frame, rotate_in, rotate_out, scale_edge)
 from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
 
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE"]
@@ -286,7 +286,8 @@ class HamiltonianModel(nn.Module):
         self.rbf = BesselBasis(cfg["num_radial"], cfg["cutoff"])
         self.envelope = PolynomialEnvelope(cfg["cutoff"], cfg["envelope_exponent"])
         self.interactions = nn.ModuleList([
-            Interaction(self.layout, C, cfg["num_radial"], cfg["radial_hidden"], cfg["avg_num_neighbors"], n_el)
+            Interaction(self.layout, C, cfg["num_radial"], cfg["radial_hidden"], cfg["avg_num_neighbors"],
+                        n_el)
             for _ in range(cfg["num_layers"])])
         self.pair = PairFeatures(self.layout, C, cfg["pair_channels"], n_el, cfg["pair_num_radial"],
                                  cfg["pair_hidden"], cfg["pair_cutoff"], cfg["envelope_exponent"],
@@ -296,8 +297,8 @@ class HamiltonianModel(nn.Module):
         self.pair_readout = nn.ModuleDict()
         for za in self.elements:
             pa = bl.e3nn_to_pyscf(za)
-            self.atom_readout[str(za)] = BlockReadout(self.layout, C, self.heads, bl.shells(za), bl.shells(za),
-                                                      pa, pa, diagonal=True, bias=True)
+            self.atom_readout[str(za)] = BlockReadout(self.layout, C, self.heads, bl.shells(za),
+                                                      bl.shells(za), pa, pa, diagonal=True, bias=True)
             for zb in self.elements:
                 self.pair_readout[f"{za}-{zb}"] = BlockReadout(
                     self.layout, cfg["pair_channels"], self.heads, bl.shells(za), bl.shells(zb), pa,
@@ -340,7 +341,8 @@ class HamiltonianModel(nn.Module):
             self._index_cache.move_to_end(key)
         return idx
 
-    def forward(self, numbers: torch.Tensor, positions: torch.Tensor, batch: torch.Tensor | None = None) -> dict:
+    def forward(self, numbers: torch.Tensor, positions: torch.Tensor,
+                batch: torch.Tensor | None = None) -> dict:
         if numbers.dim() != 1 or positions.shape != (numbers.shape[0], 3):
             raise ValueError(f"numbers (N,) and positions (N, 3) expected, got {tuple(numbers.shape)} and "
                              f"{tuple(positions.shape)}")
