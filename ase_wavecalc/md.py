@@ -144,6 +144,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--trajectory", default="md.traj", help="output trajectory ('' for none)")
     parser.add_argument("--interval", type=int, default=1, help="write every N-th frame")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest for molecules this small; 0: torch's default)")
 
 
 def _default_model(atoms) -> str:
@@ -152,6 +154,10 @@ def _default_model(atoms) -> str:
 
 
 def cli_main(args) -> int:
+    if args.threads > 0:  # a command-line entry point may set process-wide state; library code never does
+        import torch
+
+        torch.set_num_threads(args.threads)
     atoms = load_structure(args.structure)
     if not args.pyscf and not args.model:
         args.model = _default_model(atoms)
