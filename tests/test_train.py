@@ -371,3 +371,31 @@ def test_train_export_load_evaluate_with_real_model(water_db, tmp_path):
 
 TINY_MODEL = ("channels = 8\n        num_layers = 1\n        pair_channels = 8\n        pair_hidden = 16\n"
               "        radial_hidden = 16\n        num_radial = 4\n        pair_num_radial = 4")
+
+
+def test_freeze_hamiltonian_trains_only_the_energy_head():
+    """Stage 2 (run.trainable = 'energy_head'): the Fock matrix cannot change, the core correction can."""
+    from ase_wavecalc.model.network import build_model, default_config
+    from ase_wavecalc.train.trainer import freeze_hamiltonian
+
+    torch.manual_seed(0)
+    model = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1,
+                                       pair_channels=4, radial_hidden=8, pair_hidden=8, energy_head=True))
+    with torch.no_grad():  # the core-correction head starts at zero: give it something to change
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    numbers = torch.tensor([8, 1, 1])
+    positions = torch.tensor([[0.0, 0.0, 0.0], [1.8, 0.0, 0.0], [-0.4, 1.7, 0.0]])
+    before = model(numbers, positions, None)
+    assert freeze_hamiltonian(model) > 0
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    for _ in range(3):
+        out = model(numbers, positions, None)
+        loss = out["fock"].square().sum() + out["core_correction"].square().sum() + out["atom_energy"].sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model(numbers, positions, None)
+    assert torch.equal(after["fock"], before["fock"])
+    assert not torch.allclose(after["core_correction"], before["core_correction"])
+    assert not torch.allclose(after["atom_energy"], before["atom_energy"])

@@ -162,9 +162,12 @@ class RunConfig:
     threads: int = 0
     progress: bool = True
     init_weights: str = ""
+    trainable: str = "all"        # "all", or "energy_head": only the core-correction head and e0 learn
     deterministic: bool = True
 
     def __post_init__(self):
+        if self.trainable not in ("all", "energy_head"):
+            raise ConfigError(f"run.trainable must be 'all' or 'energy_head', got {self.trainable!r}")
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"run.precision must be 'float32' or 'float64', got {self.precision!r}")
         if self.batch_size < 1:

@@ -231,6 +231,40 @@ def _run_dir_lock(run_dir: Path):
 # the trainer
 
 
+def freeze_hamiltonian(model: torch.nn.Module) -> int:
+    """Let only the energy head learn: the core-correction head of the block readouts and e0.
+
+    Used for a second training stage on energies and forces after the Fock matrix has been learned: the
+    energy terms then cannot degrade F. Trunk parameters stop requiring grad; in readouts shared by both
+    heads a gradient hook zeroes the Fock head's part (with zero weight decay, AdamW then leaves it
+    unchanged). Returns the number of trainable entries.
+    """
+    from ..model.blocks import BlockReadout
+
+    if getattr(model, "heads", 1) < 2:
+        raise TrainingError("run.trainable = 'energy_head' needs a model with energy_head = true")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n = 0
+    for module in model.modules():
+        if not isinstance(module, BlockReadout):
+            continue
+        copies = module.copies
+        w_mask = torch.ones_like(module.weight)
+        w_mask[..., :copies] = 0.0          # head 0 (Fock) is frozen, head 1 (core correction) learns
+        module.weight.requires_grad_(True)
+        module.weight.register_hook(lambda g, m=w_mask: g * m.to(g.dtype))
+        n += int((w_mask * module.mask.to(w_mask.dtype)).sum().item())
+        if module.has_bias:
+            b_mask = torch.ones_like(module.bias)
+            b_mask[0] = 0.0
+            module.bias.requires_grad_(True)
+            module.bias.register_hook(lambda g, m=b_mask: g * m.to(g.dtype))
+            n += int((b_mask * module.bias_mask.to(b_mask.dtype)).sum().item())
+    model.atom_energy_offsets.requires_grad_(True)
+    return n + model.atom_energy_offsets.numel()
+
+
 @dataclass
 class TrainResult:
     run_dir: str
@@ -448,6 +482,9 @@ class Trainer:
                 self.model.atom_energy_offsets.copy_(e0)
             self.log("per-element energy offsets from the reference energies: "
                      + ", ".join(f"Z={z}: {float(v):.6f} Ha" for z, v in zip(elements, e0)))
+        if run.trainable == "energy_head":
+            n = freeze_hamiltonian(self.model)
+            self.log(f"training the energy head only ({n} parameters); the Hamiltonian (F) is frozen")
         self.ema = None
         if self.config.optimizer.ema_decay > 0:
             shadow = self.build_model(dict(self.model_config)).to(self.dtype)
