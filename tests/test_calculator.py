@@ -177,7 +177,7 @@ def test_model_hook(monkeypatch):
     class FakeModelProvider(providers.PySCFProvider):
         """Stands in for the trained network: same interface."""
 
-        def __init__(self, name, charge=0):
+        def __init__(self, name, charge=0, dtype="float64"):
             if name != "fake-model":
                 raise FileNotFoundError(f"no model {name!r}")
             super().__init__(method="hf", basis="sto-3g", charge=charge)
