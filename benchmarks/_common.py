@@ -18,26 +18,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
-DEFAULT_MODELS = {"water": "water-pbe-def2svp", "ethanol": "ethanol-pbe-def2svp"}
-MOLECULES = {"water": "H2O", "ethanol": "CH3CH2OH"}
+
+def _examples_common():
+    """examples/_common.py, which owns the model names and their resolution (one copy for both folders)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_wavecalc_examples_common", ROOT / "examples" / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def resolve_model(spec: str) -> str:
-    """A model directory, or a shipped model name turned into its folder of the repository's models/
-    (also before installation; ``-`` and ``_`` in the name are interchangeable). Exits with a message if
-    there is no such model."""
-    from ase_wavecalc.model.io import available_models
-
-    if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser())
-    for name in dict.fromkeys([spec, spec.replace("-", "_"), spec.replace("_", "-")]):
-        if "/" not in name and (ROOT / "models" / name).is_dir():
-            return str(ROOT / "models" / name)
-        if name in available_models():
-            return name
-    sys.exit(f"no model {spec!r}: not a directory, and the shipped models are "
-             f"{available_models() or 'none yet'}. Pass --model DIR (e.g. a stand-in from "
-             f"benchmarks/make_standin_model.py)")
+_EX = _examples_common()
+DEFAULT_MODELS, MOLECULES, resolve_model = _EX.DEFAULT_MODELS, _EX.MOLECULES, _EX.resolve_model
 
 
 def time_call(fn, repeats: int, warmup: int = 1) -> dict:

@@ -36,23 +36,10 @@ def resolve_model(spec: str) -> str:
 
 
 def model_calculator(model: str, dtype: str = "float64"):
-    """``WaveCalculator(model=..., dtype=...)``; falls back to an explicit ``ModelProvider`` where this
-    version of the calculator does not take ``dtype``."""
-    from ase.calculators.calculator import InputError
-
+    """``WaveCalculator(model=..., dtype=...)`` for a model name or directory."""
     from ase_wavecalc import WaveCalculator
 
-    model = resolve_model(model)
-    if dtype == "float64":
-        return WaveCalculator(model=model)
-    try:
-        return WaveCalculator(model=model, dtype=dtype)
-    except InputError as exc:
-        if "dtype" not in str(exc):
-            raise
-        from ase_wavecalc.model_provider import ModelProvider
-
-        return WaveCalculator(provider=ModelProvider(model, dtype=dtype))
+    return WaveCalculator(model=resolve_model(model), dtype=dtype)
 
 
 def pyscf_calculator(method: str = "pbe", basis: str = "def2-svp"):
