@@ -147,16 +147,23 @@ def _numbers_tuple(numbers):
     return tuple(int(z) for z in np.asarray(numbers).reshape(-1))
 
 
-class _OverlapDerivative(torch.autograd.Function):
-    """positions (n, 3) -> dS/dR (n, 3, nao, nao); backward with analytic second derivatives."""
+class _DerivativeFunction(torch.autograd.Function):
+    """positions (n, 3) -> dM/dR (n, 3, nao, nao) from PySCF (``_first``); subclasses give the backward."""
 
-    @staticmethod
-    def forward(ctx, positions_bohr, numbers, basis):
+    _first = None  # mol -> np.ndarray (natm, 3, nao, nao)
+
+    @classmethod
+    def forward(cls, ctx, positions_bohr, numbers, basis):
         ctx.numbers, ctx.basis = numbers, basis
         ctx.save_for_backward(positions_bohr)
         mol = _mol_from(positions_bohr, numbers, basis)
-        return torch.as_tensor(overlap_derivative(mol), dtype=positions_bohr.dtype,
-                               device=positions_bohr.device)
+        return torch.as_tensor(cls._first(mol), dtype=positions_bohr.dtype, device=positions_bohr.device)
+
+
+class _OverlapDerivative(_DerivativeFunction):
+    """positions (n, 3) -> dS/dR (n, 3, nao, nao); backward with analytic second derivatives."""
+
+    _first = staticmethod(overlap_derivative)
 
     @staticmethod
     def backward(ctx, grad):
@@ -186,16 +193,10 @@ class _OverlapDerivative(torch.autograd.Function):
         return torch.stack(out), None, None
 
 
-class _CoreHamiltonianDerivative(torch.autograd.Function):
+class _CoreHamiltonianDerivative(_DerivativeFunction):
     """positions (n, 3) -> dh/dR (n, 3, nao, nao); backward with pyscf.hessian hcore_generator."""
 
-    @staticmethod
-    def forward(ctx, positions_bohr, numbers, basis):
-        ctx.numbers, ctx.basis = numbers, basis
-        ctx.save_for_backward(positions_bohr)
-        mol = _mol_from(positions_bohr, numbers, basis)
-        return torch.as_tensor(core_hamiltonian_derivative(mol), dtype=positions_bohr.dtype,
-                               device=positions_bohr.device)
+    _first = staticmethod(core_hamiltonian_derivative)
 
     @staticmethod
     def backward(ctx, grad):
