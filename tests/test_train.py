@@ -399,3 +399,56 @@ def test_freeze_hamiltonian_trains_only_the_energy_head():
     assert torch.equal(after["fock"], before["fock"])
     assert not torch.allclose(after["core_correction"], before["core_correction"])
     assert not torch.allclose(after["atom_energy"], before["atom_energy"])
+
+
+def test_orthonormal_fock_loss_bounds_every_orbital_energy(water_db):
+    """fock_orth_mse is zero at the reference, and by Hoffman-Wielandt its sum over elements bounds the
+    summed squared errors of all sorted eigenvalues of F C = S C eps, occupied and virtual."""
+    from ase_wavecalc.electronic import solve_fock
+    from ase_wavecalc.train.losses import WeightedLoss, orthonormalizer
+
+    table = load_table(water_db, sha256=False)
+    batch = table.batch([0, 1, 2], dtype=torch.float64)
+    loss = WeightedLoss({"fock_orth_mse": 1.0})
+    assert loss({"fock": batch.fock.clone()}, batch)[1]["fock_orth_mse"] == 0.0
+    x = orthonormalizer(batch.overlap)
+    eye = torch.eye(table.nao, dtype=torch.float64).expand_as(x)
+    assert torch.allclose(x.transpose(-1, -2) @ batch.overlap @ x, eye, atol=1e-10)
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1e-4, 1e-2):
+        noise = scale * torch.randn(batch.fock.shape, generator=gen, dtype=torch.float64)
+        fock = batch.fock + noise + noise.transpose(-1, -2)
+        _, parts = loss({"fock": fock}, batch)
+        eps_pred, _ = solve_fock(fock, batch.overlap)
+        eps_ref, _ = solve_fock(batch.fock, batch.overlap)
+        bound = parts["fock_orth_mse"] * 3 * table.nao ** 2          # sum over elements and structures
+        assert 0 < float((eps_pred - eps_ref).square().sum()) <= bound
+
+
+def test_energy_offset_refit_removes_mean_residual_and_keeps_forces(water_db):
+    """The least-squares offset refit shifts every energy by one constant and leaves forces alone."""
+    from ase_wavecalc.model.network import build_model, default_config
+    from ase_wavecalc.model_provider import ModelProvider
+    from ase_wavecalc.train.offsets import refit_energy_offsets
+
+    torch.manual_seed(0)
+    model = build_model(default_config(basis=BASIS, elements=[1, 8], channels=4, num_layers=1,
+                                       pair_channels=4, radial_hidden=8, pair_hidden=8,
+                                       energy_head=True)).double()
+    table = load_table(water_db, keys=("e_tot",), sha256=False)
+    frames = [int(f) for f in table.frame[:6]]
+
+    def evaluate(m):
+        provider = ModelProvider(m, card={"name": "tiny"})
+        res = [provider.compute(table.numbers, table.positions_bohr[i], want_gradient=True) for i in range(6)]
+        return np.array([r.energy for r in res]), np.stack([r.gradient for r in res])
+
+    e_before, g_before = evaluate(model)
+    summary = refit_energy_offsets(model, [(water_db, frames)])
+    e_after, g_after = evaluate(model)
+    ref = table.extra["e_tot"][:6].numpy()
+    assert summary["frames"] == 6 and abs(summary["residual_mean_mev_before"]) > 1.0
+    assert abs((ref - e_after).mean()) < 1e-9
+    shift = e_after - e_before
+    assert np.ptp(shift) < 1e-9 and abs(shift[0]) > 1e-5
+    np.testing.assert_allclose(g_after, g_before, atol=1e-12)

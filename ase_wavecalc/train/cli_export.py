@@ -33,6 +33,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="EMA weights of the best validation epoch (default) or of the last checkpoint")
     parser.add_argument("--batch-size", type=int, default=16, help="structures per batch for --test")
     parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+    parser.add_argument("--refit-frames", type=int, default=400, metavar="N",
+                        help="energy models: refit the per-element energy offsets by least squares on N "
+                             "training frames before testing (0: keep the trained offsets)")
 
 
 def load_run_model(run_dir, weights: str = "best", build_model=None):
@@ -117,8 +120,12 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
 
 
 def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_size: int = 16,
-               force: bool = False) -> dict:
-    """Export a run as a shipped model in directory ``out``; returns the card."""
+               force: bool = False, refit_frames: int = 400) -> dict:
+    """Export a run as a shipped model in directory ``out``; returns the card.
+
+    Energy models get their per-element offsets refit on ``refit_frames`` training frames
+    (:mod:`~ase_wavecalc.train.offsets`) before the test; 0 keeps the trained offsets.
+    """
     from ..model.io import save_model
     from .metrics import evaluate_model, format_metrics
 
@@ -130,6 +137,15 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     loss = info["config"]["loss"]
     energy_trained = bool(info["model_config"].get("energy_head")) and (
         float(loss.get("energy", 0)) > 0 or float(loss.get("forces", 0)) > 0)
+    offset_refit = None
+    if energy_trained and refit_frames > 0:
+        from .offsets import refit_energy_offsets
+        datasets = [(t.path, d["train"][:refit_frames]) for t, d in zip(tables, split["datasets"])]
+        offset_refit = refit_energy_offsets(model, datasets, charge=int(tables[0].charge))
+        print(f"energy offsets refit on {offset_refit['frames']} training frames: mean residual "
+              f"{offset_refit['residual_mean_mev_before']:+.2f} -> {offset_refit['residual_mean_mev_after']:+.2f}"
+              f" meV, RMS {offset_refit['residual_rms_mev_before']:.2f} -> "
+              f"{offset_refit['residual_rms_mev_after']:.2f} meV")
     test_metrics = None
     if test:
         if sum(len(r) for r in rows) == 0:
@@ -144,6 +160,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     card["name"] = out.name
     card["energy_trained"] = energy_trained   # False: a Hamiltonian-only model (no energy or forces)
     card["charge"] = int(tables[0].charge)
+    if offset_refit is not None:
+        card["training"]["energy_offset_refit"] = offset_refit
     save_model(model, out, card)
     shutil.copyfile(run_dir / "config.toml", out / "train_config.toml")
     return card
@@ -152,7 +170,7 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
 def cli_main(args) -> int:
     try:
         card = export_run(args.run_dir, args.out, test=args.test, weights=args.weights,
-                          batch_size=args.batch_size, force=args.force)
+                          batch_size=args.batch_size, force=args.force, refit_frames=args.refit_frames)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
         print(f"wavecalc export: error: {exc}", file=sys.stderr)
         return 1
