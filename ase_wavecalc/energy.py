@@ -38,9 +38,11 @@ from . import electronic, integrals
 __all__ = ["electronic_energy", "density_from_eigh", "one_electron_matrices", "total_energy", "n_occupied"]
 
 
-def n_occupied(numbers: Sequence[int], charge: int = 0) -> int:
-    """Number of doubly occupied orbitals of a closed-shell molecule; error for an odd electron count."""
-    n_elec = int(np.sum(numbers)) - int(charge)
+def n_occupied(numbers: Sequence[int], charge: int = 0, mol=None) -> int:
+    """Number of doubly occupied orbitals of a closed-shell molecule; error for an odd electron count.
+
+    With a PySCF ``mol`` its electron count is used (it excludes electrons replaced by ECPs)."""
+    n_elec = int(mol.nelectron) if mol is not None else int(np.sum(numbers)) - int(charge)
     if n_elec <= 0 or n_elec % 2:
         raise ValueError(f"{n_elec} electrons: only closed-shell molecules (even electron count) are supported")
     return n_elec // 2
@@ -108,9 +110,11 @@ def total_energy(numbers, positions_bohr: torch.Tensor, fock: torch.Tensor, basi
         core_correction = core_correction.to(torch.float64)
     if torch.is_tensor(atom_energy):
         atom_energy = atom_energy.to(torch.float64)
+    if mol is None:
+        mol = integrals.make_mol(numbers, positions.detach().cpu().numpy(), basis, charge=charge)
     overlap, hcore = one_electron_matrices(numbers, positions, basis, derivative_order, mol=mol)
     core = hcore if core_correction is None else hcore + core_correction
-    n_occ = n_occupied(numbers, charge)
+    n_occ = n_occupied(numbers, charge, mol=mol)
     if density == "projector":
         dm = electronic.closed_shell_density(fock, overlap, n_occ)
     elif density == "eigh":

@@ -48,7 +48,8 @@ def make_mol(numbers, positions_bohr, basis: str, charge: int = 0, spin: int = 0
     """Build a PySCF ``Mole`` from atomic numbers (n,) and positions (n, 3) in Bohr.
 
     ``symmetry=False`` and ``cart=False`` always: the molecule is never reoriented, so the AO matrices
-    refer to exactly the given frame. ``spin`` is 2S (number of unpaired electrons), as in PySCF.
+    refer to exactly the given frame. ``spin`` is 2S (number of unpaired electrons), as in PySCF. def2
+    basis sets come with their ECPs for Z > 36 (``mol.nelectron`` then counts valence electrons only).
     Parsing the basis set is most of the cost of ``Mole.build`` (~9 ms for ethanol/def2-SVP), so one
     built template per (elements, basis, charge, spin) is kept and each call returns a copy of it
     moved to the new positions (``Mole.set_geom_``, ~0.03 ms); callers may modify what they get.
@@ -71,6 +72,18 @@ _MOL_TEMPLATES: dict = {}
 _MAX_TEMPLATES = 32
 
 
+def _default_ecp(numbers, basis) -> dict:
+    """The effective core potentials a basis is defined with: the def2 family uses the Stuttgart-Cologne
+    ECPs for Rb-Rn (Z > 36). PySCF loads them only when asked (``mol.ecp``), and without them a def2
+    calculation on, e.g., iodine would silently be all-electron in a basis made for a pseudopotential.
+    """
+    from pyscf.data.elements import ELEMENTS
+
+    if not isinstance(basis, str) or not basis.lower().replace("-", "").startswith("def2"):
+        return {}
+    return {ELEMENTS[int(z)]: basis for z in sorted(set(int(z) for z in numbers)) if int(z) > 36}
+
+
 def _build_mol(numbers, positions_bohr, basis, charge, spin, verbose):
     from pyscf import gto
 
@@ -78,6 +91,7 @@ def _build_mol(numbers, positions_bohr, basis, charge, spin, verbose):
     mol.atom = [(int(z), tuple(map(float, r))) for z, r in zip(numbers, positions_bohr)]
     mol.unit = "Bohr"
     mol.basis = basis
+    mol.ecp = _default_ecp(numbers, basis)
     mol.charge = int(charge)
     mol.spin = int(spin)
     mol.symmetry = False

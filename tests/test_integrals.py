@@ -22,6 +22,32 @@ def test_make_mol_keeps_frame():
         ints.make_mol(NUMBERS, POS[:2], "sto-3g")
 
 
+def test_make_mol_copies_are_independent_and_match_a_fresh_build():
+    """make_mol reuses a parsed template: every call must still give a Mole exactly at its positions."""
+    a = ints.make_mol(NUMBERS, POS, "def2-svp")
+    a.charge = 2                                   # changing one copy must not leak into the next
+    a.build(parse_arg=False, dump_input=False)
+    moved = POS + 0.3
+    b = ints.make_mol(NUMBERS, moved, "def2-svp")
+    fresh = gto.M(atom=[(z, tuple(r)) for z, r in zip(NUMBERS, moved)], unit="Bohr", basis="def2-svp")
+    assert b.charge == 0 and b.nelectron == 10
+    np.testing.assert_allclose(b.atom_coords(), moved, atol=1e-14)
+    np.testing.assert_allclose(ints.overlap(b), fresh.intor("int1e_ovlp"), atol=1e-14)
+    np.testing.assert_allclose(ints.core_hamiltonian(b), scf.RHF(fresh).get_hcore(), atol=1e-12)
+
+
+@pytest.mark.parametrize("numbers, basis", [(NUMBERS, "def2-svp"), ((53, 1), "def2-svp")])
+def test_core_hamiltonian_derivative_matches_pyscf_generator(numbers, basis):
+    """The one-call (int1e_grids_ip) derivative equals pyscf.grad's per-nucleus hcore_generator; the
+    second case (iodine, with an ECP) takes PySCF's own path."""
+    pos = POS[:len(numbers)] * (1.0 if numbers[0] == 8 else 1.6)
+    mol = ints.make_mol(numbers, pos, basis)
+    assert bool(mol.has_ecp()) == (numbers[0] == 53)
+    deriv = scf.RHF(mol).nuc_grad_method().hcore_generator(mol)
+    ref = np.stack([deriv(a) for a in range(mol.natm)])
+    np.testing.assert_allclose(ints.core_hamiltonian_derivative(mol), ref, atol=1e-12)
+
+
 def test_numpy_integrals_match_pyscf():
     mol = ints.make_mol(NUMBERS, POS, "def2-svp")
     ref = gto.M(atom=[(z, tuple(r)) for z, r in zip(NUMBERS, POS)], unit="Bohr", basis="def2-svp")
