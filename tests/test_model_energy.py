@@ -31,18 +31,20 @@ class _PhysicalModel(torch.nn.Module):
         hcore = integrals.core_hamiltonian_torch(numbers, positions.double(), self.config["basis"])
         return {"fock": hcore.unsqueeze(0) + 0.05 * out["fock"],
                 "core_correction": 0.05 * out["core_correction"],
-                "atom_energy": out["atom_energy"]}
+                "atom_energy": out["atom_energy"], "atom_correction": out["atom_correction"]}
 
 
 @pytest.fixture(scope="module")
 def provider():
     torch.manual_seed(0)
     net = build_model(default_config(basis=BASIS, elements=[1, 6, 8], channels=4, num_layers=1,
-                                     pair_channels=4, radial_hidden=8, pair_hidden=8, energy_head=True))
-    with torch.no_grad():  # non-zero per-element offsets, so that they are part of the test
+                                     pair_channels=4, radial_hidden=8, pair_hidden=8, energy_head=True,
+                                     atom_energy_hidden=8))
+    with torch.no_grad():  # non-zero per-element offsets and atom correction, so they are part of the test
         for p in net.parameters():
             if p.dim() == 1 and p.numel() <= 10:
                 p.uniform_(-0.1, 0.1)
+        net.atom_energy_mlp[-1].weight.normal_(0.0, 1.0)
     model = _PhysicalModel(net).double()
     return ModelProvider(model, card={"name": "random-test-model"})
 
@@ -119,3 +121,25 @@ def test_float32_network_gives_close_energy(provider):
     e32 = atoms.get_potential_energy()
     provider.model.double()
     assert abs(e32 - e64) < 1e-3  # eV: float32 network, float64 electronic structure
+
+
+def test_atom_correction_is_invariant_and_part_of_the_energy(provider):
+    """The learned per-atom correction depends on the geometry, is rotation invariant, and the energy
+    includes it (so the finite-difference force tests above cover it)."""
+    net = provider.model.net
+    atoms = _perturbed(molecule("CH3CH2OH"))
+    numbers = torch.as_tensor(atoms.numbers)
+    pos = torch.tensor(atoms.positions / 0.52917721092)
+    rot = torch.tensor(Rotation.random(random_state=1).as_matrix())
+    with torch.no_grad():
+        a = net(numbers, pos, None)["atom_correction"]
+        b = net(numbers, pos @ rot.T, None)["atom_correction"]
+        c = net(numbers, pos * 1.3, None)["atom_correction"]
+    assert abs(float(a - b)) < 1e-12 and abs(float(a - c)) > 1e-8
+    with torch.no_grad():
+        saved = net.atom_energy_mlp[-1].weight.clone()
+        e1 = provider.compute(atoms.numbers, pos.numpy()).energy
+        net.atom_energy_mlp[-1].weight.zero_()
+        e0 = provider.compute(atoms.numbers, pos.numpy()).energy
+        net.atom_energy_mlp[-1].weight.copy_(saved)
+    assert abs(e1 - e0) > 1e-6

@@ -452,3 +452,54 @@ def test_energy_offset_refit_removes_mean_residual_and_keeps_forces(water_db):
     shift = e_after - e_before
     assert np.ptp(shift) < 1e-9 and abs(shift[0]) > 1e-5
     np.testing.assert_allclose(g_after, g_before, atol=1e-12)
+
+
+def test_energy_stage_adds_atom_correction_to_a_hamiltonian_only_run(water_db, tmp_path):
+    """Stage 2 may add the per-atom energy correction to stage-1 weights that lack it: it starts at zero,
+    trains, and the Fock head stays frozen."""
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.train.cli_export import load_run_model
+
+    def write(name, extra_model, loss, run):
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(f"""
+            [data]
+            seed = 0
+            [[data.datasets]]
+            path = "{water_db}"
+            train = 12
+            val = 4
+            test = 4
+            [model]
+            {TINY_MODEL}
+            energy_head = true
+            {extra_model}
+            [loss]
+            {loss}
+            [optimizer]
+            lr = 5e-3
+            ema_decay = 0.0
+            [run]
+            batch_size = 4
+            max_epochs = 2
+            progress = false
+            threads = 1
+            {run}
+        """))
+        return path
+
+    stage1 = write("s1.toml", "", "fock_mae = 1.0", "")
+    assert main(["train", str(stage1), "--out", str(tmp_path / "s1")]) == 0
+    stage2 = write("s2.toml", "atom_energy_hidden = 8", "energy = 1.0",
+                   f'init_weights = "{tmp_path / "s1"}"\n            trainable = "energy_head"')
+    assert main(["train", str(stage2), "--out", str(tmp_path / "s2")]) == 0
+    m1, _ = load_run_model(tmp_path / "s1", "last")
+    m2, _ = load_run_model(tmp_path / "s2", "last")
+    table = load_table(water_db, sha256=False)
+    batch = table.batch([0, 1], dtype=torch.float32)
+    with torch.no_grad():
+        o1 = m1(batch.numbers, batch.positions_bohr, batch.batch)
+        o2 = m2(batch.numbers, batch.positions_bohr, batch.batch)
+    assert torch.equal(o1["fock"], o2["fock"])
+    assert float(m2.atom_energy_mlp[-1].weight.detach().abs().sum()) > 0
+    assert float(o2["atom_correction"].abs().sum()) > 0

@@ -38,7 +38,8 @@ Inputs and outputs (atomic units, PySCF spherical AO order):
 | batch | (N,) long or None | molecule index 0..B-1 |
 | "fock" | (B, nao, nao), or list of (nao_b, nao_b) for mixed compositions | Hartree |
 | "core_correction" | like "fock" (only with ``energy_head``) | Hartree |
-| "atom_energy" | (B,) sum of per-element offsets e0[Z] | Hartree |
+| "atom_energy" | (B,) sum of per-element offsets e0[Z] (+ "atom_correction") | Hartree |
+| "atom_correction" | (B,) learned per-atom energy correction (only with ``atom_energy_hidden``) | Hartree |
 
 Scatter sums use torch's own ``index_add`` rather than torch-scatter: torch-scatter has no wheels for
 current torch and takes minutes to compile, and ``index_add`` is just as fast at this size.
@@ -63,6 +64,7 @@ from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE"]
 
 MODEL_TYPE = "wavecalc-so2-hamiltonian"
+ATOM_ENERGY_SCALE = 0.01  # Hartree per unit output of the per-atom correction MLP
 _SQRT_HALF = math.sqrt(0.5)
 
 # Defaults: def2-SVP water/ethanol, trains on 2 CPU cores (see docs in the report / README)
@@ -85,6 +87,7 @@ DEFAULT_CONFIG = {
     "pair_num_radial": 12,
     "pair_hidden": 64,
     "energy_head": False,        # adds "core_correction"
+    "atom_energy_hidden": 0,     # > 0: learned per-atom energy correction, an MLP of invariant features
 }
 
 
@@ -134,6 +137,11 @@ def _resolve_config(config: dict) -> dict:
             raise ValueError(f"config {key!r} must be positive")
     cfg["parity"] = bool(cfg["parity"])
     cfg["energy_head"] = bool(cfg["energy_head"])
+    cfg["atom_energy_hidden"] = int(cfg["atom_energy_hidden"])
+    if cfg["atom_energy_hidden"] < 0:
+        raise ValueError("config 'atom_energy_hidden' must be >= 0")
+    if cfg["atom_energy_hidden"] and not cfg["energy_head"]:
+        raise ValueError("config 'atom_energy_hidden' > 0 needs energy_head = true")
     return cfg
 
 
@@ -305,6 +313,17 @@ class HamiltonianModel(nn.Module):
                     bl.e3nn_to_pyscf(zb), diagonal=False, bias=False)
         # e0[Z] in Hartree, per element (index = position in config "elements"); the trainer may set it
         self.atom_energy_offsets = nn.Parameter(torch.zeros(n_el))
+        hidden = cfg["atom_energy_hidden"]
+        if hidden:
+            # learned per-atom correction (Hartree) from the invariant (0e) channels of the final atom
+            # features and the element; the last layer starts at zero, so a model trained without it
+            # (stage 1) keeps its energies until the correction learns
+            self.atom_energy_mlp = nn.Sequential(nn.Linear(C + n_el, hidden), nn.SiLU(),
+                                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+            nn.init.zeros_(self.atom_energy_mlp[-1].weight)
+            nn.init.zeros_(self.atom_energy_mlp[-1].bias)
+        else:
+            self.atom_energy_mlp = None
         self._index_cache: OrderedDict = OrderedDict()
 
     # ------------------------------------------------------------------------------------------
@@ -393,6 +412,11 @@ class HamiltonianModel(nn.Module):
                 out[name] = mats
         e0 = self.atom_energy_offsets[ix.elem]
         out["atom_energy"] = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, e0)
+        if self.atom_energy_mlp is not None:
+            per_atom = ATOM_ENERGY_SCALE * self.atom_energy_mlp(torch.cat([h[:, 0, :], onehot], 1))[:, 0]
+            learned = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, per_atom)
+            out["atom_correction"] = learned
+            out["atom_energy"] = out["atom_energy"] + learned
         return out
 
 

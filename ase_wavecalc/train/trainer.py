@@ -262,7 +262,12 @@ def freeze_hamiltonian(model: torch.nn.Module) -> int:
             module.bias.register_hook(lambda g, m=b_mask: g * m.to(g.dtype))
             n += int((b_mask * module.bias_mask.to(b_mask.dtype)).sum().item())
     model.atom_energy_offsets.requires_grad_(True)
-    return n + model.atom_energy_offsets.numel()
+    n += model.atom_energy_offsets.numel()
+    if getattr(model, "atom_energy_mlp", None) is not None:
+        for p in model.atom_energy_mlp.parameters():
+            p.requires_grad_(True)
+            n += p.numel()
+    return n
 
 
 @dataclass
@@ -463,11 +468,18 @@ class Trainer:
         if checkpoint is None and run.init_weights:
             path = self.config.resolve_path(run.init_weights)
             try:
-                self.model.load_state_dict(initial_weights(path))
+                missing, unexpected = self.model.load_state_dict(initial_weights(path), strict=False)
             except RuntimeError as exc:
                 raise TrainingError(f"run.init_weights {path}: the weights do not fit the [model] "
                                     f"architecture: {str(exc).splitlines()[0]}") from None
-            self.log(f"initial weights from {path}")
+            # only parts that a later stage adds (the per-atom energy correction) may be missing
+            bad = list(unexpected) + [k for k in missing if not k.startswith("atom_energy_mlp.")]
+            if bad:
+                raise TrainingError(f"run.init_weights {path}: the weights do not fit the [model] "
+                                    f"architecture: {'unexpected' if unexpected else 'missing'} {bad[:4]}")
+            self.log(f"initial weights from {path}"
+                     + (f"; new, freshly initialized: {len(missing)} tensors of the per-atom energy "
+                        "correction" if missing else ""))
         elif checkpoint is None and hasattr(self.model, "set_mean_block"):
             with _one_thread():  # LAPACK least squares differs in the last bit between runs otherwise
                 for z, block in mean_atom_blocks(self.tables, self.rows["train"]).items():
