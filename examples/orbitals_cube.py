@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ase.build import molecule
+    from ase.calculators.calculator import PropertyNotImplementedError
     from ase.io import read
 
     out = out_dir(args.out)
@@ -52,8 +53,12 @@ def main(argv=None) -> int:
         a = atoms.copy()
         a.calc = calc
         t0 = time.perf_counter()
-        a.get_potential_energy()
+        dipole = a.get_dipole_moment()        # one calculation: orbitals, density, dipole (and energy)
         seconds = time.perf_counter() - t0
+        try:
+            energy = a.get_potential_energy()
+        except PropertyNotImplementedError:  # a Hamiltonian-only model: no energy, the rest is there
+            energy = None
         homo, lumo = calc.get_homo_lumo()
         eps = calc.get_eigenvalues()
         n_occ = int(round(calc.get_number_of_electrons() / 2))
@@ -62,13 +67,16 @@ def main(argv=None) -> int:
         rho, origin, axes = calc.get_density_on_grid(args.size, args.size, args.size, margin=args.margin)
         grids[label] = (rho, abs(np.linalg.det(axes)))
         rows[label] = {"homo_eV": homo, "lumo_eV": lumo, "gap_eV": lumo - homo, "occupied_eV": eps[:n_occ].tolist(),
-                       "dipole_eA": a.get_dipole_moment().tolist(), "energy_eV": a.get_potential_energy(),
+                       "dipole_eA": dipole.tolist(), "energy_eV": energy,
                        "seconds": seconds, "cube": str(cube), "electrons_on_grid": float(rho.sum() * grids[label][1])}
 
     m, r = rows["model"], rows["pyscf"]
     print(f"\n{'':<26}{'model':>14}{'PySCF':>14}{'model - PySCF':>16}")
     for key, name, scale, unit in (("homo_eV", "HOMO", 1, "eV"), ("lumo_eV", "LUMO", 1, "eV"),
                                    ("gap_eV", "HOMO-LUMO gap", 1, "eV"), ("energy_eV", "total energy", 1, "eV")):
+        if m[key] is None:
+            print(f"{name + ' (' + unit + ')':<26}{'n/a':>14}{r[key] * scale:>14.4f}{'':>16}")
+            continue
         print(f"{name + ' (' + unit + ')':<26}{m[key] * scale:>14.4f}{r[key] * scale:>14.4f}"
               f"{(m[key] - r[key]) * scale:>+16.4f}")
     dip_m, dip_r = np.linalg.norm(m["dipole_eA"]), np.linalg.norm(r["dipole_eA"])
