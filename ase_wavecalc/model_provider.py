@@ -58,6 +58,8 @@ class ModelProvider(HamiltonianProvider):
             raise ValueError(f"model {self.name!r} was trained for charge {trained_charge}, not {charge}")
         self.charge = trained_charge
         self.has_energy = bool(config.get("energy_head", False)) and bool(self.card.get("energy_trained", True))
+        if self.has_energy:
+            _warn_if_inaccurate(self.name, self.card.get("test_metrics") or {})
 
     def describe(self) -> dict:
         return {"provider": "ModelProvider", "model": self.name, "basis": self.basis,
@@ -103,6 +105,24 @@ class ModelProvider(HamiltonianProvider):
             raise PropertyNotImplementedError(
                 f"model {self.name!r} predicts the Hamiltonian only (no energy head trained): energy and "
                 f"forces are not available; orbitals, density, charges and dipole are")
+
+
+# held-out test errors (model card) above which energies and forces are flagged as semi-quantitative
+ACCURACY_WARNING = {"energy_mae_mev": 50.0, "force_mae_mev_a": 150.0}
+
+
+def _warn_if_inaccurate(name: str, metrics: dict) -> None:
+    """A UserWarning when the card's held-out energy or force error is large (the user should know)."""
+    import warnings
+
+    bad = {k: float(metrics[k]) for k, limit in ACCURACY_WARNING.items()
+           if metrics.get(k) is not None and float(metrics[k]) > limit}
+    if bad:
+        text = ", ".join(f"{k.split('_mae')[0]} MAE {v:.0f} {'meV' if k.startswith('energy') else 'meV/A'}"
+                         for k, v in bad.items())
+        warnings.warn(f"model {name!r}: held-out test {text} (model card): its energies and forces are "
+                      f"semi-quantitative; orbitals, density and dipole are its stronger outputs",
+                      UserWarning, stacklevel=3)
 
 
 def _single(x):

@@ -143,3 +143,14 @@ def test_atom_correction_is_invariant_and_part_of_the_energy(provider):
         e0 = provider.compute(atoms.numbers, pos.numpy()).energy
         net.atom_energy_mlp[-1].weight.copy_(saved)
     assert abs(e1 - e0) > 1e-6
+
+
+def test_large_card_errors_warn_at_load(provider):
+    """A model whose card reports large held-out energy/force errors says so when it is loaded."""
+    with pytest.warns(UserWarning, match="force MAE 400 meV/A"):
+        ModelProvider(provider.model, card={"name": "rough", "test_metrics": {"force_mae_mev_a": 400.0,
+                                                                             "energy_mae_mev": 3.0}})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ModelProvider(provider.model, card={"name": "good", "test_metrics": {"force_mae_mev_a": 20.0}})
