@@ -119,6 +119,10 @@ def main(argv=None) -> int:
                 return calc
             return call
 
+        if not getattr(model_calc(spec, "float64").provider, "has_energy", True):
+            print(f"{mol_name}: {spec} predicts the Hamiltonian only (no energy or forces): skipped; time an "
+                  f"energy model with --model (e.g. benchmarks/make_standin_model.py --full-size)", file=sys.stderr)
+            continue
         timings = {}
         for dtype in ["float64", "float32"] if args.float32 else ["float64"]:
             calc = model_calc(spec, dtype)
