@@ -322,29 +322,7 @@ def test_train_export_load_evaluate_with_real_model(water_db, tmp_path):
     from ase_wavecalc.cli import main
     from ase_wavecalc.model.io import load_model
 
-    toml = tmp_path / "tiny.toml"
-    toml.write_text(textwrap.dedent(f"""
-        [data]
-        seed = 0
-        [[data.datasets]]
-        path = "{water_db}"
-        train = 12
-        val = 4
-        test = 4
-
-        [model]
-        {TINY_MODEL}
-
-        [optimizer]
-        lr = 5e-3
-        ema_decay = 0.5
-
-        [run]
-        batch_size = 4
-        max_epochs = 3
-        progress = false
-        threads = 1
-    """))
+    toml = write_tiny_config(tmp_path / "tiny.toml", water_db, max_epochs=3)
     run_dir, out = tmp_path / "run", tmp_path / "models" / "tiny_water"
     assert main(["train", str(toml), "--out", str(run_dir)]) == 0
     # the saved best weights reproduce the validation error logged for their epoch
@@ -369,8 +347,40 @@ def test_train_export_load_evaluate_with_real_model(water_db, tmp_path):
     assert metrics["fock_mae_uha"] == pytest.approx(card["test_metrics"]["fock_mae_uha"], rel=1e-6)
 
 
-TINY_MODEL = ("channels = 8\n        num_layers = 1\n        pair_channels = 8\n        pair_hidden = 16\n"
-              "        radial_hidden = 16\n        num_radial = 4\n        pair_num_radial = 4")
+TINY_MODEL = ("channels = 8\nnum_layers = 1\npair_channels = 8\npair_hidden = 16\n"
+              "radial_hidden = 16\nnum_radial = 4\npair_num_radial = 4")
+
+
+def write_tiny_config(path, db, model="", loss="", optimizer="lr = 5e-3\nema_decay = 0.5", run="",
+                      max_epochs=2):
+    """A training config for the tiny real model on ``db`` (12/4/4 frames), written to ``path``."""
+    loss = loss or "fock_mse = 1.0\nfock_mae = 1.0"
+    path.write_text(f"""[data]
+seed = 0
+[[data.datasets]]
+path = "{db}"
+train = 12
+val = 4
+test = 4
+
+[model]
+{TINY_MODEL}
+{model}
+
+[loss]
+{loss}
+
+[optimizer]
+{optimizer}
+
+[run]
+batch_size = 4
+max_epochs = {max_epochs}
+progress = false
+threads = 1
+{run}
+""")
+    return path
 
 
 def test_freeze_hamiltonian_trains_only_the_energy_head():
@@ -460,38 +470,13 @@ def test_energy_stage_adds_atom_correction_to_a_hamiltonian_only_run(water_db, t
     from ase_wavecalc.cli import main
     from ase_wavecalc.train.cli_export import load_run_model
 
-    def write(name, extra_model, loss, run):
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(f"""
-            [data]
-            seed = 0
-            [[data.datasets]]
-            path = "{water_db}"
-            train = 12
-            val = 4
-            test = 4
-            [model]
-            {TINY_MODEL}
-            energy_head = true
-            {extra_model}
-            [loss]
-            {loss}
-            [optimizer]
-            lr = 5e-3
-            ema_decay = 0.0
-            [run]
-            batch_size = 4
-            max_epochs = 2
-            progress = false
-            threads = 1
-            {run}
-        """))
-        return path
-
-    stage1 = write("s1.toml", "", "fock_mae = 1.0", "")
+    stage1 = write_tiny_config(tmp_path / "s1.toml", water_db, model="energy_head = true",
+                               loss="fock_mae = 1.0", optimizer="lr = 5e-3\nema_decay = 0.0")
     assert main(["train", str(stage1), "--out", str(tmp_path / "s1")]) == 0
-    stage2 = write("s2.toml", "atom_energy_hidden = 8", "energy = 1.0",
-                   f'init_weights = "{tmp_path / "s1"}"\n            trainable = "energy_head"')
+    stage2 = write_tiny_config(tmp_path / "s2.toml", water_db,
+                               model="energy_head = true\natom_energy_hidden = 8", loss="energy = 1.0",
+                               optimizer="lr = 5e-3\nema_decay = 0.0",
+                               run=f'init_weights = "{tmp_path / "s1"}"\ntrainable = "energy_head"')
     assert main(["train", str(stage2), "--out", str(tmp_path / "s2")]) == 0
     m1, _ = load_run_model(tmp_path / "s1", "last")
     m2, _ = load_run_model(tmp_path / "s2", "last")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 __all__ = ["UHA", "fock_errors", "orbital_errors", "evaluate_model", "format_metrics", "METRIC_UNITS",
-           "mean_metrics"]
+           "mean_metrics", "model_energy_predictions", "energy_force_errors"]
 
 UHA = 1e6  # micro-Hartree per Hartree
 
@@ -178,34 +178,51 @@ def format_metrics(summary: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def energy_force_errors(model: torch.nn.Module, dataset_path, frame_ids, charge: int = 0) -> dict:
-    """Energy and force errors of an energy-head model on the given frames of a dataset file.
+def model_energy_predictions(model: torch.nn.Module, dataset_path, frame_ids, charge: int = 0,
+                             gradient: bool = True) -> dict:
+    """The model's energies (and gradients) on some frames of a dataset file, next to the reference.
 
-    The model runs in float64 through :class:`~ase_wavecalc.model_provider.ModelProvider` (the same path
-    as the calculator: degeneracy-safe density response, exact S and h_core derivatives). Returns
-    ``energy_mae_mev`` (meV per molecule), ``energy_max_mev``, ``force_mae_mev_a`` (meV/Angstrom, per
-    component), ``force_max_mev_a``, ``n_energy_structures``.
+    The model runs in float64 through :class:`~ase_wavecalc.model_provider.ModelProvider` (the
+    calculator's path: degeneracy-safe density response, exact S and h_core derivatives). Returns
+    numpy arrays in atomic units: ``energy`` (F,), ``e_ref`` (F,), ``numbers`` (n,) and, with
+    ``gradient``, ``gradient`` and ``gradient_ref`` (F, n, 3).
     """
     import copy
 
     from ..dataset import read_dataset
     from ..model_provider import ModelProvider
-    from ..units import HARTREE, HARTREE_PER_BOHR
 
-    data = read_dataset(dataset_path, keys=("e_tot", "gradient"))
+    keys = ("e_tot", "gradient") if gradient else ("e_tot",)
+    data = read_dataset(dataset_path, keys=keys)
     where = {int(f): i for i, f in enumerate(data["frame"])}
     missing = [int(f) for f in frame_ids if int(f) not in where]
     if missing:
         raise ValueError(f"{dataset_path}: frames {missing[:5]} not in the dataset")
+    rows = [where[int(f)] for f in frame_ids]
     provider = ModelProvider(copy.deepcopy(model).to(torch.float64), charge=charge,
                              card={"name": "evaluation", "charge": charge})
-    de, df = [], []
-    for f in frame_ids:
-        i = where[int(f)]
-        res = provider.compute(data["numbers"], data["positions_bohr"][i], want_gradient=True)
-        de.append((res.energy - data["e_tot"][i]) * HARTREE * 1e3)
-        df.append(((res.gradient - data["gradient"][i]) * HARTREE_PER_BOHR * 1e3).reshape(-1))
-    de, df = np.abs(np.asarray(de)), np.abs(np.concatenate(df))
+    results = [provider.compute(data["numbers"], data["positions_bohr"][i], want_gradient=gradient)
+               for i in rows]
+    out = {"energy": np.array([r.energy for r in results], dtype=float),
+           "e_ref": np.asarray(data["e_tot"])[rows], "numbers": np.asarray(data["numbers"])}
+    if gradient:
+        out["gradient"] = np.stack([r.gradient for r in results])
+        out["gradient_ref"] = np.asarray(data["gradient"])[rows]
+    return out
+
+
+def energy_force_errors(model: torch.nn.Module, dataset_path, frame_ids, charge: int = 0) -> dict:
+    """Energy and force errors of an energy-head model on the given frames of a dataset file.
+
+    Evaluated by :func:`model_energy_predictions` (float64, the calculator's path). Returns
+    ``energy_mae_mev`` (meV per molecule), ``energy_max_mev``, ``force_mae_mev_a`` (meV/Angstrom, per
+    component), ``force_max_mev_a``, ``n_energy_structures``.
+    """
+    from ..units import HARTREE, HARTREE_PER_BOHR
+
+    pred = model_energy_predictions(model, dataset_path, frame_ids, charge=charge)
+    de = np.abs(pred["energy"] - pred["e_ref"]) * HARTREE * 1e3
+    df = np.abs(pred["gradient"] - pred["gradient_ref"]).reshape(-1) * HARTREE_PER_BOHR * 1e3
     return {"energy_mae_mev": float(de.mean()), "energy_max_mev": float(de.max()),
             "force_mae_mev_a": float(df.mean()), "force_max_mev_a": float(df.max()),
             "n_energy_structures": int(len(de))}

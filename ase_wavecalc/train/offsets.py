@@ -30,30 +30,20 @@ def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], char
     :class:`~ase_wavecalc.model_provider.ModelProvider`, the calculator's path. Summary: frames used,
     the correction per element (Hartree), and the residual mean and RMS before and after (meV).
     """
-    import copy
-
-    from ..dataset import read_dataset
-    from ..model_provider import ModelProvider
     from ..units import HARTREE
+    from .metrics import model_energy_predictions
 
     if not hasattr(model, "atom_energy_offsets"):
         raise ValueError("the model has no per-element energy offsets (energy_head = false?)")
-    elements = [int(z) for z in model.config["elements"]]
-    column = {z: k for k, z in enumerate(elements)}
-    provider = ModelProvider(copy.deepcopy(model).to(torch.float64), charge=charge,
-                             card={"name": "offset refit", "charge": charge})
+    column = {int(z): k for k, z in enumerate(model.config["elements"])}
     counts, residuals = [], []
     for path, frame_ids in datasets:
-        data = read_dataset(path, keys=("e_tot",))
-        where = {int(f): i for i, f in enumerate(data["frame"])}
-        n = np.zeros(len(elements))
-        for z in np.asarray(data["numbers"]).reshape(-1):
+        pred = model_energy_predictions(model, path, frame_ids, charge=charge, gradient=False)
+        n = np.zeros(len(column))
+        for z in pred["numbers"].reshape(-1):
             n[column[int(z)]] += 1
-        for f in frame_ids:
-            i = where[int(f)]
-            result = provider.compute(data["numbers"], data["positions_bohr"][i], want_gradient=False)
-            residuals.append(float(data["e_tot"][i]) - float(result.energy))
-            counts.append(n)
+        residuals.extend(pred["e_ref"] - pred["energy"])
+        counts.extend([n] * len(frame_ids))
     if not residuals:
         raise ValueError("no frames to refit the energy offsets on")
     a, r = np.asarray(counts), np.asarray(residuals)
@@ -63,7 +53,7 @@ def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], char
         offsets = model.atom_energy_offsets
         offsets.add_(torch.as_tensor(delta, dtype=offsets.dtype))
     return {"frames": int(len(r)),
-            "delta_hartree": {str(z): float(d) for z, d in zip(elements, delta)},
+            "delta_hartree": {str(z): float(delta[k]) for z, k in column.items()},
             "residual_mean_mev_before": float(r.mean() * HARTREE * 1e3),
             "residual_rms_mev_before": float(np.sqrt((r ** 2).mean()) * HARTREE * 1e3),
             "residual_mean_mev_after": float(after.mean() * HARTREE * 1e3),
