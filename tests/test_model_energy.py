@@ -39,7 +39,7 @@ def provider():
     torch.manual_seed(0)
     net = build_model(default_config(basis=BASIS, elements=[1, 6, 8], channels=4, num_layers=1,
                                      pair_channels=4, radial_hidden=8, pair_hidden=8, energy_head=True,
-                                     atom_energy_hidden=8))
+                                     atom_energy_hidden=8, energy_layers=1, energy_channels=4))
     with torch.no_grad():  # non-zero per-element offsets and atom correction, so they are part of the test
         for p in net.parameters():
             if p.dim() == 1 and p.numel() <= 10:

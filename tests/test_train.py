@@ -474,7 +474,8 @@ def test_energy_stage_adds_atom_correction_to_a_hamiltonian_only_run(water_db, t
                                loss="fock_mae = 1.0", optimizer="lr = 5e-3\nema_decay = 0.0")
     assert main(["train", str(stage1), "--out", str(tmp_path / "s1")]) == 0
     stage2 = write_tiny_config(tmp_path / "s2.toml", water_db,
-                               model="energy_head = true\natom_energy_hidden = 8", loss="energy = 1.0",
+                               model="energy_head = true\natom_energy_hidden = 8",
+                               loss="energy = 1.0\ngap_gate = 0.0",
                                optimizer="lr = 5e-3\nema_decay = 0.0",
                                run=f'init_weights = "{tmp_path / "s1"}"\ntrainable = "energy_head"')
     assert main(["train", str(stage2), "--out", str(tmp_path / "s2")]) == 0
@@ -488,3 +489,71 @@ def test_energy_stage_adds_atom_correction_to_a_hamiltonian_only_run(water_db, t
     assert torch.equal(o1["fock"], o2["fock"])
     assert float(m2.atom_energy_mlp[-1].weight.detach().abs().sum()) > 0
     assert float(o2["atom_correction"].abs().sum()) > 0
+
+
+def test_energy_gate_leaves_out_structures_with_a_closed_gap(water_db):
+    """A structure whose predicted virtual level fell below the HOMO is left out of the energy and force
+    terms (its aufbau energy is off by a fraction of a Hartree and would dominate the step)."""
+    from ase_wavecalc.electronic import solve_fock
+    from ase_wavecalc.train.losses import WeightedLoss
+
+    table = load_table(water_db, keys=("e_tot", "gradient", "hcore"), sha256=False)
+    batch = table.batch([0, 1], dtype=torch.float64)
+    n = batch.n_occ
+    fock = batch.fock.clone()
+    eps, c = solve_fock(fock[1], batch.overlap[1])
+    sc = batch.overlap[1] @ c[:, n]
+    fock[1] = fock[1] - 2.0 * (eps[n] - eps[n - 1]) * torch.outer(sc, sc)   # LUMO drops below the HOMO
+    fock[0] = fock[0] + 1e-3 * torch.eye(fock.shape[-1], dtype=fock.dtype)  # a small, smooth error
+    gated = WeightedLoss({"energy": 1.0, "forces": 1.0})
+    batch.positions_bohr.requires_grad_(True)
+    _, parts = gated({"fock": fock}, batch)
+    one = table.batch([0], dtype=torch.float64)
+    one.positions_bohr.requires_grad_(True)
+    _, parts_one = gated({"fock": fock[:1]}, one)
+    assert parts["energy"] == pytest.approx(parts_one["energy"], rel=1e-12) and parts["energy"] > 0
+    assert parts["forces"] == pytest.approx(parts_one["forces"], rel=1e-12)
+    ungated = WeightedLoss({"energy": 1.0, "gap_gate": 0.0})
+    _, parts_all = ungated({"fock": fock}, batch)
+    assert parts_all["energy"] > 100 * parts["energy"]
+    with pytest.raises(ConfigError, match="gap_gat"):
+        parse_config({"data": {"datasets": [{"path": "x", "train": 1}]}, "loss": {"gap_gat": 0.5, "fock_mae": 1}})
+
+
+def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(water_db, tmp_path):
+    """run.trainable = 'energy_correction' on earlier weights without the correction trunk: F and the core
+    correction stay bit-identical, the trunk and MLP (new, the MLP starting at zero) learn."""
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.train.cli_export import load_run_model
+
+    stage1 = write_tiny_config(tmp_path / "s1.toml", water_db, model="energy_head = true",
+                               loss="fock_mae = 1.0", optimizer="lr = 5e-3\nema_decay = 0.0")
+    assert main(["train", str(stage1), "--out", str(tmp_path / "s1")]) == 0
+    stage2 = write_tiny_config(tmp_path / "s2.toml", water_db,
+                               model="energy_head = true\natom_energy_hidden = 8\nenergy_layers = 1\n"
+                                     "energy_channels = 4",
+                               loss="energy = 1.0\nforces = 1.0\ngap_gate = 0.0",
+                               optimizer="lr = 5e-3\nema_decay = 0.0",
+                               run=f'init_weights = "{tmp_path / "s1"}"\ntrainable = "energy_correction"')
+    assert main(["train", str(stage2), "--out", str(tmp_path / "s2")]) == 0
+    m1, _ = load_run_model(tmp_path / "s1", "last")
+    m2, _ = load_run_model(tmp_path / "s2", "last")
+    table = load_table(water_db, sha256=False)
+    batch = table.batch([0, 1], dtype=torch.float32)
+    with torch.no_grad():
+        o1 = m1(batch.numbers, batch.positions_bohr, batch.batch)
+        o2 = m2(batch.numbers, batch.positions_bohr, batch.batch)
+    assert torch.equal(o1["fock"], o2["fock"]) and torch.equal(o1["core_correction"], o2["core_correction"])
+    assert float(o2["atom_correction"].abs().sum()) > 0
+    # the export follows init_weights back to stage 1 and ships both stages' configs and metrics
+    from ase_wavecalc.train.cli_export import export_run
+    card = export_run(tmp_path / "s2", tmp_path / "model", refit_frames=0)
+    assert [st["run"] for st in card["training_stages"]] == ["s1", "s2"]
+    assert card["training_stages"][1]["trainable"] == "energy_correction"
+    for st in card["training_stages"]:
+        for name in st["files"].values():
+            assert (tmp_path / "model" / name).is_file()
+    fresh = m2.__class__(m2.config)
+    trunk_moved = [not torch.equal(a, b) for (k, a), b in zip(m2.state_dict().items(), fresh.state_dict().values())
+                   if k.startswith("energy_interactions.")]
+    assert any(trunk_moved)

@@ -41,6 +41,11 @@ Inputs and outputs (atomic units, PySCF spherical AO order):
 | "atom_energy" | (B,) sum of per-element offsets e0[Z] (+ "atom_correction") | Hartree |
 | "atom_correction" | (B,) learned per-atom energy correction (only with ``atom_energy_hidden``) | Hartree |
 
+The per-atom correction reads the invariant channels of the final atom features, or, with
+``energy_layers > 0``, of a separate, smaller trunk (``energy_channels`` x irreps up to ``energy_lmax``)
+that shares only the edge frames and radial basis. That trunk lets a training stage add an accurate
+energy correction on top of a frozen Fock network (``run.trainable = "energy_correction"``).
+
 Scatter sums use torch's own ``index_add`` rather than torch-scatter: torch-scatter has no wheels for
 current torch and takes minutes to compile, and ``index_add`` is just as fast at this size.
 """
@@ -88,6 +93,9 @@ DEFAULT_CONFIG = {
     "pair_hidden": 64,
     "energy_head": False,        # adds "core_correction"
     "atom_energy_hidden": 0,     # > 0: learned per-atom energy correction, an MLP of invariant features
+    "energy_layers": 0,          # > 0: the correction reads its own message-passing trunk (below)
+    "energy_channels": 32,       # channels of that trunk
+    "energy_lmax": 2,            # highest L of its features
 }
 
 
@@ -142,6 +150,14 @@ def _resolve_config(config: dict) -> dict:
         raise ValueError("config 'atom_energy_hidden' must be >= 0")
     if cfg["atom_energy_hidden"] and not cfg["energy_head"]:
         raise ValueError("config 'atom_energy_hidden' > 0 needs energy_head = true")
+    for key in ("energy_layers", "energy_channels", "energy_lmax"):
+        cfg[key] = int(cfg[key])
+        if cfg[key] < 0 or (key != "energy_layers" and cfg[key] < 1):
+            raise ValueError(f"config {key!r} must be {'>= 0' if key == 'energy_layers' else 'positive'}")
+    if cfg["energy_layers"] and not cfg["atom_energy_hidden"]:
+        raise ValueError("config 'energy_layers' > 0 needs atom_energy_hidden > 0 (the MLP that reads it)")
+    if cfg["energy_lmax"] > cfg["lmax"]:
+        raise ValueError(f"config 'energy_lmax' ({cfg['energy_lmax']}) cannot exceed lmax ({cfg['lmax']})")
     return cfg
 
 
@@ -314,11 +330,26 @@ class HamiltonianModel(nn.Module):
         # e0[Z] in Hartree, per element (index = position in config "elements"); the trainer may set it
         self.atom_energy_offsets = nn.Parameter(torch.zeros(n_el))
         hidden = cfg["atom_energy_hidden"]
+        if cfg["energy_layers"]:
+            # the correction's own trunk: same edge frames and radial basis, its own embedding and
+            # (smaller) features. A stage that trains only the energy leaves F bit-identical, and the
+            # force loss's second derivative then never runs through the Fock trunk's weights.
+            Ce = cfg["energy_channels"]
+            self.energy_layout = FeatureLayout(cfg["energy_lmax"], cfg["parity"])
+            self.energy_embedding = nn.Parameter(torch.randn(n_el, Ce))
+            self.energy_interactions = nn.ModuleList([
+                Interaction(self.energy_layout, Ce, cfg["num_radial"], cfg["radial_hidden"],
+                            cfg["avg_num_neighbors"], n_el)
+                for _ in range(cfg["energy_layers"])])
+            n_feat = Ce
+        else:
+            self.energy_layout, self.energy_embedding, self.energy_interactions = None, None, None
+            n_feat = C
         if hidden:
             # learned per-atom correction (Hartree) from the invariant (0e) channels of the final atom
-            # features and the element; the last layer starts at zero, so a model trained without it
-            # (stage 1) keeps its energies until the correction learns
-            self.atom_energy_mlp = nn.Sequential(nn.Linear(C + n_el, hidden), nn.SiLU(),
+            # features (of the energy trunk when there is one) and the element; the last layer starts at
+            # zero, so a model trained without it (stage 1) keeps its energies until the correction learns
+            self.atom_energy_mlp = nn.Sequential(nn.Linear(n_feat + n_el, hidden), nn.SiLU(),
                                                  nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
             nn.init.zeros_(self.atom_energy_mlp[-1].weight)
             nn.init.zeros_(self.atom_energy_mlp[-1].bias)
@@ -413,7 +444,15 @@ class HamiltonianModel(nn.Module):
         e0 = self.atom_energy_offsets[ix.elem]
         out["atom_energy"] = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, e0)
         if self.atom_energy_mlp is not None:
-            per_atom = ATOM_ENERGY_SCALE * self.atom_energy_mlp(torch.cat([h[:, 0, :], onehot], 1))[:, 0]
+            inv = h[:, 0, :]
+            if self.energy_interactions is not None:
+                Ce = self.config["energy_channels"]
+                he = torch.cat([self.energy_embedding[ix.elem][:, None, :],
+                                torch.zeros(N, self.energy_layout.dim - 1, Ce, dtype=dtype, device=pos.device)], 1)
+                for k, block in enumerate(self.energy_interactions):
+                    he = block(he, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
+                inv = he[:, 0, :]
+            per_atom = ATOM_ENERGY_SCALE * self.atom_energy_mlp(torch.cat([inv, onehot], 1))[:, 0]
             learned = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, per_atom)
             out["atom_correction"] = learned
             out["atom_energy"] = out["atom_energy"] + learned

@@ -4,6 +4,11 @@ Writes the EMA weights (of the best validation epoch by default) with ``model.io
 JSON model card: architecture config, level of theory and basis, elements, datasets with sha256, the
 split (counts, seed, test frame ids), training time and epochs, and with ``--test`` the metrics on the
 held-out test split. The training config is copied beside it as ``train_config.toml``.
+
+Multi-stage training (each stage's ``run.init_weights`` names the previous run directory) is followed back
+to its first stage: every stage's config, metrics CSV and learning curve are copied beside the model as
+``train_config_<run>.toml``, ``metrics_<run>.csv``, ``learning_curve_<run>.png``, and the card lists the
+stages (``training_stages``: epochs, time, best epoch and its validation errors) in training order.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_cli_arguments", "cli_main", "export_run", "load_run_model", "run_split_tables"]
+__all__ = ["add_cli_arguments", "cli_main", "export_run", "load_run_model", "run_split_tables", "training_stages"]
 
 
 # dataset metadata copied into the card's "level_of_theory"
@@ -119,6 +124,63 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
     }
 
 
+def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
+    """The run and the runs it started from (``run.init_weights`` chains), earliest first.
+
+    Each entry: ``run`` (directory name), ``path``, ``config`` (the parsed config.toml), ``epochs``,
+    ``wall_time_min``, ``best_epoch`` and the validation errors of the best epoch (from metrics.csv), and
+    ``init_weights`` (what the stage started from; a model directory ends the chain).
+    """
+    import csv
+
+    from .config import load_config
+
+    stages, seen = [], set()
+    run = Path(run_dir).resolve()
+    while run is not None and len(stages) < max_stages and run not in seen:
+        seen.add(run)
+        if not (run / "config.toml").is_file():
+            break
+        cfg = load_config(run / "config.toml")
+        entry = {"run": run.name, "path": str(run), "init_weights": cfg.run.init_weights or None,
+                 "trainable": cfg.run.trainable, "loss": dict(cfg.loss)}
+        rows = []
+        if (run / "metrics.csv").is_file():
+            with open(run / "metrics.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+        if rows:
+            best = min(rows, key=lambda r: float(r["val_loss"]))
+            entry.update(epochs=int(rows[-1]["epoch"]), wall_time_min=round(float(rows[-1]["wall_time_s"]) / 60, 1),
+                         best_epoch=int(best["epoch"]),
+                         val_fock_mae_uha_at_best=round(float(best["val_fock_mae_uha"]), 2),
+                         val_eps_mae_uha_at_best=round(float(best["val_eps_mae_uha"]), 2))
+        stages.append(entry)
+        init = cfg.run.init_weights
+        nxt = cfg.resolve_path(init) if init else None
+        # relative init_weights are written relative to the working directory of training: try the run's
+        # grandparent (the repository root for runs/NAME) too
+        if nxt is not None and not nxt.exists() and (run.parent.parent / init).exists():
+            nxt = (run.parent.parent / init).resolve()
+        run = nxt if nxt is not None and (nxt / "checkpoint.pt").is_file() else None
+    return stages[::-1]
+
+
+def _copy_stage_files(stages: list[dict], out: Path) -> list[dict]:
+    """Copy each stage's config/metrics/curve into ``out``; returns the card entries (file names, no paths)."""
+    entries = []
+    for st in stages:
+        src = Path(st["path"])
+        files = {}
+        for name, target in (("config.toml", f"train_config_{st['run']}.toml"),
+                             ("metrics.csv", f"metrics_{st['run']}.csv"),
+                             ("learning_curve.png", f"learning_curve_{st['run']}.png")):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, out / target)
+                files[name.split(".")[0]] = target
+        entries.append({k: v for k, v in st.items() if k not in ("path",)} | {"files": files})
+    return entries
+
+
 def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_size: int = 16,
                force: bool = False, refit_frames: int = 400) -> dict:
     """Export a run as a shipped model in directory ``out``; returns the card.
@@ -162,6 +224,9 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     card["charge"] = int(tables[0].charge)
     if offset_refit is not None:
         card["training"]["energy_offset_refit"] = offset_refit
+    stages = training_stages(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    card["training_stages"] = _copy_stage_files(stages, out)
     save_model(model, out, card)
     shutil.copyfile(run_dir / "config.toml", out / "train_config.toml")
     return card

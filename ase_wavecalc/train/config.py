@@ -19,6 +19,8 @@ test = 100
 fock_mse = 1.0                         # Hartree^2
 fock_mae = 1.0                         # Hartree
 orbital_energy = 0.0                   # occupied eigenvalues, Hartree^2
+gap_gate = 0.5                         # option, not a term: structures with a predicted HOMO-LUMO gap
+                                       # below this fraction of the reference gap skip energy/forces
 
 [optimizer]                            # AdamW, gradient clipping, EMA of the weights
 lr = 1e-3
@@ -162,12 +164,15 @@ class RunConfig:
     threads: int = 0
     progress: bool = True
     init_weights: str = ""
-    trainable: str = "all"        # "all", or "energy_head": only the core-correction head and e0 learn
+    trainable: str = "all"        # "all"; "energy_head": only the core-correction head, e0 and the
+                                  # per-atom correction learn; "energy_correction": only e0 and the
+                                  # per-atom correction (with its trunk) learn
     deterministic: bool = True
 
     def __post_init__(self):
-        if self.trainable not in ("all", "energy_head"):
-            raise ConfigError(f"run.trainable must be 'all' or 'energy_head', got {self.trainable!r}")
+        if self.trainable not in ("all", "energy_head", "energy_correction"):
+            raise ConfigError("run.trainable must be 'all', 'energy_head' or 'energy_correction', got "
+                              f"{self.trainable!r}")
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"run.precision must be 'float32' or 'float64', got {self.precision!r}")
         if self.batch_size < 1:
@@ -212,7 +217,7 @@ class TrainConfig:
 
 def parse_config(table: dict, base_dir: str | os.PathLike = ".", source: str = "") -> TrainConfig:
     """Validate a config given as a dict (the parsed TOML)."""
-    from .losses import LOSS_TERMS
+    from .losses import LOSS_OPTIONS, LOSS_TERMS
 
     known = ("data", "model", "loss", "optimizer", "scheduler", "run")
     for key in table:
@@ -223,14 +228,14 @@ def parse_config(table: dict, base_dir: str | os.PathLike = ".", source: str = "
         raise ConfigError("the config needs a [data] table with [[data.datasets]]")
     loss = dict(table.get("loss", {"fock_mse": 1.0, "fock_mae": 1.0}))
     for name, weight in loss.items():
-        if name not in LOSS_TERMS:
-            hint = difflib.get_close_matches(name, list(LOSS_TERMS), n=1)
+        if name not in LOSS_TERMS and name not in LOSS_OPTIONS:
+            hint = difflib.get_close_matches(name, list(LOSS_TERMS) + list(LOSS_OPTIONS), n=1)
             raise ConfigError(f"unknown loss term {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                               + f" (known: {', '.join(sorted(LOSS_TERMS))})")
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(f"loss weight {name} must be a number >= 0, got {weight!r}")
         loss[name] = float(weight)
-    if not any(w > 0 for w in loss.values()):
+    if not any(w > 0 for k, w in loss.items() if k in LOSS_TERMS):
         raise ConfigError("[loss] has no term with a positive weight")
     model = table.get("model", {})
     if not isinstance(model, dict):

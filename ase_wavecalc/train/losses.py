@@ -112,19 +112,57 @@ def orbital_energy(outputs, batch, cache):
     return (eps[..., :n] - batch.mo_energy[..., :n].double()).square().mean().to(fock.dtype)
 
 
+#: a structure whose predicted HOMO-LUMO gap is below this fraction of the reference gap is left out of
+#: the energy and force terms of that step (the F terms still see it), see :func:`energy_gate`; the
+#: ``[loss]`` table may set it as ``gap_gate`` (0 disables the gate)
+GAP_GATE_FRACTION = 0.5
+
+#: keys of the ``[loss]`` table that are options, not term weights
+LOSS_OPTIONS = {"gap_gate": GAP_GATE_FRACTION}
+
+
+def energy_gate(outputs, batch, cache) -> torch.Tensor:
+    """(B,) bool: structures whose predicted spectrum is fit for the energy and force terms.
+
+    When a virtual level of the predicted (F, S) falls into or near the occupied manifold (this happens
+    transiently while the weights move, most easily along near-linear-dependent AO combinations), the
+    aufbau density fills the wrong orbital: the energy is off by a sizeable fraction of a Hartree and
+    its weight gradient, which carries 1/gap, is orders of magnitude larger than that of every other
+    structure. Such a structure would dominate the step and push F further away; the F terms alone bring
+    it back. Criterion: predicted gap < ``GAP_GATE_FRACTION`` x the reference gap (from ``mo_energy``).
+    """
+    if "gate" not in cache:
+        from ..electronic import solve_fock
+
+        n = batch.n_occ
+        with torch.no_grad():
+            eps, _ = solve_fock(predicted_fock(outputs).detach().double(), batch.overlap.double())
+            gap = eps[..., n] - eps[..., n - 1]
+            ref = batch.mo_energy.double()
+            ref_gap = ref[..., n] - ref[..., n - 1]
+        cache["gate"] = gap > cache.get("gap_gate", GAP_GATE_FRACTION) * ref_gap
+    return cache["gate"]
+
+
 def predicted_energy(outputs, batch, cache) -> torch.Tensor:
-    """(B,) total energies in Hartree from the predicted F (cached per evaluation)."""
+    """(B,) total energies in Hartree from the predicted F (cached per evaluation); 0 where gated out."""
     if "energy" not in cache:
         from ..energy import total_energy
 
         fock = predicted_fock(outputs)
         core = outputs.get("core_correction")
         atom_energy = outputs.get("atom_energy")
+        gate = energy_gate(outputs, batch, cache)
         n = batch.n_atoms
         numbers = batch.numbers[:n].tolist()
         energies = []
         for b in range(batch.n_structures):
-            e, _ = total_energy(numbers, batch.positions_bohr[b * n:(b + 1) * n], fock[b], batch.basis,
+            pos = batch.positions_bohr[b * n:(b + 1) * n]
+            if not bool(gate[b]):
+                # a placeholder connected to the graph (zero gradient), masked by every term
+                energies.append(pos.sum().double() * 0.0)
+                continue
+            e, _ = total_energy(numbers, pos, fock[b], batch.basis,
                                 core_correction=None if core is None else core[b],
                                 atom_energy=0.0 if atom_energy is None else atom_energy[b],
                                 charge=batch.charge, density="eigh")
@@ -133,21 +171,30 @@ def predicted_energy(outputs, batch, cache) -> torch.Tensor:
     return cache["energy"]
 
 
+def _gated_mean(sq_err: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, ...) squared errors over the structures where ``gate``; 0 if none (zero gradient)."""
+    per_structure = sq_err.reshape(sq_err.shape[0], -1).mean(-1)
+    kept = torch.where(gate, per_structure, torch.zeros_like(per_structure))
+    return kept.sum() / max(int(gate.sum()), 1)
+
+
 @register_loss_term("energy", unit="Hartree^2", dataset_keys=("e_tot", "hcore"))
 def energy(outputs, batch, cache):
     # float64: total energies are ~100 Hartree, float32 would round them to ~10 micro-Hartree
+    gate = energy_gate(outputs, batch, cache)
     err = predicted_energy(outputs, batch, cache) - batch.e_tot.double()
-    return err.square().mean().to(predicted_fock(outputs).dtype)
+    return _gated_mean(err.square(), gate).to(predicted_fock(outputs).dtype)
 
 
 @register_loss_term("forces", unit="(Hartree/Bohr)^2", needs_positions_grad=True, dataset_keys=("gradient",))
 def forces(outputs, batch, cache):
     if not batch.positions_bohr.requires_grad:
         raise RuntimeError("the forces loss needs positions_bohr.requires_grad before the model runs")
+    gate = energy_gate(outputs, batch, cache)
     e = predicted_energy(outputs, batch, cache)
     (grad,) = torch.autograd.grad(e.sum(), batch.positions_bohr, create_graph=torch.is_grad_enabled())
     err = grad.reshape(batch.gradient.shape).double() - batch.gradient.double()
-    return err.square().mean().to(predicted_fock(outputs).dtype)
+    return _gated_mean(err.reshape(batch.n_structures, -1).square(), gate).to(predicted_fock(outputs).dtype)
 
 
 class WeightedLoss:
@@ -157,6 +204,8 @@ class WeightedLoss:
     """
 
     def __init__(self, weights: dict[str, float]):
+        self.options = {k: float(weights.get(k, v)) for k, v in LOSS_OPTIONS.items()}
+        weights = {k: v for k, v in weights.items() if k not in LOSS_OPTIONS}
         unknown = [k for k in weights if k not in LOSS_TERMS]
         if unknown:
             raise KeyError(f"unknown loss terms {unknown}; known: {sorted(LOSS_TERMS)}")
@@ -174,7 +223,7 @@ class WeightedLoss:
         return tuple(dict.fromkeys(k for t in self.terms for k in t.dataset_keys))
 
     def __call__(self, outputs: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        cache: dict = {}
+        cache: dict = dict(self.options)
         total = 0.0
         parts = {}
         for term in self.terms:

@@ -261,13 +261,34 @@ def freeze_hamiltonian(model: torch.nn.Module) -> int:
             module.bias.requires_grad_(True)
             module.bias.register_hook(lambda g, m=b_mask: g * m.to(g.dtype))
             n += int((b_mask * module.bias_mask.to(b_mask.dtype)).sum().item())
-    model.atom_energy_offsets.requires_grad_(True)
-    n += model.atom_energy_offsets.numel()
-    if getattr(model, "atom_energy_mlp", None) is not None:
-        for p in model.atom_energy_mlp.parameters():
+    return n + _unfreeze_energy_correction(model)
+
+
+#: parameter-name prefixes of the energy correction (a later stage may add them to earlier weights)
+ENERGY_CORRECTION_PREFIXES = ("atom_energy_mlp.", "energy_embedding", "energy_interactions.")
+
+
+def _unfreeze_energy_correction(model: torch.nn.Module) -> int:
+    n = 0
+    for name, p in model.named_parameters():
+        if name == "atom_energy_offsets" or name.startswith(ENERGY_CORRECTION_PREFIXES):
             p.requires_grad_(True)
             n += p.numel()
     return n
+
+
+def freeze_all_but_energy_correction(model: torch.nn.Module) -> int:
+    """Let only e0, the per-atom correction MLP and its trunk (``energy_layers``) learn.
+
+    F and the core-correction head stay exactly as they are, so the energy of the Hamiltonian part is a
+    fixed function of the geometry and the correction learns what it misses (Delta-learning on top of
+    the electronic structure). Returns the number of trainable entries.
+    """
+    if getattr(model, "atom_energy_mlp", None) is None:
+        raise TrainingError("run.trainable = 'energy_correction' needs a model with atom_energy_hidden > 0")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return _unfreeze_energy_correction(model)
 
 
 @dataclass
@@ -467,13 +488,18 @@ class Trainer:
         self.model.train()
         if checkpoint is None and run.init_weights:
             path = self.config.resolve_path(run.init_weights)
+            state = initial_weights(path)
+            own = self.model.state_dict()
+            # an energy correction of another size in the earlier weights is left out (re-initialized)
+            state = {k: v for k, v in state.items()
+                     if not (k.startswith(ENERGY_CORRECTION_PREFIXES) and k in own and own[k].shape != v.shape)}
             try:
-                missing, unexpected = self.model.load_state_dict(initial_weights(path), strict=False)
+                missing, unexpected = self.model.load_state_dict(state, strict=False)
             except RuntimeError as exc:
                 raise TrainingError(f"run.init_weights {path}: the weights do not fit the [model] "
                                     f"architecture: {str(exc).splitlines()[0]}") from None
             # only parts that a later stage adds (the per-atom energy correction) may be missing
-            bad = list(unexpected) + [k for k in missing if not k.startswith("atom_energy_mlp.")]
+            bad = list(unexpected) + [k for k in missing if not k.startswith(ENERGY_CORRECTION_PREFIXES)]
             if bad:
                 raise TrainingError(f"run.init_weights {path}: the weights do not fit the [model] "
                                     f"architecture: {'unexpected' if unexpected else 'missing'} {bad[:4]}")
@@ -497,6 +523,10 @@ class Trainer:
         if run.trainable == "energy_head":
             n = freeze_hamiltonian(self.model)
             self.log(f"training the energy head only ({n} parameters); the Hamiltonian (F) is frozen")
+        elif run.trainable == "energy_correction":
+            n = freeze_all_but_energy_correction(self.model)
+            self.log(f"training the energy correction only ({n} parameters); F and the core correction "
+                     "are frozen")
         self.ema = None
         if self.config.optimizer.ema_decay > 0:
             shadow = self.build_model(dict(self.model_config)).to(self.dtype)
@@ -560,13 +590,17 @@ class Trainer:
         self.model.train()
         _, loss, _ = self._forward_loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
+        if not loss.requires_grad:  # every term masked (e.g. all structures gated out of energy/forces)
+            return float(loss)
         if not torch.isfinite(loss):
             self._bad_steps += 1
             if self._bad_steps >= 20:
                 raise TrainingError("20 steps in a row with a non-finite loss: lower optimizer.lr or "
                                     "check the data")
             return math.nan
-        loss.backward()
+        # gradients of the trainable weights only: the positions also require grad (force loss), and
+        # their gradient would cost a second pass through every frozen part of the network
+        loss.backward(inputs=[p for p in self.model.parameters() if p.requires_grad])
         clip = self.config.optimizer.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
