@@ -545,6 +545,32 @@ def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(
         o2 = m2(batch.numbers, batch.positions_bohr, batch.batch)
     assert torch.equal(o1["fock"], o2["fock"]) and torch.equal(o1["core_correction"], o2["core_correction"])
     assert float(o2["atom_correction"].abs().sum()) > 0
+    # training ran the correction alone on precomputed frozen-Hamiltonian energies: the same energy and
+    # force errors as the full model's path
+    import copy
+
+    from ase_wavecalc.model_provider import ModelProvider
+    from ase_wavecalc.train.losses import WeightedLoss
+    model = m2.double()
+    etable = load_table(water_db, keys=("e_tot", "gradient", "hcore"), sha256=False)
+    base = copy.deepcopy(model)
+    with torch.no_grad():
+        base.atom_energy_offsets.zero_()
+    base.atom_energy_mlp = None
+    provider = ModelProvider(base, card={"name": "base"})
+    results = [provider.compute(etable.numbers.numpy(), etable.positions_bohr[r].numpy(), want_gradient=True)
+               for r in (0, 1)]
+    terms = WeightedLoss({"energy": 1.0, "forces": 1.0, "gap_gate": 0.0})
+    full = etable.batch([0, 1])
+    full.positions_bohr.requires_grad_(True)
+    _, parts_full = terms(model(full.numbers, full.positions_bohr, full.batch), full)
+    fast = etable.batch([0, 1])
+    fast.base_energy = torch.tensor([float(r.energy) for r in results], dtype=torch.float64)
+    fast.base_gradient = torch.stack([torch.as_tensor(np.asarray(r.gradient)) for r in results])
+    fast.positions_bohr.requires_grad_(True)
+    _, parts_fast = terms(model(fast.numbers, fast.positions_bohr, fast.batch, energy_only=True), fast)
+    for k in ("energy", "forces"):
+        assert parts_fast[k] == pytest.approx(parts_full[k], rel=1e-8)
     # the export follows init_weights back to stage 1 and ships both stages' configs and metrics
     from ase_wavecalc.train.cli_export import export_run
     card = export_run(tmp_path / "s2", tmp_path / "model", refit_frames=0)

@@ -392,7 +392,10 @@ class HamiltonianModel(nn.Module):
         return idx
 
     def forward(self, numbers: torch.Tensor, positions: torch.Tensor,
-                batch: torch.Tensor | None = None) -> dict:
+                batch: torch.Tensor | None = None, energy_only: bool = False) -> dict:
+        """The outputs of the module docstring. ``energy_only=True`` (models with ``energy_layers``):
+        only "atom_energy" and "atom_correction", without the Fock trunk (training the correction on a
+        frozen Hamiltonian whose energies were computed once)."""
         if numbers.dim() != 1 or positions.shape != (numbers.shape[0], 3):
             raise ValueError(f"numbers (N,) and positions (N, 3) expected, got {tuple(numbers.shape)} and "
                              f"{tuple(positions.shape)}")
@@ -411,6 +414,12 @@ class HamiltonianModel(nn.Module):
         edge_attr = torch.cat([self.rbf(d), onehot[ix.dst], onehot[ix.src]], 1)
 
         N, C = numbers.shape[0], self.config["channels"]
+        if energy_only:
+            if self.energy_interactions is None:
+                raise ValueError("energy_only needs a model with energy_layers > 0")
+            out = {"atom_energy": torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(
+                0, ix.batch, self.atom_energy_offsets[ix.elem])}
+            return self._add_atom_correction(out, None, ix, Ds, edge_attr, env, onehot)
         h = torch.cat([self.embedding[ix.elem][:, None, :],
                        torch.zeros(N, self.layout.dim - 1, C, dtype=dtype, device=pos.device)], 1)
         for k, block in enumerate(self.interactions):
@@ -443,19 +452,25 @@ class HamiltonianModel(nn.Module):
                 out[name] = mats
         e0 = self.atom_energy_offsets[ix.elem]
         out["atom_energy"] = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, e0)
-        if self.atom_energy_mlp is not None:
+        return self._add_atom_correction(out, h, ix, Ds, edge_attr, env, onehot)
+
+    def _add_atom_correction(self, out, h, ix, Ds, edge_attr, env, onehot) -> dict:
+        """Add the learned per-atom correction (if any) to ``out["atom_energy"]`` and as "atom_correction"."""
+        if self.atom_energy_mlp is None:
+            return out
+        if self.energy_interactions is not None:
+            N, Ce = onehot.shape[0], self.config["energy_channels"]
+            he = torch.cat([self.energy_embedding[ix.elem][:, None, :],
+                            onehot.new_zeros(N, self.energy_layout.dim - 1, Ce)], 1)
+            for k, block in enumerate(self.energy_interactions):
+                he = block(he, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
+            inv = he[:, 0, :]
+        else:
             inv = h[:, 0, :]
-            if self.energy_interactions is not None:
-                Ce = self.config["energy_channels"]
-                he = torch.cat([self.energy_embedding[ix.elem][:, None, :],
-                                torch.zeros(N, self.energy_layout.dim - 1, Ce, dtype=dtype, device=pos.device)], 1)
-                for k, block in enumerate(self.energy_interactions):
-                    he = block(he, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
-                inv = he[:, 0, :]
-            per_atom = ATOM_ENERGY_SCALE * self.atom_energy_mlp(torch.cat([inv, onehot], 1))[:, 0]
-            learned = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, per_atom)
-            out["atom_correction"] = learned
-            out["atom_energy"] = out["atom_energy"] + learned
+        per_atom = ATOM_ENERGY_SCALE * self.atom_energy_mlp(torch.cat([inv, onehot], 1))[:, 0]
+        learned = onehot.new_zeros(ix.n_mol).index_add(0, ix.batch, per_atom)
+        out["atom_correction"] = learned
+        out["atom_energy"] = out["atom_energy"] + learned
         return out
 
 

@@ -15,6 +15,7 @@ stacked ``(B, nao, nao)`` Fock tensor.
 | e_tot | (B,) | Hartree, always float64 (only when loaded) |
 | gradient | (B, n, 3) | Hartree/Bohr (only when loaded) |
 | hcore | (B, nao, nao) | Hartree (only when loaded) |
+| base_energy, base_gradient | (B,), (B, n, 3) | Hartree, Hartree/Bohr: energy and gradient of a frozen Hamiltonian, computed once (``run.trainable = "energy_correction"``), always float64 |
 | frame | (B,) | frame ids of the dataset file |
 
 Data order: ``epoch_plan`` draws the batches of one epoch from a ``torch.Generator`` (shuffled rows
@@ -37,6 +38,7 @@ __all__ = ["FrameTable", "Batch", "load_table", "file_sha256", "split_frames", "
 
 BASE_KEYS = ("fock", "overlap")
 ENERGY_KEYS = ("e_tot", "gradient", "hcore")
+BASE_ENERGY_KEYS = ("base_energy", "base_gradient")   # set by the trainer, not read from files
 
 
 def file_sha256(path, chunk: int = 1 << 22) -> str:
@@ -63,6 +65,8 @@ class Batch:
     e_tot: torch.Tensor | None = None
     gradient: torch.Tensor | None = None
     hcore: torch.Tensor | None = None
+    base_energy: torch.Tensor | None = None
+    base_gradient: torch.Tensor | None = None
     basis: str = ""
     charge: int = 0
 
@@ -136,8 +140,8 @@ class FrameTable:
         rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         b, n = len(rows), len(self.numbers)
         # e_tot stays float64: ~100 Hartree in float32 would lose the micro-Hartree digits
-        extra = {k: self.extra[k][rows].to(torch.float64 if k == "e_tot" else dtype)
-                 for k in ENERGY_KEYS if k in self.extra}
+        extra = {k: self.extra[k][rows].to(torch.float64 if k in ("e_tot",) + BASE_ENERGY_KEYS else dtype)
+                 for k in ENERGY_KEYS + BASE_ENERGY_KEYS if k in self.extra}
         return Batch(
             numbers=self.numbers.repeat(b),
             positions_bohr=self.positions_bohr[rows].reshape(b * n, 3).to(dtype),

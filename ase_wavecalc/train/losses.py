@@ -62,6 +62,9 @@ def register_loss_term(name: str, unit: str = "", needs_positions_grad: bool = F
 
 def predicted_fock(outputs: dict) -> torch.Tensor:
     """The (B, nao, nao) predicted Fock tensor (batches never mix compositions)."""
+    if "fock" not in outputs:
+        raise KeyError("this loss term needs the Fock matrix, which an energy-correction-only forward "
+                       "(run.trainable = 'energy_correction') does not compute: give the F terms weight 0")
     fock = outputs["fock"]
     if isinstance(fock, (list, tuple)):
         fock = torch.stack(list(fock))
@@ -131,6 +134,9 @@ def energy_gate(outputs, batch, cache) -> torch.Tensor:
     structure. Such a structure would dominate the step and push F further away; the F terms alone bring
     it back. Criterion: predicted gap < ``GAP_GATE_FRACTION`` x the reference gap (from ``mo_energy``).
     """
+    if "gate" not in cache and batch.base_energy is not None:
+        # frozen Hamiltonian: its energies were computed once; NaN marks a structure it could not do
+        cache["gate"] = torch.isfinite(batch.base_energy)
     if "gate" not in cache:
         from ..electronic import solve_fock
 
@@ -146,6 +152,10 @@ def energy_gate(outputs, batch, cache) -> torch.Tensor:
 
 def predicted_energy(outputs, batch, cache) -> torch.Tensor:
     """(B,) total energies in Hartree from the predicted F (cached per evaluation); 0 where gated out."""
+    if "energy" not in cache and batch.base_energy is not None:
+        # energy = frozen Hamiltonian part (precomputed) + e0 + learned correction (outputs["atom_energy"])
+        base = torch.nan_to_num(batch.base_energy, nan=0.0)
+        cache["energy"] = base + outputs["atom_energy"].double()
     if "energy" not in cache:
         from ..energy import total_energy
 
@@ -171,6 +181,10 @@ def predicted_energy(outputs, batch, cache) -> torch.Tensor:
     return cache["energy"]
 
 
+def _model_dtype(outputs) -> torch.dtype:
+    return predicted_fock(outputs).dtype if "fock" in outputs else outputs["atom_energy"].dtype
+
+
 def _gated_mean(sq_err: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Mean of (B, ...) squared errors over the structures where ``gate``; 0 if none (zero gradient)."""
     per_structure = sq_err.reshape(sq_err.shape[0], -1).mean(-1)
@@ -183,7 +197,7 @@ def energy(outputs, batch, cache):
     # float64: total energies are ~100 Hartree, float32 would round them to ~10 micro-Hartree
     gate = energy_gate(outputs, batch, cache)
     err = predicted_energy(outputs, batch, cache) - batch.e_tot.double()
-    return _gated_mean(err.square(), gate).to(predicted_fock(outputs).dtype)
+    return _gated_mean(err.square(), gate).to(_model_dtype(outputs))
 
 
 @register_loss_term("forces", unit="(Hartree/Bohr)^2", needs_positions_grad=True, dataset_keys=("gradient",))
@@ -193,8 +207,11 @@ def forces(outputs, batch, cache):
     gate = energy_gate(outputs, batch, cache)
     e = predicted_energy(outputs, batch, cache)
     (grad,) = torch.autograd.grad(e.sum(), batch.positions_bohr, create_graph=torch.is_grad_enabled())
-    err = grad.reshape(batch.gradient.shape).double() - batch.gradient.double()
-    return _gated_mean(err.reshape(batch.n_structures, -1).square(), gate).to(predicted_fock(outputs).dtype)
+    grad = grad.reshape(batch.gradient.shape).double()
+    if batch.base_gradient is not None:
+        grad = grad + torch.nan_to_num(batch.base_gradient, nan=0.0)
+    err = grad - batch.gradient.double()
+    return _gated_mean(err.reshape(batch.n_structures, -1).square(), gate).to(_model_dtype(outputs))
 
 
 class WeightedLoss:

@@ -578,10 +578,86 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     # -- steps -----------------------------------------------------------------------------------------
+    @property
+    def energy_only(self) -> bool:
+        """``run.trainable = "energy_correction"``: the frozen Hamiltonian's energies are computed once and
+        each step runs only the correction's trunk (``model(..., energy_only=True)``)."""
+        return self.config.run.trainable == "energy_correction"
+
+    def _prepare_base_energies(self) -> None:
+        """Energy and gradient of the frozen Hamiltonian part (E_nn + 1/2 Tr[P (F + h + Delta h)], without
+        e0 and the learned correction) on the train and validation frames, in float64 through the
+        calculator's path; cached in RUN_DIR/base_energies.pt for resumes (checked against a hash of the
+        frozen weights). Also the (fixed) validation F and orbital-energy errors."""
+        import copy
+        import hashlib
+
+        from ..electronic import ClosedGapError
+        from ..model_provider import ModelProvider
+
+        bad = [k for k, w in self.loss_fn.weights.items() if k not in ("energy", "forces")]
+        if bad:
+            raise TrainingError(f"run.trainable = 'energy_correction' trains on energies and forces only; "
+                                f"set the [loss] weights of {bad} to 0 (F is frozen)")
+        frozen = {k: v for k, v in self.model.state_dict().items()
+                  if not (k == "atom_energy_offsets" or k.startswith(ENERGY_CORRECTION_PREFIXES))}
+        digest = hashlib.sha256()
+        for k in sorted(frozen):
+            digest.update(k.encode())
+            digest.update(frozen[k].detach().cpu().double().numpy().tobytes())
+        key = digest.hexdigest()
+        path = self.run_dir / "base_energies.pt"
+        cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if cached is not None and cached.get("weights_sha256") != key:
+            self.log(f"{path} was computed with other frozen weights: recomputing")
+            cached = None
+        if cached is None:
+            base = copy.deepcopy(self.model).to(torch.float64)
+            with torch.no_grad():
+                base.atom_energy_offsets.zero_()
+            base.atom_energy_mlp = None          # the Hamiltonian part only
+            provider = ModelProvider(base, card={"name": "frozen Hamiltonian", "charge": self.tables[0].charge},
+                                     charge=self.tables[0].charge)
+            t0 = time.perf_counter()
+            entries = []
+            for t, table in enumerate(self.tables):
+                rows = np.concatenate([self.rows["train"][t], self.rows["val"][t]])
+                energy = torch.full((table.n_frames,), math.nan, dtype=torch.float64)
+                gradient = torch.full((table.n_frames, len(table.numbers), 3), math.nan, dtype=torch.float64)
+                self.log(f"energies and forces of the frozen Hamiltonian on {len(rows)} frames of {table.path} "
+                         "(once; cached in base_energies.pt)")
+                for r in rows:
+                    try:
+                        res = provider.compute(table.numbers.numpy(), table.positions_bohr[r].numpy(),
+                                               want_gradient=True)
+                    except ClosedGapError:
+                        continue                  # NaN: left out of the energy and force terms
+                    energy[r] = float(res.energy)
+                    gradient[r] = torch.as_tensor(np.asarray(res.gradient))
+                entries.append({"energy": energy, "gradient": gradient})
+            cached = {"weights_sha256": key, "tables": entries}
+            save_checkpoint(path, cached)
+            self.log(f"frozen-Hamiltonian energies done in {time.perf_counter() - t0:.0f} s")
+        for table, entry in zip(self.tables, cached["tables"]):
+            table.extra["base_energy"] = entry["energy"]
+            table.extra["base_gradient"] = entry["gradient"]
+        # F does not change: its validation errors once
+        f_err, eps_err = [], []
+        with torch.no_grad():
+            for t, rows in epoch_plan(self.rows["val"], self.config.run.batch_size, None):
+                table = self.tables[t]
+                batch = table.batch(rows, dtype=self.dtype, table=t)
+                pred = predicted_fock(self.model(batch.numbers, batch.positions_bohr, batch.batch))
+                idx = torch.as_tensor(rows)
+                f_err.append(fock_errors(pred, table.fock[idx], table.ao_atom)["fock_mae"])
+                eps_err.append(orbital_errors(pred, table.fock[idx], table.overlap[idx], table.n_occ)["eps_occ_mae"])
+        self._frozen_val = {"val_fock_mae_uha": float(torch.cat(f_err).mean()) * UHA,
+                            "val_eps_mae_uha": float(torch.cat(eps_err).mean()) * UHA}
+
     def _forward_loss(self, model, batch):
         if self.loss_fn.needs_positions_grad:
             batch.positions_bohr.requires_grad_(True)
-        out = model(batch.numbers, batch.positions_bohr, batch.batch)
+        out = model(batch.numbers, batch.positions_bohr, batch.batch, **({"energy_only": True} if self.energy_only else {}))
         loss, parts = self.loss_fn(out, batch)
         return out, loss, parts
 
@@ -625,6 +701,8 @@ class Trainer:
                 out, loss, _ = self._forward_loss(model, batch)
                 loss_sum += float(loss.detach()) * batch.n_structures
                 n += batch.n_structures
+                if self.energy_only:
+                    continue
                 with torch.no_grad():
                     pred = predicted_fock(out).detach()
                     idx = torch.as_tensor(rows)
@@ -633,6 +711,8 @@ class Trainer:
                                                   table.n_occ)["eps_occ_mae"])
         model.train(was_training)
         self._val_s = time.perf_counter() - t0
+        if self.energy_only:
+            return {"val_loss": loss_sum / n, **self._frozen_val}
         return {"val_loss": loss_sum / n, "val_fock_mae_uha": float(torch.cat(f_err).mean()) * UHA,
                 "val_eps_mae_uha": float(torch.cat(eps_err).mean()) * UHA}
 
@@ -645,6 +725,8 @@ class Trainer:
             checkpoint = self._prepare_run_dir()
             self._load_data()
             self._build(checkpoint)
+            if self.energy_only:
+                self._prepare_base_energies()
             del checkpoint
             return self._loop(signals)
 
