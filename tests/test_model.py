@@ -285,6 +285,11 @@ def test_config_is_validated_and_json_serializable():
         build_model({"chanels": 4})
     with pytest.raises(ValueError, match="lmax"):
         build_model(default_config(lmax=2))
+    # s-only basis (lmax 0): fine without an energy trunk, a clear error with one that needs L = 2
+    assert build_model(default_config(basis="sto-3g", elements=[1], channels=4)).config["lmax"] == 0
+    with pytest.raises(ValueError, match="energy_lmax"):
+        build_model(default_config(basis="sto-3g", elements=[1], channels=4, energy_head=True,
+                                   atom_energy_hidden=4, energy_layers=1))
     model = _model("def2-svp")
     assert json.loads(json.dumps(model.config)) == model.config
     assert model.config["lmax"] == 4 and model.n_parameters() > 0

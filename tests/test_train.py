@@ -579,6 +579,7 @@ def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(
     for st in card["training_stages"]:
         for name in st["files"].values():
             assert (tmp_path / "model" / name).is_file()
+    torch.manual_seed(0)                      # the trainer's initialization (run.seed = 0)
     fresh = m2.__class__(m2.config)
     trunk_moved = [not torch.equal(a, b) for (k, a), b in zip(m2.state_dict().items(), fresh.state_dict().values())
                    if k.startswith("energy_interactions.")]

@@ -156,7 +156,7 @@ def _resolve_config(config: dict) -> dict:
             raise ValueError(f"config {key!r} must be {'>= 0' if key == 'energy_layers' else 'positive'}")
     if cfg["energy_layers"] and not cfg["atom_energy_hidden"]:
         raise ValueError("config 'energy_layers' > 0 needs atom_energy_hidden > 0 (the MLP that reads it)")
-    if cfg["energy_lmax"] > cfg["lmax"]:
+    if cfg["energy_layers"] and cfg["energy_lmax"] > cfg["lmax"]:
         raise ValueError(f"config 'energy_lmax' ({cfg['energy_lmax']}) cannot exceed lmax ({cfg['lmax']})")
     return cfg
 

@@ -141,7 +141,11 @@ def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
         seen.add(run)
         if not (run / "config.toml").is_file():
             break
-        cfg = load_config(run / "config.toml")
+        try:
+            cfg = load_config(run / "config.toml")
+        except Exception as exc:  # an old stage whose config no longer parses ends the list, with a note
+            print(f"warning: training stage {run} not listed: {exc}", file=sys.stderr)
+            break
         entry = {"run": run.name, "path": str(run), "init_weights": cfg.run.init_weights or None,
                  "trainable": cfg.run.trainable, "loss": dict(cfg.loss)}
         rows = []
@@ -161,6 +165,9 @@ def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
         # grandparent (the repository root for runs/NAME) too
         if nxt is not None and not nxt.exists() and (run.parent.parent / init).exists():
             nxt = (run.parent.parent / init).resolve()
+        if nxt is not None and not (nxt / "checkpoint.pt").is_file() and not (nxt / "weights.safetensors").is_file():
+            print(f"warning: the stage before {run.name} ({init}) was not found; the card lists the stages "
+                  "from this one on", file=sys.stderr)
         run = nxt if nxt is not None and (nxt / "checkpoint.pt").is_file() else None
     return stages[::-1]
 

@@ -231,7 +231,7 @@ def parse_config(table: dict, base_dir: str | os.PathLike = ".", source: str = "
         if name not in LOSS_TERMS and name not in LOSS_OPTIONS:
             hint = difflib.get_close_matches(name, list(LOSS_TERMS) + list(LOSS_OPTIONS), n=1)
             raise ConfigError(f"unknown loss term {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                              + f" (known: {', '.join(sorted(LOSS_TERMS))})")
+                              + f" (known: {', '.join(sorted(LOSS_TERMS))}; options: {', '.join(LOSS_OPTIONS)})")
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(f"loss weight {name} must be a number >= 0, got {weight!r}")
         loss[name] = float(weight)

@@ -1,7 +1,7 @@
 """Loss terms, registered by name, and their weighted sum.
 
-The config's ``[loss]`` table maps term names to weights; ``WeightedLoss`` evaluates the terms with a
-positive weight. A term is a function ``term(outputs, batch, cache) -> scalar tensor`` where ``outputs``
+The config's ``[loss]`` table maps term names to weights (and holds the options of ``LOSS_OPTIONS``,
+e.g. ``gap_gate``); ``WeightedLoss`` evaluates the terms with a positive weight. A term is a function ``term(outputs, batch, cache) -> scalar tensor`` where ``outputs``
 is the model's output dict, ``batch`` a :class:`~ase_wavecalc.train.data.Batch` and ``cache`` a dict
 shared by the terms of one evaluation (so that e.g. ``energy`` and ``forces`` build the energy once).
 New terms plug in with :func:`register_loss_term`; a term that needs d/dR declares
@@ -151,7 +151,11 @@ def energy_gate(outputs, batch, cache) -> torch.Tensor:
 
 
 def predicted_energy(outputs, batch, cache) -> torch.Tensor:
-    """(B,) total energies in Hartree from the predicted F (cached per evaluation); 0 where gated out."""
+    """(B,) total energies in Hartree (cached per evaluation); 0 where gated out.
+
+    From the predicted F through :func:`ase_wavecalc.energy.total_energy`, or, when the batch carries a
+    frozen Hamiltonian's precomputed ``base_energy``, as that plus ``outputs["atom_energy"]`` (e0 and the
+    learned correction; the forces term adds ``base_gradient`` likewise)."""
     if "energy" not in cache and batch.base_energy is not None:
         # energy = frozen Hamiltonian part (precomputed) + e0 + learned correction (outputs["atom_energy"])
         base = torch.nan_to_num(batch.base_energy, nan=0.0)

@@ -232,7 +232,8 @@ def _run_dir_lock(run_dir: Path):
 
 
 def freeze_hamiltonian(model: torch.nn.Module) -> int:
-    """Let only the energy head learn: the core-correction head of the block readouts and e0.
+    """Let only the energy head learn: the core-correction head of the block readouts, e0 and the per-atom
+    correction (MLP and its trunk, if any).
 
     Used for a second training stage on energies and forces after the Fock matrix has been learned: the
     energy terms then cannot degrade F. Trunk parameters stop requiring grad; in readouts shared by both
@@ -284,8 +285,9 @@ def freeze_all_but_energy_correction(model: torch.nn.Module) -> int:
     fixed function of the geometry and the correction learns what it misses (Delta-learning on top of
     the electronic structure). Returns the number of trainable entries.
     """
-    if getattr(model, "atom_energy_mlp", None) is None:
-        raise TrainingError("run.trainable = 'energy_correction' needs a model with atom_energy_hidden > 0")
+    if getattr(model, "energy_interactions", None) is None:
+        raise TrainingError("run.trainable = 'energy_correction' needs a model with its own energy trunk: "
+                            "set energy_layers > 0 and atom_energy_hidden > 0 in [model]")
     for p in model.parameters():
         p.requires_grad_(False)
     return _unfreeze_energy_correction(model)
@@ -412,6 +414,8 @@ class Trainer:
         self.build_model = build_model
         self._log_fn = log
         self.loss_fn = WeightedLoss(config.loss)
+        # validation sees every structure: a model that closes more gaps must not look better
+        self.val_loss_fn = WeightedLoss({**config.loss, "gap_gate": 0.0})
         self.dtype = config.run.dtype
 
     # -- logging ---------------------------------------------------------------------------------------
@@ -490,9 +494,13 @@ class Trainer:
             path = self.config.resolve_path(run.init_weights)
             state = initial_weights(path)
             own = self.model.state_dict()
-            # an energy correction of another size in the earlier weights is left out (re-initialized)
-            state = {k: v for k, v in state.items()
-                     if not (k.startswith(ENERGY_CORRECTION_PREFIXES) and k in own and own[k].shape != v.shape)}
+            # an energy correction of another shape (or reading other features: the trunk is new) in the
+            # earlier weights is left out as a whole, so the new one starts from its initialization (zero)
+            corr = [k for k in state if k.startswith(ENERGY_CORRECTION_PREFIXES)]
+            new_trunk = any(k.startswith("energy_interactions.") for k in own) and not any(
+                k.startswith("energy_interactions.") for k in state)
+            if new_trunk or any(k not in own or own[k].shape != state[k].shape for k in corr):
+                state = {k: v for k, v in state.items() if k not in corr}
             try:
                 missing, unexpected = self.model.load_state_dict(state, strict=False)
             except RuntimeError as exc:
@@ -601,27 +609,35 @@ class Trainer:
                                 f"set the [loss] weights of {bad} to 0 (F is frozen)")
         frozen = {k: v for k, v in self.model.state_dict().items()
                   if not (k == "atom_energy_offsets" or k.startswith(ENERGY_CORRECTION_PREFIXES))}
+        gap_gate = self.loss_fn.options["gap_gate"]
         digest = hashlib.sha256()
         for k in sorted(frozen):
             digest.update(k.encode())
             digest.update(frozen[k].detach().cpu().double().numpy().tobytes())
+        digest.update(repr(gap_gate).encode())
+        for t, table in enumerate(self.tables):   # the data and the frames it covers
+            digest.update(f"{table.sha256}:{table.n_frames}".encode())
+            digest.update(np.concatenate([self.rows["train"][t], self.rows["val"][t]]).tobytes())
         key = digest.hexdigest()
         path = self.run_dir / "base_energies.pt"
         cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-        if cached is not None and cached.get("weights_sha256") != key:
-            self.log(f"{path} was computed with other frozen weights: recomputing")
+        if cached is not None and (cached.get("key_sha256") != key or len(cached["tables"]) != len(self.tables)):
+            self.log(f"{path} was computed for other frozen weights, data or gap_gate: recomputing")
             cached = None
         if cached is None:
             base = copy.deepcopy(self.model).to(torch.float64)
             with torch.no_grad():
                 base.atom_energy_offsets.zero_()
             base.atom_energy_mlp = None          # the Hamiltonian part only
-            provider = ModelProvider(base, card={"name": "frozen Hamiltonian", "charge": self.tables[0].charge},
-                                     charge=self.tables[0].charge)
             t0 = time.perf_counter()
             entries = []
             for t, table in enumerate(self.tables):
+                provider = ModelProvider(base, card={"name": "frozen Hamiltonian", "charge": table.charge},
+                                         charge=table.charge)
                 rows = np.concatenate([self.rows["train"][t], self.rows["val"][t]])
+                n = table.n_occ
+                ref_gap = table.mo_energy[:, n] - table.mo_energy[:, n - 1]
+                gated = 0
                 energy = torch.full((table.n_frames,), math.nan, dtype=torch.float64)
                 gradient = torch.full((table.n_frames, len(table.numbers), 3), math.nan, dtype=torch.float64)
                 self.log(f"energies and forces of the frozen Hamiltonian on {len(rows)} frames of {table.path} "
@@ -631,11 +647,18 @@ class Trainer:
                         res = provider.compute(table.numbers.numpy(), table.positions_bohr[r].numpy(),
                                                want_gradient=True)
                     except ClosedGapError:
+                        gated += 1
                         continue                  # NaN: left out of the energy and force terms
+                    eps = np.asarray(res.mo_energy)
+                    if eps[n] - eps[n - 1] <= gap_gate * float(ref_gap[r]):   # as energy_gate does
+                        gated += 1
+                        continue
                     energy[r] = float(res.energy)
                     gradient[r] = torch.as_tensor(np.asarray(res.gradient))
+                if gated:
+                    self.log(f"{gated} frames left out: predicted HOMO-LUMO gap below {gap_gate} x the reference")
                 entries.append({"energy": energy, "gradient": gradient})
-            cached = {"weights_sha256": key, "tables": entries}
+            cached = {"key_sha256": key, "tables": entries}
             save_checkpoint(path, cached)
             self.log(f"frozen-Hamiltonian energies done in {time.perf_counter() - t0:.0f} s")
         for table, entry in zip(self.tables, cached["tables"]):
@@ -654,11 +677,13 @@ class Trainer:
         self._frozen_val = {"val_fock_mae_uha": float(torch.cat(f_err).mean()) * UHA,
                             "val_eps_mae_uha": float(torch.cat(eps_err).mean()) * UHA}
 
-    def _forward_loss(self, model, batch):
-        if self.loss_fn.needs_positions_grad:
+    def _forward_loss(self, model, batch, loss_fn=None):
+        loss_fn = loss_fn or self.loss_fn
+        if loss_fn.needs_positions_grad:
             batch.positions_bohr.requires_grad_(True)
-        out = model(batch.numbers, batch.positions_bohr, batch.batch, **({"energy_only": True} if self.energy_only else {}))
-        loss, parts = self.loss_fn(out, batch)
+        kw = {"energy_only": True} if self.energy_only else {}
+        out = model(batch.numbers, batch.positions_bohr, batch.batch, **kw)
+        loss, parts = loss_fn(out, batch)
         return out, loss, parts
 
     def train_step(self, batch) -> float:
@@ -667,7 +692,7 @@ class Trainer:
         _, loss, _ = self._forward_loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         if not loss.requires_grad:  # every term masked (e.g. all structures gated out of energy/forces)
-            return float(loss)
+            return math.nan
         if not torch.isfinite(loss):
             self._bad_steps += 1
             if self._bad_steps >= 20:
@@ -698,7 +723,7 @@ class Trainer:
             for t, rows in epoch_plan(self.rows["val"], self.config.run.batch_size, None):
                 table = self.tables[t]
                 batch = table.batch(rows, dtype=self.dtype, table=t)
-                out, loss, _ = self._forward_loss(model, batch)
+                out, loss, _ = self._forward_loss(model, batch, self.val_loss_fn)
                 loss_sum += float(loss.detach()) * batch.n_structures
                 n += batch.n_structures
                 if self.energy_only:
