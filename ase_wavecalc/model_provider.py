@@ -19,6 +19,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 
 from . import energy as energy_mod
 from . import integrals
+from .units import BOHR
 from .providers import HamiltonianProvider, HamiltonianResult
 
 __all__ = ["ModelProvider"]
@@ -57,6 +58,7 @@ class ModelProvider(HamiltonianProvider):
         if int(charge) != trained_charge:
             raise ValueError(f"model {self.name!r} was trained for charge {trained_charge}, not {charge}")
         self.charge = trained_charge
+        self._domain_warned = False
         self.has_energy = bool(config.get("energy_head", False)) and bool(self.card.get("energy_trained", True))
         if self.has_energy:
             _warn_if_inaccurate(self.name, self.card.get("test_metrics") or {})
@@ -66,9 +68,48 @@ class ModelProvider(HamiltonianProvider):
                 "level_of_theory": self.card.get("level_of_theory"), "dtype": str(self.dtype).split(".")[-1],
                 "charge": self.charge}
 
+    def check_training_domain(self, numbers, positions_bohr) -> None:
+        """Compare the geometry with the training data's shortest distance per element pair (card's
+        ``training_domain``, written by ``wavecalc export``; models without it are not checked).
+
+        A pair closer than ``EXTRAPOLATION_ERROR`` x that distance raises ``InputError``: the network
+        has never seen anything like it, and its Hamiltonian (hence energy and forces) can be arbitrarily
+        wrong (a diverging optimizer is the usual way to get there). Closer than the training minimum
+        minus ``EXTRAPOLATION_WARNING`` Angstrom warns once per provider.
+        """
+        from ase.calculators.calculator import InputError
+        from ase.data import chemical_symbols
+
+        domain = (self.card.get("training_domain") or {}).get("min_pair_distance_A")
+        if not domain:
+            return
+        numbers = np.asarray(numbers, dtype=int).reshape(-1)
+        pos = np.asarray(positions_bohr, dtype=float).reshape(-1, 3) * BOHR
+        i, j = np.triu_indices(len(numbers), 1)
+        dist = np.linalg.norm(pos[i] - pos[j], axis=1)
+        for k in np.argsort(dist):
+            za, zb = sorted((int(numbers[i[k]]), int(numbers[j[k]])))
+            limit = domain.get(f"{za}-{zb}")
+            if limit is None:
+                continue
+            label = (f"atoms {i[k]} ({chemical_symbols[numbers[i[k]]]}) and {j[k]} "
+                     f"({chemical_symbols[numbers[j[k]]]}) are {dist[k]:.3f} Angstrom apart")
+            if dist[k] < EXTRAPOLATION_ERROR * limit:
+                raise InputError(f"{label}, far below the shortest {chemical_symbols[za]}-{chemical_symbols[zb]} "
+                                 f"distance in model {self.name!r}'s training data ({limit:.3f} A): outside what "
+                                 "the model can describe")
+            if dist[k] < limit - EXTRAPOLATION_WARNING and not self._domain_warned:
+                import warnings
+
+                self._domain_warned = True
+                warnings.warn(f"{label}, below the shortest {chemical_symbols[za]}-{chemical_symbols[zb]} "
+                              f"distance in model {self.name!r}'s training data ({limit:.3f} A): the model "
+                              "extrapolates (warned once)", UserWarning, stacklevel=4)
+
     def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
         """F, S, orbitals, density; energy (Hartree) and gradient (Hartree/Bohr) for energy models."""
         start = time.perf_counter()
+        self.check_training_domain(numbers, positions_bohr)
         numbers = np.asarray(numbers, dtype=int).reshape(-1)
         want_energy_grad = want_gradient and self.has_energy
         pos64 = torch.tensor(np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3),
@@ -106,6 +147,10 @@ class ModelProvider(HamiltonianProvider):
                 f"model {self.name!r} predicts the Hamiltonian only (no energy head trained): energy and "
                 f"forces are not available; orbitals, density, charges and dipole are")
 
+
+# geometry checks against the card's training_domain (see ModelProvider.check_training_domain)
+EXTRAPOLATION_ERROR = 0.8     # x the shortest training distance of the element pair: InputError
+EXTRAPOLATION_WARNING = 0.05  # Angstrom below it: a warning
 
 # held-out test errors (model card) above which energies and forces are flagged as semi-quantitative
 ACCURACY_WARNING = {"energy_mae_mev": 50.0, "force_mae_mev_a": 150.0}

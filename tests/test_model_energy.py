@@ -154,3 +154,41 @@ def test_large_card_errors_warn_at_load(provider):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ModelProvider(provider.model, card={"name": "good", "test_metrics": {"force_mae_mev_a": 20.0}})
+
+
+def test_geometries_outside_the_training_domain_warn_then_fail(provider):
+    """The card's shortest training distance per element pair guards against extrapolation: a bit below
+    it warns (once), far below it is an InputError naming the atoms, never a silently wrong number."""
+    from ase.calculators.calculator import InputError
+
+    guarded = ModelProvider(provider.model, card={"name": "random-test-model",
+                                                  "training_domain": {"min_pair_distance_A": {"1-8": 0.9}}})
+
+    def water(r_oh):
+        return Atoms("OH2", positions=[[0, 0, 0], [r_oh, 0, 0], [-0.24, 0.93, 0]])
+
+    atoms = water(0.96)
+    atoms.calc = WaveCalculator(provider=guarded)
+    atoms.get_potential_energy()                       # inside: no warning (pytest turns warnings on)
+    atoms = water(0.82)
+    atoms.calc = WaveCalculator(provider=guarded)
+    with pytest.warns(UserWarning, match=r"atoms 0 \(O\) and 1 \(H\) are 0.820 Angstrom apart"):
+        atoms.get_potential_energy()
+    atoms = water(0.6)
+    atoms.calc = WaveCalculator(provider=guarded)
+    with pytest.raises(InputError, match="far below the shortest H-O distance"):
+        atoms.get_potential_energy()
+
+
+def test_export_records_the_training_domain():
+    """training_domain: the shortest distance of each element pair over the training frames."""
+    from types import SimpleNamespace
+
+    from ase_wavecalc.train.cli_export import training_domain
+
+    pos = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [0, 2.0, 0]],
+                        [[0.0, 0, 0], [0.0, 1.5, 0], [0, 0, 1.2]]]) / 0.52917721092
+    table = SimpleNamespace(numbers=torch.tensor([8, 1, 1]), positions_bohr=pos)
+    dom = training_domain([table], [np.array([0, 1])])["min_pair_distance_A"]
+    assert dom["1-8"] == pytest.approx(1.0, abs=1e-4)
+    assert dom["1-1"] == pytest.approx(min(np.hypot(1.0, 2.0), np.hypot(1.5, 1.2)), abs=1e-4)

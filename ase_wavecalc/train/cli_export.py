@@ -20,9 +20,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-__all__ = ["add_cli_arguments", "cli_main", "export_run", "load_run_model", "run_split_tables", "training_stages"]
+__all__ = ["add_cli_arguments", "cli_main", "export_run", "load_run_model", "run_split_tables", "training_domain",
+           "training_stages"]
 
 
 # dataset metadata copied into the card's "level_of_theory"
@@ -122,6 +124,27 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
         "test_metrics": test_metrics,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def training_domain(tables, row_sets) -> dict:
+    """The geometries a model was trained on, as the card's ``training_domain``: the shortest distance
+    (Angstrom) between each element pair ("1-8": H-O, ...) over the training frames, which
+    ``ModelProvider`` compares every geometry against."""
+    from ..units import BOHR
+
+    shortest: dict[str, float] = {}
+    for table, rows in zip(tables, row_sets):
+        if len(rows) == 0:
+            continue
+        z = table.numbers.numpy().astype(int)
+        pos = table.positions_bohr[torch.as_tensor(np.asarray(rows))].numpy() * BOHR
+        i, j = np.triu_indices(len(z), 1)
+        dist = np.linalg.norm(pos[:, i] - pos[:, j], axis=-1).min(axis=0)
+        for a, b, d in zip(z[i], z[j], dist):
+            key = f"{min(a, b)}-{max(a, b)}"
+            shortest[key] = min(shortest.get(key, np.inf), float(d))
+    return {"min_pair_distance_A": {k: round(v, 4) for k, v in sorted(shortest.items())},
+            "source": "training frames"}
 
 
 def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
@@ -226,6 +249,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
                 test_metrics.update(energy_force_errors(model, table.path, d["test"], charge=table.charge))
         print(format_metrics(test_metrics, f"test split ({test_metrics['n_structures']} structures):"))
     card = build_card(run_dir, info, split, tables[0].metadata, test_metrics)
+    train_tables, train_rows, _ = run_split_tables(run_dir, "train", check_hash=False)
+    card["training_domain"] = training_domain(train_tables, train_rows)
     card["name"] = out.name
     card["energy_trained"] = energy_trained   # False: a Hamiltonian-only model (no energy or forces)
     card["charge"] = int(tables[0].charge)
