@@ -138,7 +138,27 @@ class ModelProvider(HamiltonianProvider):
                                              gradient=None if gradient is None else gradient.detach(),
                                              hcore=None if hcore is None else hcore.detach(),
                                              info={"seconds": time.perf_counter() - start, "model": self.name})
+        self.check_gap(result.mo_energy, mol.nelectron // 2)
         return result
+
+    def check_gap(self, mo_energy, n_occ: int) -> None:
+        """InputError when the predicted HOMO-LUMO gap is below ``GAP_ERROR_FRACTION`` x the smallest gap
+        of the training data (card's ``training_domain.min_homo_lumo_gap_eV``; models without it are not
+        checked). A virtual level falling towards the occupied ones is how a network Hamiltonian fails
+        outside its data; the density response (forces) then diverges, so no number is returned."""
+        from ase.calculators.calculator import InputError
+
+        from .units import HARTREE
+
+        smallest = (self.card.get("training_domain") or {}).get("min_homo_lumo_gap_eV")
+        if smallest is None or not 0 < n_occ < len(mo_energy):
+            return
+        gap = float(mo_energy[n_occ] - mo_energy[n_occ - 1]) * HARTREE
+        if gap < GAP_ERROR_FRACTION * float(smallest):
+            raise InputError(f"model {self.name!r} predicts a HOMO-LUMO gap of {gap:.2f} eV here, far below "
+                             f"every training geometry's ({float(smallest):.2f} eV and up): its Hamiltonian is "
+                             "extrapolating (a virtual level fell towards the occupied ones), so energies and "
+                             "forces would be wrong")
 
     def require_energy(self):
         """Raise ``PropertyNotImplementedError`` if the model predicts only the Hamiltonian."""
@@ -151,6 +171,7 @@ class ModelProvider(HamiltonianProvider):
 # geometry checks against the card's training_domain (see ModelProvider.check_training_domain)
 EXTRAPOLATION_ERROR = 0.8     # x the shortest training distance of the element pair: InputError
 EXTRAPOLATION_WARNING = 0.05  # Angstrom below it: a warning
+GAP_ERROR_FRACTION = 0.7      # predicted HOMO-LUMO gap below this x the smallest training gap: InputError
 
 # held-out test errors (model card) above which energies and forces are flagged as semi-quantitative
 ACCURACY_WARNING = {"energy_mae_mev": 50.0, "force_mae_mev_a": 150.0}

@@ -188,7 +188,30 @@ def test_export_records_the_training_domain():
 
     pos = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [0, 2.0, 0]],
                         [[0.0, 0, 0], [0.0, 1.5, 0], [0, 0, 1.2]]]) / 0.52917721092
-    table = SimpleNamespace(numbers=torch.tensor([8, 1, 1]), positions_bohr=pos)
-    dom = training_domain([table], [np.array([0, 1])])["min_pair_distance_A"]
+    eps = torch.tensor([[-1.0, -0.5, 0.3, 1.0], [-1.0, -0.4, 0.2, 1.0]])   # Hartree, n_occ = 2
+    table = SimpleNamespace(numbers=torch.tensor([8, 1, 1]), positions_bohr=pos, n_occ=2, mo_energy=eps)
+    domain = training_domain([table], [np.array([0, 1])])
+    assert domain["min_homo_lumo_gap_eV"] == pytest.approx(0.6 * 27.211386, abs=2e-3)
+    dom = domain["min_pair_distance_A"]
     assert dom["1-8"] == pytest.approx(1.0, abs=1e-4)
     assert dom["1-1"] == pytest.approx(min(np.hypot(1.0, 2.0), np.hypot(1.5, 1.2)), abs=1e-4)
+
+
+def test_a_collapsing_predicted_gap_is_an_error(provider):
+    """A predicted HOMO-LUMO gap far below every training gap (a virtual level falling into the occupied
+    manifold, where forces diverge) raises InputError instead of returning numbers."""
+    from ase.calculators.calculator import InputError
+
+    atoms = molecule("H2O")
+    atoms.calc = WaveCalculator(provider=provider)
+    atoms.get_potential_energy()
+    homo, lumo = atoms.calc.get_homo_lumo()
+    for smallest, fails in ((0.9 * (lumo - homo), False), (2.0 * (lumo - homo), True)):
+        guarded = ModelProvider(provider.model, card={"name": "random-test-model",
+                                                      "training_domain": {"min_homo_lumo_gap_eV": smallest}})
+        atoms.calc = WaveCalculator(provider=guarded)
+        if fails:
+            with pytest.raises(InputError, match="HOMO-LUMO gap of"):
+                atoms.get_potential_energy()
+        else:
+            atoms.get_potential_energy()

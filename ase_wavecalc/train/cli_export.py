@@ -128,14 +128,18 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
 
 def training_domain(tables, row_sets) -> dict:
     """The geometries a model was trained on, as the card's ``training_domain``: the shortest distance
-    (Angstrom) between each element pair ("1-8": H-O, ...) over the training frames, which
-    ``ModelProvider`` compares every geometry against."""
-    from ..units import BOHR
+    (Angstrom) between each element pair ("1-8": H-O, ...) and the smallest reference HOMO-LUMO gap (eV)
+    over the training frames, which ``ModelProvider`` compares every geometry and prediction against."""
+    from ..units import BOHR, HARTREE
 
     shortest: dict[str, float] = {}
+    gaps = []
     for table, rows in zip(tables, row_sets):
         if len(rows) == 0:
             continue
+        n = table.n_occ
+        eps = table.mo_energy[torch.as_tensor(np.asarray(rows))]
+        gaps.append(float((eps[:, n] - eps[:, n - 1]).min()) * HARTREE)
         z = table.numbers.numpy().astype(int)
         pos = table.positions_bohr[torch.as_tensor(np.asarray(rows))].numpy() * BOHR
         i, j = np.triu_indices(len(z), 1)
@@ -144,7 +148,7 @@ def training_domain(tables, row_sets) -> dict:
             key = f"{min(a, b)}-{max(a, b)}"
             shortest[key] = min(shortest.get(key, np.inf), float(d))
     return {"min_pair_distance_A": {k: round(v, 4) for k, v in sorted(shortest.items())},
-            "source": "training frames"}
+            "min_homo_lumo_gap_eV": round(min(gaps), 3) if gaps else None, "source": "training frames"}
 
 
 def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
