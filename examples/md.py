@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ase.build import molecule
+    from ase.calculators.calculator import CalculationFailed, InputError
 
     # ASE 3.28+ deprecates Langevin(fixcm=True) inside run_md; the deviation is irrelevant here
     warnings.filterwarnings("ignore", message=".*fixcm.*", category=FutureWarning)
@@ -61,9 +62,20 @@ def main(argv=None) -> int:
         warm.calc = calc
         warm.get_forces()  # load the model and warm up outside the timed run
         t0 = time.perf_counter()
-        rec = run_md(atoms, calc, ensemble=ensemble, temperature=args.temperature, timestep=args.timestep,
-                     steps=args.steps, friction=args.friction, seed=args.seed, trajectory=str(traj),
-                     interval=args.interval, progress=sys.stderr.isatty())
+        try:
+            rec = run_md(atoms, calc, ensemble=ensemble, temperature=args.temperature, timestep=args.timestep,
+                         steps=args.steps, friction=args.friction, seed=args.seed, trajectory=str(traj),
+                         interval=args.interval, progress=sys.stderr.isatty())
+        except (InputError, CalculationFailed) as exc:
+            # the calculator refused a geometry (outside the model's training domain): report, keep the
+            # trajectory written so far, go on with the next ensemble
+            from ase.io import read
+
+            done = len(read(traj, ":")) - 1 if traj.exists() else 0
+            print(f"{ensemble}: stopped after {done * args.interval} of {args.steps} steps: {exc}")
+            summary["runs"][ensemble] = {"trajectory": str(traj), "stopped_after_steps": done * args.interval,
+                                         "error": f"{type(exc).__name__}: {exc}"}
+            continue
         summary["runs"][ensemble] = {
             "trajectory": str(traj), "wall_s": round(time.perf_counter() - t0, 2),
             "ms_per_step": float(rec["ms_per_step"]),
@@ -77,6 +89,9 @@ def main(argv=None) -> int:
     print(f"{'ensemble':<10}{'steps':>7}{'ms/step':>10}{'<T> K':>9}{'drift meV/atom':>16}{'max dev meV/atom':>18}"
           f"{'slope meV/atom/ps':>19}")
     for ensemble, r in summary["runs"].items():
+        if "error" in r:
+            print(f"{ensemble:<10}{r['stopped_after_steps']:>7}  stopped: {r['error'][:80]}")
+            continue
         print(f"{ensemble:<10}{args.steps:>7}{r['ms_per_step']:>10.1f}{r['mean_temperature_K']:>9.1f}"
               f"{r['drift_meV_per_atom']:>16.4f}{r['max_deviation_meV_per_atom']:>18.4f}"
               f"{r['drift_meV_per_atom_per_ps']:>19.4f}")
@@ -85,7 +100,7 @@ def main(argv=None) -> int:
     path = out / f"md_{args.molecule}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"summary written to {path}")
-    return 0
+    return 1 if any("error" in r for r in summary["runs"].values()) else 0
 
 
 if __name__ == "__main__":
