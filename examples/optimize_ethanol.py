@@ -11,7 +11,8 @@ bond length.
     python examples/optimize_ethanol.py --model DIR --steps 50 --pyscf-steps 30 --out opt
 
 Outputs in ``--out``: ``opt_ethanol_model.traj``, ``opt_ethanol_pyscf.traj`` (optimizer steps),
-``opt_ethanol_model.xyz``, ``opt_ethanol_pyscf.xyz`` (final geometries), ``opt_ethanol.json``.
+``opt_ethanol_model.xyz``, ``opt_ethanol_pyscf.xyz`` (final geometries), ``opt_ethanol.json``, and
+``opt_ethanol_pyscf.json`` (the reference run, reused by later runs with the same start and settings).
 """
 from __future__ import annotations
 
@@ -84,9 +85,21 @@ def main(argv=None) -> int:
     ref_atoms = None
     if args.pyscf_steps > 0:
         print("\n== PySCF PBE/def2-SVP (reference) ==")
-        ref_atoms, ref_info = optimize(start, pyscf_calculator(), args.fmax, args.pyscf_steps,
-                                       out / "opt_ethanol_pyscf.traj", "pyscf")
-        write(out / "opt_ethanol_pyscf.xyz", ref_atoms)
+        # the reference optimization does not depend on the model: a finished one with the same start and
+        # settings in --out is reused (it takes minutes)
+        settings = {"perturb_A": args.perturb, "seed": args.seed, "fmax": args.fmax, "steps": args.pyscf_steps}
+        cache = out / "opt_ethanol_pyscf.json"
+        cached = json.loads(cache.read_text()) if cache.is_file() else None
+        if cached is not None and cached.get("settings") == settings and (out / "opt_ethanol_pyscf.xyz").is_file():
+            from ase.io import read
+
+            ref_atoms, ref_info = read(out / "opt_ethanol_pyscf.xyz"), cached["info"]
+            print(f"reusing {cache} (same start and settings)")
+        else:
+            ref_atoms, ref_info = optimize(start, pyscf_calculator(), args.fmax, args.pyscf_steps,
+                                           out / "opt_ethanol_pyscf.traj", "pyscf")
+            write(out / "opt_ethanol_pyscf.xyz", ref_atoms)
+            cache.write_text(json.dumps({"settings": settings, "info": ref_info}, indent=2) + "\n")
         result["pyscf_opt"] = ref_info
         if model_info["error"] is None:
             probe = model_atoms.copy()
