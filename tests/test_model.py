@@ -233,7 +233,7 @@ def test_save_load_roundtrip(tmp_path):
     ref = model(z, r)
     save_model(model, tmp_path / "m", {"name": "test", "method": "pbe"})
     card = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert card["basis"] == "cc-pvdz" and card["elements"] == [1, 6, 8] and card["format_version"] == 1
+    assert card["basis"] == "cc-pvdz" and card["elements"] == [1, 6, 8] and card["format_version"] == 2
     rng_before = torch.get_rng_state()
     loaded, card2 = load_model(tmp_path / "m")
     assert torch.equal(torch.get_rng_state(), rng_before)
@@ -293,3 +293,21 @@ def test_config_is_validated_and_json_serializable():
     model = _model("def2-svp")
     assert json.loads(json.dumps(model.config)) == model.config
     assert model.config["lmax"] == 4 and model.n_parameters() > 0
+
+
+def test_so2_path_basis_does_not_depend_on_the_svd_gauge():
+    """The path matrices must not depend on which null-space basis LAPACK returns (it varies with the
+    thread count and CPU; trained weights are tied to the basis): any rotation or sign flip of the input
+    rows gives the same canonical basis."""
+    from ase_wavecalc.model.layers import _canonical_basis
+
+    gen = torch.Generator().manual_seed(0)
+    for k in (1, 2, 3):
+        q, _ = torch.linalg.qr(torch.randn(9, k, generator=gen, dtype=torch.float64))
+        rows = q.T
+        o, _ = torch.linalg.qr(torch.randn(k, k, generator=gen, dtype=torch.float64))
+        o = o * torch.sign(torch.randn(k, generator=gen, dtype=torch.float64))   # include sign flips
+        a, b = _canonical_basis(rows), _canonical_basis(o @ rows)
+        assert torch.allclose(a, b, atol=1e-12)
+        assert torch.allclose(a @ a.T, torch.eye(k, dtype=torch.float64), atol=1e-12)
+        assert torch.allclose(a.T @ a, rows.T @ rows, atol=1e-12)     # same span

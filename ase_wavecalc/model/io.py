@@ -31,7 +31,9 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError", "FORMAT_VERSION", "WEIGHTS_FILE", "CARD_FILE",
            "available_models"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# 2: the SO(2) path matrices of layers.SO2Conv are a canonical basis (layers._canonical_basis); version-1
+#    files hold weights for the basis LAPACK happened to return, which changes with thread count and CPU
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "model.json"
 
@@ -146,6 +148,10 @@ def _read_card(path: Path) -> dict:
     version = card.get("format_version")
     if not isinstance(version, int):
         raise ModelFileError(f"{card_file}: 'format_version' missing or not an integer")
+    if version < 2:
+        raise ModelFileError(f"{card_file}: format_version {version} predates the canonical SO(2) path basis: "
+                             "its weights belong to a basis that depended on the machine's LAPACK and thread "
+                             "count, and would give wrong results here; convert or re-export the model")
     if version > FORMAT_VERSION:
         raise ModelFileError(f"{card_file}: format_version {version} is newer than this ase-wavecalc "
                              f"understands ({FORMAT_VERSION}); upgrade ase-wavecalc")

@@ -309,6 +309,31 @@ def _wigner_d64(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
     return Ds[: lmax + 1]
 
 
+def _canonical_basis(rows: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+    """A basis of the span of ``rows`` (k, n) that depends only on the subspace, not on which basis
+    LAPACK returned: Gram-Schmidt on the projections of the unit vectors e_0, e_1, ... in order.
+
+    An SVD null space is defined only up to sign (and, for k > 1, a rotation), and LAPACK's choice varies
+    with the thread count and CPU: weights trained in one gauge would be wrong in another. With this
+    basis each vector's first significant component is positive and the result is reproducible."""
+    if rows.shape[0] == 0:
+        return rows
+    proj = rows.T @ rows                     # (n, n) projector onto the span
+    basis = []
+    for i in range(proj.shape[0]):
+        v = proj[:, i].clone()
+        for b in basis:
+            v = v - (b @ v) * b
+        norm = float(v.norm())
+        if norm > tol:
+            basis.append(v / norm)
+            if len(basis) == rows.shape[0]:
+                break
+    if len(basis) != rows.shape[0]:
+        raise RuntimeError("could not build a canonical basis of an SO(2) path space")
+    return torch.stack(basis)
+
+
 @functools.lru_cache(maxsize=None)
 def _so2_paths_cached(lmax: int, parity: bool):
     layout = FeatureLayout(lmax, parity)
@@ -340,7 +365,7 @@ def _so2_paths_cached(lmax: int, parity: bool):
                        if abs(i - l1) == m and abs(j - l3) == m]
                 sub = cons[:, idx]
                 _, sv, vh = torch.linalg.svd(sub)   # sub has more rows than columns: vh is square
-                null = vh[int((sv > 1e-9).sum()):]
+                null = _canonical_basis(vh[int((sv > 1e-9).sum()):])
                 for v in null:
                     M = torch.zeros(n1 * n3, dtype=torch.float64)
                     M[idx] = v
