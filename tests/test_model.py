@@ -311,3 +311,23 @@ def test_so2_path_basis_does_not_depend_on_the_svd_gauge():
         assert torch.allclose(a, b, atol=1e-12)
         assert torch.allclose(a @ a.T, torch.eye(k, dtype=torch.float64), atol=1e-12)
         assert torch.allclose(a.T @ a, rows.T @ rows, atol=1e-12)     # same span
+
+
+def test_shipped_model_output_does_not_depend_on_thread_count():
+    """Regression: the SO(2) path basis once came from LAPACK's arbitrary null-space gauge, which changed
+    with the number of threads, so a model trained with one thread was wrong with two. The shipped water
+    model must give the same F in fresh processes with 1 and 2 threads."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; from ase_wavecalc.model.io import load_model; m, _ = load_model('water-pbe-def2svp');"
+            "z = torch.tensor([8, 1, 1]); p = torch.tensor([[0., 0, 0], [1.8, 0.1, 0], [-0.5, 1.7, 0.2]]);"
+            "f = m(z, p.double())['fock'][0]; print(repr(f.sum().item()), repr(f.abs().sum().item()))")
+    outs = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        outs.append([float(v) for v in res.stdout.split()])
+    assert np.allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)
