@@ -167,7 +167,16 @@ def cli_main(args) -> int:
     if args.pyscf:
         args.model = None
     calc = make_calculator(args)
-    run_md(atoms, calc, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
-           steps=args.steps, friction=args.friction, seed=args.seed, trajectory=args.trajectory or None,
-           interval=args.interval)
+    from ase.calculators.calculator import CalculationFailed, InputError
+
+    try:
+        run_md(atoms, calc, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
+               steps=args.steps, friction=args.friction, seed=args.seed, trajectory=args.trajectory or None,
+               interval=args.interval)
+    except (InputError, CalculationFailed) as exc:
+        # e.g. the model refused a geometry outside its training domain: say so; the trajectory written
+        # so far stays on disk
+        kept = f"; the trajectory up to there is in {args.trajectory}" if args.trajectory else ""
+        print(f"wavecalc md: stopped: {exc}{kept}", file=sys.stderr)
+        return 1
     return 0

@@ -215,3 +215,24 @@ def test_a_collapsing_predicted_gap_is_an_error(provider):
                 atoms.get_potential_energy()
         else:
             atoms.get_potential_energy()
+
+
+def test_md_command_stops_cleanly_when_the_model_refuses_a_geometry(tmp_path, capsys):
+    """`wavecalc md` with a model whose training domain excludes the geometry: exit status 1, a message
+    naming the reason, and the trajectory written so far kept."""
+    import json
+    import shutil
+
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.model.io import _resolve
+
+    model = tmp_path / "water"
+    shutil.copytree(_resolve("water-pbe-def2svp"), model)
+    card = json.loads((model / "model.json").read_text())
+    card["training_domain"] = {"min_homo_lumo_gap_eV": 100.0}   # no real gap is this wide
+    card.pop("test_metrics", None)
+    (model / "model.json").write_text(json.dumps(card))
+    traj = tmp_path / "md.traj"
+    assert main(["md", "H2O", "--model", str(model), "--steps", "2", "--trajectory", str(traj)]) == 1
+    err = capsys.readouterr().err
+    assert "stopped" in err and "HOMO-LUMO gap" in err
