@@ -584,3 +584,27 @@ def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(
     trunk_moved = [not torch.equal(a, b) for (k, a), b in zip(m2.state_dict().items(), fresh.state_dict().values())
                    if k.startswith("energy_interactions.")]
     assert any(trunk_moved)
+
+
+def test_checkpoints_of_the_old_so2_basis_are_refused(tmp_path):
+    """Checkpoints and model files written before the canonical SO(2) path basis hold weights for a
+    machine-dependent basis: resuming, init_weights and export refuse them with a clear message."""
+    from ase_wavecalc.train.trainer import TrainingError, initial_weights, load_best
+
+    run = tmp_path / "old_run"
+    run.mkdir()
+    torch.save({"format": "ase_wavecalc.train.checkpoint/1", "model": {}}, run / "checkpoint.pt")
+    torch.save({"format": "ase_wavecalc.train.checkpoint/1/best", "model": {}}, run / "best.pt")
+    with pytest.raises(TrainingError, match="canonical SO\\(2\\) path basis"):
+        load_checkpoint(run / "checkpoint.pt")
+    with pytest.raises(TrainingError, match="canonical SO\\(2\\) path basis"):
+        load_best(run / "best.pt")
+    with pytest.raises(TrainingError, match="canonical SO\\(2\\) path basis"):
+        initial_weights(run)
+    model_dir = tmp_path / "old_model"
+    model_dir.mkdir()
+    (model_dir / "model.json").write_text(json.dumps({"format_version": 1, "config": {"basis": "sto-3g",
+                                                                                      "elements": [1]}}))
+    (model_dir / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(TrainingError, match="predates the canonical SO\\(2\\) path basis"):
+        initial_weights(model_dir)

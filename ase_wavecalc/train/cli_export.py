@@ -50,7 +50,7 @@ def load_run_model(run_dir, weights: str = "best", build_model=None):
 
     ``info``: model_config, dtype, epoch/step of the weights, the checkpoint's progress dict and config.
     """
-    from .trainer import load_checkpoint
+    from .trainer import load_best, load_checkpoint
 
     if build_model is None:
         from ..model import build_model
@@ -58,7 +58,7 @@ def load_run_model(run_dir, weights: str = "best", build_model=None):
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     best_path = run_dir / "best.pt"
     if weights == "best" and best_path.is_file():
-        best = torch.load(best_path, map_location="cpu", weights_only=True)
+        best = load_best(best_path)
         state, epoch, step, source = best["model"], best["epoch"], best["step"], "best"
     else:
         state = ckpt["ema"]["module"] if ckpt.get("ema") is not None else ckpt["model"]

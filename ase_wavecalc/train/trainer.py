@@ -48,7 +48,27 @@ from .metrics import UHA, fock_errors, orbital_errors
 __all__ = ["Trainer", "TrainResult", "ExponentialMovingAverage", "load_checkpoint", "save_checkpoint",
            "CSV_COLUMNS", "CHECKPOINT_FORMAT", "model_config_for"]
 
-CHECKPOINT_FORMAT = "ase_wavecalc.train.checkpoint/1"
+CHECKPOINT_FORMAT = "ase_wavecalc.train.checkpoint/2"
+# /1: weights for the SO(2) path basis LAPACK happened to return (machine- and thread-dependent); /2: the
+# canonical basis (model file format 2). /1 checkpoints are refused: their weights would be misread.
+_LEGACY_CHECKPOINT_FORMAT = "ase_wavecalc.train.checkpoint/1"
+
+
+def _check_format(path, state, expected: str) -> None:
+    found = state.get("format") if isinstance(state, dict) else None
+    if found is not None and str(found).startswith(_LEGACY_CHECKPOINT_FORMAT):
+        raise TrainingError(f"{path} was written before the canonical SO(2) path basis (checkpoint format 1): "
+                            "its weights belong to a machine-dependent basis and would be misread; it "
+                            "cannot be resumed or used as init_weights")
+    if found != expected:
+        raise TrainingError(f"{path} is not an ase-wavecalc training checkpoint ({expected})")
+
+
+def load_best(path) -> dict:
+    """Read a run's best.pt (EMA weights of the best validation epoch; ``weights_only=True``)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _check_format(path, state, CHECKPOINT_FORMAT + "/best")
+    return state
 CHECKPOINT_KEYS = ("format", "model", "ema", "optimizer", "scheduler", "rng", "progress", "config",
                    "model_config", "dtype")
 CSV_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_fock_mae_uha", "val_eps_mae_uha",
@@ -147,8 +167,7 @@ def save_checkpoint(path, state: dict) -> float:
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by the trainer (``weights_only=True``: never executes code)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path} is not an ase-wavecalc training checkpoint ({CHECKPOINT_FORMAT})")
+    _check_format(path, state, CHECKPOINT_FORMAT)
     return state
 
 
@@ -355,11 +374,17 @@ def initial_weights(path) -> dict:
     path = Path(path)
     if (path / "checkpoint.pt").is_file():
         if (path / "best.pt").is_file():
-            return torch.load(path / "best.pt", map_location="cpu", weights_only=True)["model"]
+            return load_best(path / "best.pt")["model"]
         ckpt = load_checkpoint(path / "checkpoint.pt")
         return ckpt["ema"]["module"] if ckpt.get("ema") is not None else ckpt["model"]
     if (path / "weights.safetensors").is_file():
         from safetensors.torch import load_file
+
+        from ..model.io import ModelFileError, _read_card
+        try:
+            _read_card(path)   # refuses model files of another format (e.g. the old SO(2) path basis)
+        except ModelFileError as exc:
+            raise TrainingError(f"run.init_weights {path}: {exc}") from None
         return load_file(str(path / "weights.safetensors"))
     raise TrainingError(f"run.init_weights: {path} is neither a run directory (checkpoint.pt) nor a model "
                         "directory (weights.safetensors)")
