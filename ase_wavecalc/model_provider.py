@@ -87,10 +87,13 @@ class ModelProvider(HamiltonianProvider):
         pos = np.asarray(positions_bohr, dtype=float).reshape(-1, 3) * BOHR
         i, j = np.triu_indices(len(numbers), 1)
         dist = np.linalg.norm(pos[i] - pos[j], axis=1)
+        longest = max(float(v) for v in domain.values())
         for k in np.argsort(dist):
+            if dist[k] >= longest:   # sorted: no later pair can be below its limit
+                break
             za, zb = sorted((int(numbers[i[k]]), int(numbers[j[k]])))
             limit = domain.get(f"{za}-{zb}")
-            if limit is None:
+            if limit is None or dist[k] >= min(limit - EXTRAPOLATION_WARNING, EXTRAPOLATION_ERROR * limit):
                 continue
             label = (f"atoms {i[k]} ({chemical_symbols[numbers[i[k]]]}) and {j[k]} "
                      f"({chemical_symbols[numbers[j[k]]]}) are {dist[k]:.3f} Angstrom apart")
