@@ -14,6 +14,7 @@ frames written so far) and prints the total-energy drift at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -169,6 +170,13 @@ def cli_main(args) -> int:
     calc = make_calculator(args)
     from ase.calculators.calculator import CalculationFailed, InputError
 
+    try:   # the first calculation loads the model and checks the start: before any file is opened
+        probe = atoms.copy()
+        probe.calc = calc
+        probe.get_forces()
+    except (InputError, CalculationFailed) as exc:
+        print(f"wavecalc md: cannot start: {exc}", file=sys.stderr)
+        return 2
     try:
         run_md(atoms, calc, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
                steps=args.steps, friction=args.friction, seed=args.seed, trajectory=args.trajectory or None,
@@ -176,7 +184,11 @@ def cli_main(args) -> int:
     except (InputError, CalculationFailed) as exc:
         # e.g. the model refused a geometry outside its training domain: say so; the trajectory written
         # so far stays on disk
-        kept = f"; the trajectory up to there is in {args.trajectory}" if args.trajectory else ""
+        kept = ""
+        if args.trajectory and os.path.isfile(args.trajectory):
+            from ase.io import read
+
+            kept = f"; the {len(read(args.trajectory, ':'))} frames written so far are in {args.trajectory}"
         print(f"wavecalc md: stopped: {exc}{kept}", file=sys.stderr)
         return 1
     return 0

@@ -93,7 +93,7 @@ class ModelProvider(HamiltonianProvider):
                 break
             za, zb = sorted((int(numbers[i[k]]), int(numbers[j[k]])))
             limit = domain.get(f"{za}-{zb}")
-            if limit is None or dist[k] >= min(limit - EXTRAPOLATION_WARNING, EXTRAPOLATION_ERROR * limit):
+            if limit is None or dist[k] >= max(limit - EXTRAPOLATION_WARNING, EXTRAPOLATION_ERROR * limit):
                 continue
             label = (f"atoms {i[k]} ({chemical_symbols[numbers[i[k]]]}) and {j[k]} "
                      f"({chemical_symbols[numbers[j[k]]]}) are {dist[k]:.3f} Angstrom apart")

@@ -60,9 +60,10 @@ def main(argv=None) -> int:
         calc = model_calculator(model, args.dtype)
         warm = atoms.copy()
         warm.calc = calc
-        warm.get_forces()  # load the model and warm up outside the timed run
         t0 = time.perf_counter()
         try:
+            warm.get_forces()  # load the model and warm up outside the timed run
+            t0 = time.perf_counter()
             rec = run_md(atoms, calc, ensemble=ensemble, temperature=args.temperature, timestep=args.timestep,
                          steps=args.steps, friction=args.friction, seed=args.seed, trajectory=str(traj),
                          interval=args.interval, progress=sys.stderr.isatty())
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
             # trajectory written so far, go on with the next ensemble
             from ase.io import read
 
-            done = len(read(traj, ":")) - 1 if traj.exists() else 0
+            done = max(0, len(read(traj, ":")) - 1) if traj.exists() else 0
             print(f"{ensemble}: stopped after {done * args.interval} of {args.steps} steps: {exc}")
             summary["runs"][ensemble] = {"trajectory": str(traj), "stopped_after_steps": done * args.interval,
                                          "error": f"{type(exc).__name__}: {exc}"}

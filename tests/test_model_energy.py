@@ -218,8 +218,8 @@ def test_a_collapsing_predicted_gap_is_an_error(provider):
 
 
 def test_md_command_stops_cleanly_when_the_model_refuses_a_geometry(tmp_path, capsys):
-    """`wavecalc md` with a model whose training domain excludes the geometry: exit status 1, a message
-    naming the reason, and the trajectory written so far kept."""
+    """`wavecalc md` with a model whose training domain excludes the start: exit status 2, a message
+    naming the reason, and an existing trajectory file left alone."""
     import json
     import shutil
 
@@ -233,6 +233,8 @@ def test_md_command_stops_cleanly_when_the_model_refuses_a_geometry(tmp_path, ca
     card.pop("test_metrics", None)
     (model / "model.json").write_text(json.dumps(card))
     traj = tmp_path / "md.traj"
-    assert main(["md", "H2O", "--model", str(model), "--steps", "2", "--trajectory", str(traj)]) == 1
+    traj.write_bytes(b"an earlier run")                 # refused at the start: nothing is overwritten
+    assert main(["md", "H2O", "--model", str(model), "--steps", "2", "--trajectory", str(traj)]) == 2
     err = capsys.readouterr().err
-    assert "stopped" in err and "HOMO-LUMO gap" in err
+    assert "cannot start" in err and "HOMO-LUMO gap" in err
+    assert traj.read_bytes() == b"an earlier run"

@@ -325,6 +325,8 @@ def _canonical_basis(rows: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         for b in basis:
             v = v - (b @ v) * b
         norm = float(v.norm())
+        if 1e-10 < norm < 1e-2:   # measured: accepted >= 0.7, rejected ~1e-15; keep that gap loud
+            raise RuntimeError(f"ambiguous pivot ({norm:.1e}) in the canonical SO(2) path basis")
         if norm > tol:
             basis.append(v / norm)
             if len(basis) == rows.shape[0]:

@@ -640,6 +640,7 @@ class Trainer:
             digest.update(k.encode())
             digest.update(frozen[k].detach().cpu().double().numpy().tobytes())
         digest.update(repr(gap_gate).encode())
+        digest.update(CHECKPOINT_FORMAT.encode())   # the weights' meaning (SO(2) path basis) too
         for t, table in enumerate(self.tables):   # the data and the frames it covers
             digest.update(f"{table.sha256}:{table.n_frames}".encode())
             digest.update(np.concatenate([self.rows["train"][t], self.rows["val"][t]]).tobytes())
