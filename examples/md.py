@@ -60,7 +60,6 @@ def main(argv=None) -> int:
         calc = model_calculator(model, args.dtype)
         warm = atoms.copy()
         warm.calc = calc
-        t0 = time.perf_counter()
         try:
             warm.get_forces()  # load the model and warm up outside the timed run
             t0 = time.perf_counter()

@@ -464,28 +464,33 @@ def test_energy_offset_refit_removes_mean_residual_and_keeps_forces(water_db):
     np.testing.assert_allclose(g_after, g_before, atol=1e-12)
 
 
-def test_energy_stage_adds_atom_correction_to_a_hamiltonian_only_run(water_db, tmp_path):
-    """Stage 2 may add the per-atom energy correction to stage-1 weights that lack it: it starts at zero,
-    trains, and the Fock head stays frozen."""
+def _two_stage_run(tmp_path, db, stage2_model, stage2_loss, trainable):
+    """Train a tiny F-only stage 1, then stage 2 from its weights; returns both models and their outputs
+    on two frames (float32)."""
     from ase_wavecalc.cli import main
     from ase_wavecalc.train.cli_export import load_run_model
 
-    stage1 = write_tiny_config(tmp_path / "s1.toml", water_db, model="energy_head = true",
+    stage1 = write_tiny_config(tmp_path / "s1.toml", db, model="energy_head = true",
                                loss="fock_mae = 1.0", optimizer="lr = 5e-3\nema_decay = 0.0")
     assert main(["train", str(stage1), "--out", str(tmp_path / "s1")]) == 0
-    stage2 = write_tiny_config(tmp_path / "s2.toml", water_db,
-                               model="energy_head = true\natom_energy_hidden = 8",
-                               loss="energy = 1.0\ngap_gate = 0.0",
+    stage2 = write_tiny_config(tmp_path / "s2.toml", db, model=stage2_model, loss=stage2_loss,
                                optimizer="lr = 5e-3\nema_decay = 0.0",
-                               run=f'init_weights = "{tmp_path / "s1"}"\ntrainable = "energy_head"')
+                               run=f'init_weights = "{tmp_path / "s1"}"\ntrainable = "{trainable}"')
     assert main(["train", str(stage2), "--out", str(tmp_path / "s2")]) == 0
     m1, _ = load_run_model(tmp_path / "s1", "last")
     m2, _ = load_run_model(tmp_path / "s2", "last")
-    table = load_table(water_db, sha256=False)
-    batch = table.batch([0, 1], dtype=torch.float32)
+    batch = load_table(db, sha256=False).batch([0, 1], dtype=torch.float32)
     with torch.no_grad():
         o1 = m1(batch.numbers, batch.positions_bohr, batch.batch)
         o2 = m2(batch.numbers, batch.positions_bohr, batch.batch)
+    return m1, m2, o1, o2
+
+
+def test_energy_stage_adds_atom_correction_to_a_hamiltonian_only_run(water_db, tmp_path):
+    """Stage 2 may add the per-atom energy correction to stage-1 weights that lack it: it starts at zero,
+    trains, and the Fock head stays frozen."""
+    m1, m2, o1, o2 = _two_stage_run(tmp_path, water_db, "energy_head = true\natom_energy_hidden = 8",
+                                    "energy = 1.0\ngap_gate = 0.0", "energy_head")
     assert torch.equal(o1["fock"], o2["fock"])
     assert float(m2.atom_energy_mlp[-1].weight.detach().abs().sum()) > 0
     assert float(o2["atom_correction"].abs().sum()) > 0
@@ -523,26 +528,9 @@ def test_energy_gate_leaves_out_structures_with_a_closed_gap(water_db):
 def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(water_db, tmp_path):
     """run.trainable = 'energy_correction' on earlier weights without the correction trunk: F and the core
     correction stay bit-identical, the trunk and MLP (new, the MLP starting at zero) learn."""
-    from ase_wavecalc.cli import main
-    from ase_wavecalc.train.cli_export import load_run_model
-
-    stage1 = write_tiny_config(tmp_path / "s1.toml", water_db, model="energy_head = true",
-                               loss="fock_mae = 1.0", optimizer="lr = 5e-3\nema_decay = 0.0")
-    assert main(["train", str(stage1), "--out", str(tmp_path / "s1")]) == 0
-    stage2 = write_tiny_config(tmp_path / "s2.toml", water_db,
-                               model="energy_head = true\natom_energy_hidden = 8\nenergy_layers = 1\n"
-                                     "energy_channels = 4",
-                               loss="energy = 1.0\nforces = 1.0\ngap_gate = 0.0",
-                               optimizer="lr = 5e-3\nema_decay = 0.0",
-                               run=f'init_weights = "{tmp_path / "s1"}"\ntrainable = "energy_correction"')
-    assert main(["train", str(stage2), "--out", str(tmp_path / "s2")]) == 0
-    m1, _ = load_run_model(tmp_path / "s1", "last")
-    m2, _ = load_run_model(tmp_path / "s2", "last")
-    table = load_table(water_db, sha256=False)
-    batch = table.batch([0, 1], dtype=torch.float32)
-    with torch.no_grad():
-        o1 = m1(batch.numbers, batch.positions_bohr, batch.batch)
-        o2 = m2(batch.numbers, batch.positions_bohr, batch.batch)
+    m1, m2, o1, o2 = _two_stage_run(
+        tmp_path, water_db, "energy_head = true\natom_energy_hidden = 8\nenergy_layers = 1\nenergy_channels = 4",
+        "energy = 1.0\nforces = 1.0\ngap_gate = 0.0", "energy_correction")
     assert torch.equal(o1["fock"], o2["fock"]) and torch.equal(o1["core_correction"], o2["core_correction"])
     assert float(o2["atom_correction"].abs().sum()) > 0
     # training ran the correction alone on precomputed frozen-Hamiltonian energies: the same energy and

@@ -253,8 +253,9 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
                 test_metrics.update(energy_force_errors(model, table.path, d["test"], charge=table.charge))
         print(format_metrics(test_metrics, f"test split ({test_metrics['n_structures']} structures):"))
     card = build_card(run_dir, info, split, tables[0].metadata, test_metrics)
-    train_tables, train_rows, _ = run_split_tables(run_dir, "train", check_hash=False)
-    card["training_domain"] = training_domain(train_tables, train_rows)
+    # the tables are the whole dataset files: the training rows come from the same, already loaded ones
+    card["training_domain"] = training_domain(
+        tables, [t.rows_of_frames(d["train"]) for t, d in zip(tables, split["datasets"])])
     card["name"] = out.name
     card["energy_trained"] = energy_trained   # False: a Hamiltonian-only model (no energy or forces)
     card["charge"] = int(tables[0].charge)
