@@ -1,6 +1,8 @@
 """``wavecalc generate``: sampled geometries -> parallel PySCF references -> a dataset file.
 
-1. Candidates: Langevin MD (``sampling.sample_geometries``) gives ``n_frames`` geometries, stored in
+1. Candidates: Langevin MD (``sampling.sample_geometries``) gives ``n_frames`` geometries, or, with
+   ``geometries=True``, every selected frame of a structure file is one (labelling given geometries,
+   e.g. the frames where a model's MD left its training data: active learning). They are stored in
    the dataset file together with all settings in one transaction before any reference runs.
 2. References: every candidate without a row is sent to a ``concurrent.futures`` executor (local
    processes by default, or a Dask cluster); ``reference.run_reference`` runs in the workers.
@@ -68,10 +70,47 @@ def _sampler_request(structure, n_frames, temperature, interval, timestep, frict
             "charge": int(charge)}
 
 
+def _file_request(structure, charge) -> dict:
+    """Sampler settings for ``geometries=True``: the file's frames, a fingerprint of their positions."""
+    import hashlib
+
+    from .sampling import load_frames
+
+    frames = load_frames(structure)
+    positions = np.stack([a.positions for a in frames])
+    request = {"source": str(structure), "mode": "file", "n_frames": len(frames), "charge": int(charge),
+               "positions_sha256": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest()}
+    return request, frames
+
+
+def _ensure_file_candidates(db, structure, charge: int, settings: dict):
+    """Candidates of the file, taken from the structure file's frames and stored first if it has none."""
+    from .units import angstrom_to_bohr
+
+    request, frames = _file_request(structure, charge)
+    stored = read_candidates(db)
+    if stored is not None:
+        sampler = db.metadata.get("sampler", {})
+        if {k: sampler.get(k) for k in request} != request:
+            raise DatasetError(f"{db.filename!r} holds other candidates (from {sampler.get('source')!r}, "
+                               f"{len(stored[1])} frames) than the {len(frames)} frames of {str(structure)!r}; "
+                               "use another --out")
+        return stored
+    if frame_ids(db):
+        raise DatasetError(f"{db.filename!r} already holds frames that `wavecalc generate` did not sample "
+                           "(an imported dataset?); generate into a new file")
+    write_candidates(db, frames[0].numbers, angstrom_to_bohr(np.stack([a.positions for a in frames])),
+                     info={**settings, "sampler": request})
+    return read_candidates(db)
+
+
 def _ensure_candidates(db, structure, request: dict, settings: dict, driver: str, progress: bool):
     """Candidates of the file, sampling and storing them first if the file has none."""
     check_metadata(db.metadata, settings, repr(db.filename))
     stored = read_candidates(db)
+    if stored is not None and db.metadata.get("sampler", {}).get("mode") == "file":
+        raise DatasetError(f"{db.filename!r} holds candidates taken from a structure file "
+                           "(--geometries); use another --out for MD sampling")
     if stored is not None:
         sampler = db.metadata.get("sampler", {})
         diff = {k: (sampler.get(k), request[k]) for k in SAMPLER_KEYS if sampler.get(k) != request[k]}
@@ -128,11 +167,13 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
              dask_scheduler: str | None = None, conv_tol: float = 1e-11, grid_level: int = 3,
              max_cycle: int = 100, driver: str = "auto", timestep: float = 0.5, friction: float = 0.02,
              equilibration: int = 200, charge: int = 0, retry_failed: bool = False, progress: bool = True,
-             executor: cf.Executor | None = None, log=print) -> dict:
+             executor: cf.Executor | None = None, geometries: bool = False, log=print) -> dict:
     """Make (or complete) the dataset ``out`` for ``structure``; returns a summary dict.
 
     ``structure``: a molecule name (``ase.build.molecule``) or a structure file (see
-    ``sampling.load_structure``). ``executor``: any ``concurrent.futures.Executor`` to use instead of
+    ``sampling.load_structure``); with ``geometries=True`` a structure file whose every frame (or the
+    ``path@SLICE`` selection, ASE index syntax) is a candidate, without MD: all frames must have the
+    same atoms in the same order. ``executor``: any ``concurrent.futures.Executor`` to use instead of
     the one chosen by ``workers``/``dask_scheduler`` (it is not shut down here).
     Summary keys: out, n_candidates, already_done, computed, not_converged (frames, this run),
     not_converged_in_file (all), errors ({frame: message}), seconds, reference_seconds (per frame, mean).
@@ -143,7 +184,11 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
     request = _sampler_request(structure, n_frames, temperature, interval, timestep, friction, equilibration,
                                seed, charge)
     db = connect(out, create=True)
-    numbers, candidates = _ensure_candidates(db, structure, request, settings, driver, progress)
+    if geometries:
+        check_metadata(db.metadata, settings, repr(db.filename))
+        numbers, candidates = _ensure_file_candidates(db, structure, charge, settings)
+    else:
+        numbers, candidates = _ensure_candidates(db, structure, request, settings, driver, progress)
 
     done = frame_ids(db)
     failed_before = frame_ids(db, converged=False)
@@ -248,7 +293,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cycle", type=int, default=100, help="SCF iterations before a frame counts as failed")
     g.add_argument("--charge", type=int, default=0, help="total charge (closed shell only)")
     g.add_argument("--retry-failed", action="store_true", help="recompute frames stored as not converged")
-    s = parser.add_argument_group("sampling (Langevin MD)")
+    s = parser.add_argument_group("sampling (Langevin MD; not with --geometries)")
     s.add_argument("--n-frames", type=int, default=100, help="number of candidate geometries (default 100)")
     s.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
     s.add_argument("--interval", type=int, default=25, help="MD steps between frames (default 25)")
@@ -258,6 +303,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed of the MD (default 0)")
     s.add_argument("--driver", choices=("auto", "xtb", "pyscf"), default="auto",
                    help="MD forces: GFN2-xTB via tblite (auto if installed) or PySCF HF/STO-3G")
+    s.add_argument("--geometries", action="store_true",
+                   help="no MD: every frame of FILE (FILE@SLICE, e.g. md.traj@::10) is a candidate; labels given "
+                        "geometries, e.g. where a model's MD stopped (active learning)")
     p = parser.add_argument_group("parallel")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU cores)")
     p.add_argument("--dask-scheduler", metavar="ADDRESS", default=None,
@@ -272,7 +320,8 @@ def cli_main(args) -> int:
                      workers=args.workers, dask_scheduler=args.dask_scheduler, conv_tol=args.conv_tol,
                      grid_level=args.grid_level, max_cycle=args.max_cycle, driver=args.driver,
                      timestep=args.timestep, friction=args.friction, equilibration=args.equilibration,
-                     charge=args.charge, retry_failed=args.retry_failed, progress=not args.quiet)
+                     charge=args.charge, retry_failed=args.retry_failed, progress=not args.quiet,
+                     geometries=args.geometries)
     except KeyboardInterrupt:
         print("\nwavecalc generate: interrupted; finished frames are saved, re-run the same command to resume",
               file=sys.stderr)

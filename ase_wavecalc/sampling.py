@@ -54,6 +54,11 @@ def load_structure(spec) -> "ase.Atoms":  # noqa: F821
         except KeyError:
             raise ValueError(f"{spec!r} is neither an existing file nor a molecule name of "
                              f"ase.build.molecule (e.g. {', '.join(sorted(g2.names)[:6])}, ...)") from None
+    return _isolated(atoms, spec)
+
+
+def _isolated(atoms, spec):
+    """A copy without calculator, cell or constraints; ValueError for a periodic structure."""
     if atoms.pbc.any():
         raise ValueError(f"{spec!r} is periodic; sampling is for isolated molecules")
     out = atoms.copy()
@@ -61,6 +66,35 @@ def load_structure(spec) -> "ase.Atoms":  # noqa: F821
     out.set_cell(None)
     out.set_constraint()
     return out
+
+
+def load_frames(spec) -> list:
+    """Every structure of a file (``path@SLICE`` selects, ASE index syntax: ``md.traj@::10``,
+    ``md.traj@-50:``), as copies without calculator or cell. ValueError if the file is missing or
+    unreadable, has no frames, is periodic, or its frames differ in atoms (number, elements, order)."""
+    import ase.io
+
+    spec = str(spec)
+    path, _, index = spec.partition("@")
+    if not os.path.exists(path):
+        raise ValueError(f"{path!r}: no such file (--geometries takes a structure file)")
+    try:
+        frames = ase.io.read(path, index=index or ":")
+    except Exception as exc:  # ASE raises many types for unreadable files
+        raise ValueError(f"cannot read structures from {spec!r}: {exc}") from exc
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise ValueError(f"{spec!r} selects no structures")
+    frames = [_isolated(a, spec) for a in frames]
+    first = frames[0].numbers
+    for k, a in enumerate(frames):
+        if not np.array_equal(a.numbers, first):
+            raise ValueError(f"{spec!r}: frame {k} has other atoms ({a.get_chemical_formula()}, in this order) "
+                             f"than frame 0 ({frames[0].get_chemical_formula()}); one molecule per dataset")
+        if not np.all(np.isfinite(a.positions)):
+            raise ValueError(f"{spec!r}: frame {k} has non-finite positions")
+    return frames
 
 
 class PySCFDriver(Calculator):

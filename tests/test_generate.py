@@ -89,6 +89,41 @@ def test_generate_end_to_end_two_workers(tmp_path):
         generate("H2O", out, n_frames=3, seed=2, **{**FAST, "basis": "6-31g"})
 
 
+def test_generate_labels_given_geometries(tmp_path):
+    """--geometries: every selected frame of a trajectory is labelled (no MD), resumable, checked."""
+    from ase.io import Trajectory
+
+    base = molecule("H2O")
+    rng = np.random.default_rng(0)
+    traj_path = tmp_path / "md.traj"
+    with Trajectory(traj_path, "w") as traj:
+        for _ in range(4):
+            a = base.copy()
+            a.positions += 0.05 * rng.normal(size=a.positions.shape)
+            traj.write(a)
+    out = tmp_path / "labelled.db"
+    s = generate(f"{traj_path}@1:", out, geometries=True, **FAST)
+    assert s["computed"] == 3 and not s["errors"]
+    d = read_dataset(out)
+    from ase.io import read
+    frames = read(traj_path, ":")
+    np.testing.assert_allclose(d["positions_bohr"] * BOHR, [a.positions for a in frames[1:]], atol=1e-12)
+    ref = run_reference(d["numbers"], frames[2].positions, method="hf", basis="sto-3g")
+    assert abs(d["e_tot"][1] - ref["e_tot"]) < 1e-10
+    md = metadata(out)
+    assert md["sampler"]["mode"] == "file" and md["sampler"]["n_frames"] == 3
+    assert generate(f"{traj_path}@1:", out, geometries=True, **FAST)["computed"] == 0  # resumed: nothing to do
+    with pytest.raises(ValueError, match="other candidates"):
+        generate(f"{traj_path}@0:", out, geometries=True, **FAST)
+    with pytest.raises(ValueError, match="structure file"):
+        generate("H2O", out, n_frames=3, **FAST)  # MD sampling into a file-labelled dataset
+    write(tmp_path / "mixed.xyz", [base, molecule("NH3")])
+    with pytest.raises(ValueError, match="other atoms"):
+        generate(tmp_path / "mixed.xyz", tmp_path / "mixed.db", geometries=True, **FAST)
+    with pytest.raises(ValueError, match="no such file"):
+        generate(tmp_path / "missing.traj", tmp_path / "x.db", geometries=True, **FAST)
+
+
 def _rows(path):
     try:
         with sqlite3.connect(path, timeout=0.1) as con:
