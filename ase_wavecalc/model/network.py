@@ -27,7 +27,9 @@ Architecture (PhiSNet's outputs, NequIP-style message passing, eSCN-style edge-f
    F_ij = (B_ij + B_ji^T)/2: symmetric and permutation-equivariant by construction.
 
 Deliberately not done: a full Clebsch-Gordan tensor product (O(L^6), 16 ms per layer for ethanol here),
-torch-scatter, torch.compile (compile time dwarfs a CPU training run of minutes).
+torch-scatter, torch.compile (compile time dwarfs a CPU training run of minutes; for inference, measured
+on ethanol with torch 2.13: 300 s to compile, a recompile per geometry at the coincident-atom check, and
+forces that differed from eager mode by 1.2 eV/A).
 
 Inputs and outputs (atomic units, PySCF spherical AO order):
 
