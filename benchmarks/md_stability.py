@@ -1,0 +1,101 @@
+"""How long Langevin MD with a model stays inside its training domain: steps until the calculator refuses.
+
+For each temperature and seed: Langevin MD (``ase_wavecalc.md.run_md``, friction 0.01/fs, 0.5 fs) from the
+``ase.build`` geometry, until ``--steps`` or until the model raises ``InputError`` (an atom pair closer than
+in training, or the predicted HOMO-LUMO gap collapsed: see ``ModelProvider``). Reported per run: steps
+completed and the reason of a stop.
+The last ``--keep`` steps before every stop go to ``<out>/edge_frames.traj`` (every ``--every``-th step):
+the geometries to label with ``wavecalc generate <out>/edge_frames.traj --geometries`` (active learning).
+
+    python benchmarks/md_stability.py --molecule ethanol --temperatures 300 400 --seeds 1 2 3 4 5 6
+
+Writes benchmarks/results/md_stability_<molecule>.json (``--json`` to change).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from _common import (DEFAULT_MODELS, MOLECULES, finish_machine_info, machine_info, machine_line, resolve_model,
+                     table, write_result)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--molecule", choices=sorted(MOLECULES), default="ethanol")
+    parser.add_argument("--model", default=None, help="model name or directory (default: the shipped one)")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 400.0], help="K")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--steps", type=int, default=1000, help="MD steps per run (0.5 fs)")
+    parser.add_argument("--keep", type=int, default=40, help="steps before a stop kept for labelling")
+    parser.add_argument("--every", type=int, default=4, help="keep every N-th of those steps")
+    parser.add_argument("--out", default="md_stability", help="directory for trajectories and edge frames")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    from ase.build import molecule
+    from ase.calculators.calculator import CalculationFailed, InputError
+    from ase.io import read, write
+
+    from ase_wavecalc import WaveCalculator
+    from ase_wavecalc.md import run_md
+
+    warnings.filterwarnings("ignore", message=".*fixcm.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*semi-quantitative.*", category=UserWarning)
+    model = resolve_model(args.model or DEFAULT_MODELS[args.molecule])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atoms = molecule(MOLECULES[args.molecule])
+    info = machine_info()
+    print(machine_line(info))
+    print(f"{args.molecule}: model {model}; Langevin, 0.5 fs, friction 0.01/fs, up to {args.steps} steps per run")
+    runs, rows, edges = [], [], []
+    for temperature in args.temperatures:
+        for seed in args.seeds:
+            traj = out / f"langevin_T{temperature:g}_s{seed}.traj"
+            calc = WaveCalculator(model=model)
+            t0 = time.perf_counter()
+            entry = {"temperature_K": temperature, "seed": seed, "trajectory": str(traj)}
+            try:
+                run_md(atoms, calc, ensemble="langevin", temperature=temperature, steps=args.steps, seed=seed,
+                       trajectory=str(traj), progress=False, log=None)
+                entry.update(steps=args.steps, stopped=False)
+            except (InputError, CalculationFailed) as exc:
+                frames = read(traj, ":") if traj.exists() else []
+                entry.update(steps=max(0, len(frames) - 1), stopped=True, reason=str(exc))
+                for k in range(max(0, len(frames) - 1 - args.keep), len(frames), args.every):
+                    a = frames[k].copy()
+                    a.calc = None
+                    a.info = {"run": traj.stem, "step": k}
+                    edges.append(a)
+            entry["wall_s"] = round(time.perf_counter() - t0, 1)
+            runs.append(entry)
+            rows.append([f"{temperature:g}", seed, entry["steps"], "stopped" if entry["stopped"] else "completed",
+                         (entry.get("reason") or "")[:70]])
+            print(f"  T {temperature:g} K seed {seed}: {entry['steps']} steps"
+                  + (f", stopped: {entry['reason'][:120]}" if entry["stopped"] else ", completed"), flush=True)
+    if edges:
+        write(out / "edge_frames.traj", edges)
+    steps = np.array([r["steps"] for r in runs])
+    stopped = sum(r["stopped"] for r in runs)
+    print()
+    print(table(["T (K)", "seed", "steps", "outcome", "reason"], rows))
+    print(f"\n{len(runs) - stopped} of {len(runs)} runs completed {args.steps} steps; median steps "
+          f"{np.median(steps):.0f}, min {steps.min()}"
+          + (f"; {len(edges)} frames before the stops in {out / 'edge_frames.traj'}" if edges else ""))
+    finish_machine_info(info)
+    result = {"benchmark": "md_stability", "machine": info, "molecule": args.molecule, "model": model,
+              "steps_requested": args.steps, "runs": runs, "completed": len(runs) - stopped,
+              "median_steps": float(np.median(steps)), "edge_frames": len(edges)}
+    path = write_result(f"md_stability_{args.molecule}", result, args.json)
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
