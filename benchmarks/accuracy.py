@@ -223,6 +223,9 @@ def main(argv=None) -> int:
                 status = 1
                 continue
             frames = list(entry.get("test_frames", entry.get("test", [])))
+            if not frames:
+                print(f"\n{model_ref} on {name}: no test frames (training and validation only); skipped")
+                continue
             if args.max_frames is not None:
                 frames = frames[: args.max_frames]
             print(f"\n{model_ref} on {name}: {len(frames)} test frames")

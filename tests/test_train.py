@@ -596,3 +596,41 @@ def test_checkpoints_of_the_old_so2_basis_are_refused(tmp_path):
     (model_dir / "weights.safetensors").write_bytes(b"")
     with pytest.raises(TrainingError, match="predates the canonical SO\\(2\\) path basis"):
         initial_weights(model_dir)
+
+
+@pytest.mark.skipif(not _real_model_available(), reason="ase_wavecalc.model not available yet")
+def test_export_reports_test_metrics_per_dataset(water_db, tmp_path):
+    """Several datasets: the first one's test metrics are the card's headline, the others beside them
+    (not pooled in), and a dataset without test frames is left out."""
+    import shutil
+
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.model.io import load_model
+
+    extra, train_only = tmp_path / "water_extra.db", tmp_path / "water_edges.db"
+    shutil.copyfile(water_db, extra)
+    shutil.copyfile(water_db, train_only)
+    toml = write_tiny_config(tmp_path / "multi.toml", water_db, max_epochs=1)
+    text = toml.read_text().replace("\n[model]", f"""
+[[data.datasets]]
+path = "{extra}"
+train = 8
+val = 2
+test = 3
+
+[[data.datasets]]
+path = "{train_only}"
+train = 8
+val = 2
+test = 0
+
+[model]""", 1)
+    toml.write_text(text)
+    run_dir, out = tmp_path / "run", tmp_path / "models" / "multi"
+    assert main(["train", str(toml), "--out", str(run_dir)]) == 0
+    assert main(["export", str(run_dir), str(out), "--test"]) == 0
+    _, card = load_model(str(out))
+    by = card["test_metrics_by_dataset"]
+    assert sorted(by) == sorted([water_db.name, extra.name])
+    assert by[water_db.name]["n_structures"] == 4 and by[extra.name]["n_structures"] == 3
+    assert card["test_metrics"] == by[water_db.name]

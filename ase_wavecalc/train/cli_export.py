@@ -242,17 +242,25 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
               f"{offset_refit['residual_mean_mev_before']:+.2f} -> {offset_refit['residual_mean_mev_after']:+.2f}"
               f" meV, RMS {offset_refit['residual_rms_mev_before']:.2f} -> "
               f"{offset_refit['residual_rms_mev_after']:.2f} meV")
-    test_metrics = None
+    test_metrics, by_dataset = None, {}
     if test:
-        if sum(len(r) for r in rows) == 0:
-            raise ValueError(f"{run_dir}: the test split is empty")
-        test_metrics = evaluate_model(model, tables, rows, batch_size=batch_size)
-        if energy_trained:
-            from .metrics import energy_force_errors
-            for d, table in zip(split["datasets"], tables):
-                test_metrics.update(energy_force_errors(model, table.path, d["test"], charge=table.charge))
-        print(format_metrics(test_metrics, f"test split ({test_metrics['n_structures']} structures):"))
+        # per dataset: the first one's metrics are the card's headline (test_metrics); datasets added in
+        # later stages (other temperatures, active-learning frames) are reported beside it, not pooled in
+        if len(rows[0]) == 0:
+            raise ValueError(f"{run_dir}: the test split of its first dataset is empty")
+        for d, table, r in zip(split["datasets"], tables, rows):
+            if len(r) == 0:
+                continue
+            m = evaluate_model(model, [table], [r], batch_size=batch_size)
+            if energy_trained:
+                from .metrics import energy_force_errors
+                m.update(energy_force_errors(model, table.path, d["test"], charge=table.charge))
+            by_dataset[Path(d["path"]).name] = m
+            print(format_metrics(m, f"test split of {Path(d['path']).name} ({m['n_structures']} structures):"))
+        test_metrics = by_dataset[Path(split["datasets"][0]["path"]).name]
     card = build_card(run_dir, info, split, tables[0].metadata, test_metrics)
+    if len(by_dataset) > 1:
+        card["test_metrics_by_dataset"] = by_dataset
     # the tables are the whole dataset files: the training rows come from the same, already loaded ones
     card["training_domain"] = training_domain(
         tables, [t.rows_of_frames(d["train"]) for t, d in zip(tables, split["datasets"])])
