@@ -142,8 +142,8 @@ def _ensure_candidates(db, structure, request: dict, settings: dict, driver: str
     return read_candidates(db)
 
 
-def _make_executor(workers, dask_scheduler, n_tasks):
-    """(executor, description, cleanup callable)."""
+def _make_executor(workers, dask_scheduler, n_tasks, threads=None):
+    """(executor, description, cleanup callable). ``threads`` per local worker (default: cores / workers)."""
     if dask_scheduler:
         try:
             from distributed import Client
@@ -155,7 +155,7 @@ def _make_executor(workers, dask_scheduler, n_tasks):
         return executor, f"Dask cluster at {dask_scheduler}", client.close
     cores = os.cpu_count() or 1
     workers = int(workers) if workers else max(1, min(cores, n_tasks))
-    threads = max(1, cores // workers)
+    threads = int(threads) if threads else max(1, cores // workers)
     # spawn: a fresh interpreter per worker; forking after OpenMP ran in this process can deadlock
     executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                       initializer=_init_worker, initargs=(threads,))
@@ -167,7 +167,8 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
              dask_scheduler: str | None = None, conv_tol: float = 1e-11, grid_level: int = 3,
              max_cycle: int = 100, driver: str = "auto", timestep: float = 0.5, friction: float = 0.02,
              equilibration: int = 200, charge: int = 0, retry_failed: bool = False, progress: bool = True,
-             executor: cf.Executor | None = None, geometries: bool = False, log=print) -> dict:
+             executor: cf.Executor | None = None, geometries: bool = False, threads: int | None = None,
+             log=print) -> dict:
     """Make (or complete) the dataset ``out`` for ``structure``; returns a summary dict.
 
     ``structure``: a molecule name (``ase.build.molecule``) or a structure file (see
@@ -206,7 +207,7 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
     own = executor is None
     cleanup = lambda: None  # noqa: E731
     if own:
-        executor, description, cleanup = _make_executor(workers, dask_scheduler, len(todo))
+        executor, description, cleanup = _make_executor(workers, dask_scheduler, len(todo), threads)
     else:
         description = type(executor).__name__
     log(f"{out}: {len(candidates)} candidates, {len(done)} in file, computing {len(todo)} "
@@ -308,6 +309,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         "geometries, e.g. where a model's MD stopped (active learning)")
     p = parser.add_argument_group("parallel")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OpenMP threads per local worker (default: CPU cores / workers); 1 leaves cores to "
+                        "other jobs, e.g. training beside the generation")
     p.add_argument("--dask-scheduler", metavar="ADDRESS", default=None,
                    help="run references on a Dask cluster (e.g. tcp://host:8786) instead of local processes")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -321,7 +325,7 @@ def cli_main(args) -> int:
                      grid_level=args.grid_level, max_cycle=args.max_cycle, driver=args.driver,
                      timestep=args.timestep, friction=args.friction, equilibration=args.equilibration,
                      charge=args.charge, retry_failed=args.retry_failed, progress=not args.quiet,
-                     geometries=args.geometries)
+                     geometries=args.geometries, threads=args.threads)
     except KeyboardInterrupt:
         print("\nwavecalc generate: interrupted; finished frames are saved, re-run the same command to resume",
               file=sys.stderr)

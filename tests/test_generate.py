@@ -102,7 +102,7 @@ def test_generate_labels_given_geometries(tmp_path):
             a.positions += 0.05 * rng.normal(size=a.positions.shape)
             traj.write(a)
     out = tmp_path / "labelled.db"
-    s = generate(f"{traj_path}@1:", out, geometries=True, **FAST)
+    s = generate(f"{traj_path}@1:", out, geometries=True, workers=1, threads=1, **FAST)
     assert s["computed"] == 3 and not s["errors"]
     d = read_dataset(out)
     from ase.io import read
