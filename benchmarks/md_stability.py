@@ -14,6 +14,7 @@ Writes benchmarks/results/md_stability_<molecule>.json (``--json`` to change).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -75,8 +76,9 @@ def main(argv=None) -> int:
                     edges.append(a)
             entry["wall_s"] = round(time.perf_counter() - t0, 1)
             runs.append(entry)
+            short = re.sub(r"^model '[^']*' ", "", entry.get("reason") or "")   # the model is in the header
             rows.append([f"{temperature:g}", seed, entry["steps"], "stopped" if entry["stopped"] else "completed",
-                         (entry.get("reason") or "")[:70]])
+                         short[:70]])
             print(f"  T {temperature:g} K seed {seed}: {entry['steps']} steps"
                   + (f", stopped: {entry['reason'][:120]}" if entry["stopped"] else ", completed"), flush=True)
     if edges:
