@@ -634,3 +634,16 @@ test = 0
     assert sorted(by) == sorted([water_db.name, extra.name])
     assert by[water_db.name]["n_structures"] == 4 and by[extra.name]["n_structures"] == 3
     assert card["test_metrics"] == by[water_db.name]
+
+
+def test_offset_correction_of_one_composition_stays_in_its_span():
+    """Many frames of one molecule: the shift is along the composition (no huge null-space part)."""
+    from ase_wavecalc.train.offsets import offset_correction
+
+    counts = np.tile([6.0, 2.0, 1.0], (654, 1))              # C2H6O, elements ordered H, C, O
+    rng = np.random.default_rng(0)
+    residuals = 0.01 + 1e-4 * rng.normal(size=654)
+    delta = offset_correction(counts, residuals)
+    assert np.abs(delta).max() < 0.01
+    np.testing.assert_allclose(counts @ delta, residuals.mean(), rtol=1e-10)
+    np.testing.assert_allclose(np.cross(delta, [6.0, 2.0, 1.0]), 0.0, atol=1e-14)

@@ -23,6 +23,14 @@ import torch
 __all__ = ["refit_energy_offsets"]
 
 
+def offset_correction(counts: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """Least-squares per-element shifts (Hartree) for element counts (frames, elements) and residuals
+    (frames,), with the smallest norm. Directions the compositions do not determine (one molecule: every
+    row the same) are left at zero: singular values below 1e-8 of the largest are dropped (numpy's default
+    cut, 1e-15, kept round-off ones and returned shifts of 1e9 Hartree that cancel only in exact arithmetic)."""
+    return np.linalg.pinv(np.asarray(counts, dtype=float), rcond=1e-8) @ np.asarray(residuals, dtype=float)
+
+
 def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], charge: int = 0) -> dict:
     """Shift ``model.atom_energy_offsets`` in place by the least-squares correction; returns a summary.
 
@@ -47,7 +55,7 @@ def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], char
     if not residuals:
         raise ValueError("no frames to refit the energy offsets on")
     a, r = np.asarray(counts), np.asarray(residuals)
-    delta = np.linalg.pinv(a) @ r
+    delta = offset_correction(a, r)
     after = r - a @ delta
     with torch.no_grad():
         offsets = model.atom_energy_offsets
