@@ -70,8 +70,9 @@ def _sampler_request(structure, n_frames, temperature, interval, timestep, frict
             "charge": int(charge)}
 
 
-def _file_request(structure, charge) -> dict:
-    """Sampler settings for ``geometries=True``: the file's frames, a fingerprint of their positions."""
+def _file_request(structure, charge):
+    """(sampler settings, numbers, positions in Angstrom) for ``geometries=True``: the file's frames and a
+    fingerprint of their positions."""
     import hashlib
 
     from .sampling import load_frames
@@ -80,33 +81,36 @@ def _file_request(structure, charge) -> dict:
     positions = np.stack([a.positions for a in frames])
     request = {"source": str(structure), "mode": "file", "n_frames": len(frames), "charge": int(charge),
                "positions_sha256": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest()}
-    return request, frames
+    return request, frames[0].numbers, positions
+
+
+def _refuse_foreign_frames(db) -> None:
+    """A file with frames but no candidates was not made by `wavecalc generate` (an imported dataset)."""
+    if frame_ids(db):
+        raise DatasetError(f"{db.filename!r} already holds frames that `wavecalc generate` did not sample "
+                           "(an imported dataset?); generate into a new file")
 
 
 def _ensure_file_candidates(db, structure, charge: int, settings: dict):
     """Candidates of the file, taken from the structure file's frames and stored first if it has none."""
     from .units import angstrom_to_bohr
 
-    request, frames = _file_request(structure, charge)
+    request, numbers, positions = _file_request(structure, charge)
     stored = read_candidates(db)
     if stored is not None:
         sampler = db.metadata.get("sampler", {})
         if {k: sampler.get(k) for k in request} != request:
             raise DatasetError(f"{db.filename!r} holds other candidates (from {sampler.get('source')!r}, "
-                               f"{len(stored[1])} frames) than the {len(frames)} frames of {str(structure)!r}; "
+                               f"{len(stored[1])} frames) than the {len(positions)} frames of {str(structure)!r}; "
                                "use another --out")
         return stored
-    if frame_ids(db):
-        raise DatasetError(f"{db.filename!r} already holds frames that `wavecalc generate` did not sample "
-                           "(an imported dataset?); generate into a new file")
-    write_candidates(db, frames[0].numbers, angstrom_to_bohr(np.stack([a.positions for a in frames])),
-                     info={**settings, "sampler": request})
+    _refuse_foreign_frames(db)
+    write_candidates(db, numbers, angstrom_to_bohr(positions), info={**settings, "sampler": request})
     return read_candidates(db)
 
 
 def _ensure_candidates(db, structure, request: dict, settings: dict, driver: str, progress: bool):
     """Candidates of the file, sampling and storing them first if the file has none."""
-    check_metadata(db.metadata, settings, repr(db.filename))
     stored = read_candidates(db)
     if stored is not None and db.metadata.get("sampler", {}).get("mode") == "file":
         raise DatasetError(f"{db.filename!r} holds candidates taken from a structure file "
@@ -123,9 +127,8 @@ def _ensure_candidates(db, structure, request: dict, settings: dict, driver: str
             raise DatasetError(f"{db.filename!r} holds candidates sampled with other settings "
                                f"(stored vs requested: {diff}); use another --out or the same options")
         # a larger --n-frames continues the same trajectory: resample, check, append the new frames
-    elif frame_ids(db):
-        raise DatasetError(f"{db.filename!r} already holds frames that `wavecalc generate` did not sample "
-                           "(an imported dataset?); generate into a new file")
+    else:
+        _refuse_foreign_frames(db)
     from .sampling import load_structure, sample_geometries
     from .units import angstrom_to_bohr
 
@@ -182,13 +185,13 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
     t_start = time.perf_counter()
     settings = reference_settings(method, basis, conv_tol, grid_level)
     settings["max_cycle"] = int(max_cycle)
-    request = _sampler_request(structure, n_frames, temperature, interval, timestep, friction, equilibration,
-                               seed, charge)
     db = connect(out, create=True)
+    check_metadata(db.metadata, settings, repr(db.filename))
     if geometries:
-        check_metadata(db.metadata, settings, repr(db.filename))
         numbers, candidates = _ensure_file_candidates(db, structure, charge, settings)
     else:
+        request = _sampler_request(structure, n_frames, temperature, interval, timestep, friction,
+                                   equilibration, seed, charge)
         numbers, candidates = _ensure_candidates(db, structure, request, settings, driver, progress)
 
     done = frame_ids(db)

@@ -37,15 +37,11 @@ def load_structure(spec) -> "ase.Atoms":  # noqa: F821
     """
     from ase.build import molecule
     from ase.collections import g2
-    import ase.io
 
     spec = str(spec)
     path, _, index = spec.partition("@")
     if os.path.exists(path):
-        try:
-            atoms = ase.io.read(path, index=index or 0)
-        except Exception as exc:  # ASE raises many types for unreadable files
-            raise ValueError(f"cannot read a structure from {spec!r}: {exc}") from exc
+        atoms = _read(path, index or 0, spec)
         if isinstance(atoms, list):
             raise ValueError(f"{spec!r} selects {len(atoms)} structures; give one index (path@INDEX)")
     else:
@@ -55,6 +51,16 @@ def load_structure(spec) -> "ase.Atoms":  # noqa: F821
             raise ValueError(f"{spec!r} is neither an existing file nor a molecule name of "
                              f"ase.build.molecule (e.g. {', '.join(sorted(g2.names)[:6])}, ...)") from None
     return _isolated(atoms, spec)
+
+
+def _read(path, index, spec):
+    """``ase.io.read(path, index)``; ValueError naming ``spec`` if ASE cannot read it."""
+    import ase.io
+
+    try:
+        return ase.io.read(path, index=index)
+    except Exception as exc:  # ASE raises many types for unreadable files
+        raise ValueError(f"cannot read structures from {spec!r}: {exc}") from exc
 
 
 def _isolated(atoms, spec):
@@ -72,16 +78,11 @@ def load_frames(spec) -> list:
     """Every structure of a file (``path@SLICE`` selects, ASE index syntax: ``md.traj@::10``,
     ``md.traj@-50:``), as copies without calculator or cell. ValueError if the file is missing or
     unreadable, has no frames, is periodic, or its frames differ in atoms (number, elements, order)."""
-    import ase.io
-
     spec = str(spec)
     path, _, index = spec.partition("@")
     if not os.path.exists(path):
         raise ValueError(f"{path!r}: no such file (--geometries takes a structure file)")
-    try:
-        frames = ase.io.read(path, index=index or ":")
-    except Exception as exc:  # ASE raises many types for unreadable files
-        raise ValueError(f"cannot read structures from {spec!r}: {exc}") from exc
+    frames = _read(path, index or ":", spec)
     if not isinstance(frames, list):
         frames = [frames]
     if not frames:

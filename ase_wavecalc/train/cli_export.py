@@ -246,6 +246,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     if test:
         # per dataset: the first one's metrics are the card's headline (test_metrics); datasets added in
         # later stages (other temperatures, active-learning frames) are reported beside it, not pooled in
+        from .metrics import energy_force_errors
+
         if len(rows[0]) == 0:
             raise ValueError(f"{run_dir}: the test split of its first dataset is empty")
         for d, table, r in zip(split["datasets"], tables, rows):
@@ -253,7 +255,6 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
                 continue
             m = evaluate_model(model, [table], [r], batch_size=batch_size)
             if energy_trained:
-                from .metrics import energy_force_errors
                 m.update(energy_force_errors(model, table.path, d["test"], charge=table.charge))
             by_dataset[Path(d["path"]).name] = m
             print(format_metrics(m, f"test split of {Path(d['path']).name} ({m['n_structures']} structures):"))
