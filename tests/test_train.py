@@ -647,3 +647,19 @@ def test_offset_correction_of_one_composition_stays_in_its_span():
     assert np.abs(delta).max() < 0.01
     np.testing.assert_allclose(counts @ delta, residuals.mean(), rtol=1e-10)
     np.testing.assert_allclose(np.cross(delta, [6.0, 2.0, 1.0]), 0.0, atol=1e-14)
+
+
+def test_offset_refit_ignores_outlier_frames():
+    """A few frames with eV errors (a model just past its domain) must not shift every other energy."""
+    from ase_wavecalc.train.offsets import inlier_frames, offset_correction
+
+    rng = np.random.default_rng(1)
+    counts = np.tile([6.0, 2.0, 1.0], (500, 1))
+    residuals = 0.002 + 1e-3 * rng.normal(size=500)          # Hartree: 2 mHa shift, ~27 meV noise
+    residuals[:10] -= 0.08                                     # 1% of frames off by ~2 eV
+    residuals[10] = np.nan                                     # and one that failed
+    keep = inlier_frames(counts, residuals)
+    assert not keep[:11].any() and keep[11:].mean() > 0.99
+    delta = offset_correction(counts[keep], residuals[keep])
+    assert abs(float(counts[0] @ delta) - 0.002) < 3e-4      # the plain mean would be off by 1.6 mHa
+    assert inlier_frames(counts[:3], np.zeros(3)).all()       # no spread: everything is an inlier

@@ -238,7 +238,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
         from .offsets import refit_energy_offsets
         datasets = [(t.path, d["train"][:refit_frames]) for t, d in zip(tables, split["datasets"])]
         offset_refit = refit_energy_offsets(model, datasets, charge=int(tables[0].charge))
-        print(f"energy offsets refit on {offset_refit['frames']} training frames: mean residual "
+        print(f"energy offsets refit on {offset_refit['frames']} training frames "
+              f"({offset_refit['outliers']} outliers left out): mean residual "
               f"{offset_refit['residual_mean_mev_before']:+.2f} -> {offset_refit['residual_mean_mev_after']:+.2f}"
               f" meV, RMS {offset_refit['residual_rms_mev_before']:.2f} -> "
               f"{offset_refit['residual_rms_mev_after']:.2f} meV")

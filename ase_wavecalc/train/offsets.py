@@ -12,6 +12,10 @@ float64 and adds the minimum-norm correction
 which removes the mean residual of every composition (the only part of e0 a single-composition
 dataset determines) and changes nothing else: forces are untouched. Only training frames are used, so
 test metrics stay held-out.
+
+The fit ignores outlier frames (:func:`inlier_frames`): with active-learning data, a few frames just past
+the model's domain have errors of eV (a virtual level diving into the gap), and in a plain mean 1% of
+such frames shift every other energy by tens of meV.
 """
 from __future__ import annotations
 
@@ -20,7 +24,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["refit_energy_offsets"]
+__all__ = ["inlier_frames", "offset_correction", "refit_energy_offsets"]
+
+# residuals further than this many robust standard deviations (1.4826 x MAD) from the median are outliers
+OUTLIER_MADS = 5.0
 
 
 def offset_correction(counts: np.ndarray, residuals: np.ndarray) -> np.ndarray:
@@ -31,12 +38,33 @@ def offset_correction(counts: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     return np.linalg.pinv(np.asarray(counts, dtype=float), rcond=1e-8) @ np.asarray(residuals, dtype=float)
 
 
+def inlier_frames(counts: np.ndarray, residuals: np.ndarray, n_mads: float = OUTLIER_MADS) -> np.ndarray:
+    """Boolean mask (frames,) of the frames to fit the offsets on: finite residuals (Hartree) whose
+    deviation from a first least-squares fit is within ``n_mads`` robust standard deviations
+    (1.4826 x the median absolute deviation) of the median deviation. Falls back to all finite frames
+    when the deviations have no spread (MAD zero)."""
+    counts, residuals = np.asarray(counts, dtype=float), np.asarray(residuals, dtype=float)
+    keep = np.isfinite(residuals)
+    if keep.sum() < 2:
+        return keep
+    dev = residuals[keep] - counts[keep] @ offset_correction(counts[keep], residuals[keep])
+    center = np.median(dev)
+    scale = 1.4826 * np.median(np.abs(dev - center))
+    if scale == 0:
+        return keep
+    out = keep.copy()
+    out[np.flatnonzero(keep)] = np.abs(dev - center) <= n_mads * scale
+    return out
+
+
 def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], charge: int = 0) -> dict:
-    """Shift ``model.atom_energy_offsets`` in place by the least-squares correction; returns a summary.
+    """Shift ``model.atom_energy_offsets`` in place by the least-squares correction over the inlier
+    frames (:func:`inlier_frames`); returns a summary.
 
     datasets: ``(path, frame_ids)`` pairs (training frames). The model runs in float64 through
-    :class:`~ase_wavecalc.model_provider.ModelProvider`, the calculator's path. Summary: frames used,
-    the correction per element (Hartree), and the residual mean and RMS before and after (meV).
+    :class:`~ase_wavecalc.model_provider.ModelProvider`, the calculator's path. Summary: frames evaluated
+    and those left out as outliers, the correction per element (Hartree), and the residual mean and RMS
+    over the inliers before and after (meV).
     """
     from ..units import HARTREE
     from .metrics import model_energy_predictions
@@ -54,13 +82,18 @@ def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], char
         counts.extend([n] * len(frame_ids))
     if not residuals:
         raise ValueError("no frames to refit the energy offsets on")
-    a, r = np.asarray(counts), np.asarray(residuals)
+    a, r = np.asarray(counts, dtype=float), np.asarray(residuals, dtype=float)
+    keep = inlier_frames(a, r)
+    if not keep.any():
+        raise ValueError("no finite energy residuals to refit the energy offsets on")
+    outliers = int(len(r) - keep.sum())
+    a, r = a[keep], r[keep]
     delta = offset_correction(a, r)
     after = r - a @ delta
     with torch.no_grad():
         offsets = model.atom_energy_offsets
         offsets.add_(torch.as_tensor(delta, dtype=offsets.dtype))
-    return {"frames": int(len(r)),
+    return {"frames": int(len(r) + outliers), "outliers": outliers,
             "delta_hartree": {str(z): float(delta[k]) for z, k in column.items()},
             "residual_mean_mev_before": float(r.mean() * HARTREE * 1e3),
             "residual_rms_mev_before": float(np.sqrt((r ** 2).mean()) * HARTREE * 1e3),
