@@ -24,7 +24,7 @@ import numpy as np
 
 from .units import angstrom_to_bohr
 
-__all__ = ["ReferenceNotConverged", "run_reference", "reference_settings", "normalize_method"]
+__all__ = ["ReferenceNotConverged", "run_reference", "reference_settings", "normalize_method", "functional_energy"]
 
 
 class ReferenceNotConverged(RuntimeError):
@@ -145,3 +145,47 @@ def run_reference(numbers, positions_angstrom, method: str = "pbe", basis: str =
         "info": {"scf_cycles": int(cycles[0]), "seconds": time.perf_counter() - t0, "converged": True,
                  "gradient": bool(gradient)},
     }
+
+
+def functional_energy(mol, dm, method: str = "pbe", grid_level: int = 3, gradient: bool = False,
+                      grid_response: bool = True) -> dict:
+    """The reference method's energy functional at a given closed-shell density matrix (no SCF).
+
+    E[P] = E_nn + Tr[P h] + 1/2 Tr[P J[P]] (+ exchange) + E_xc[P], the energy PySCF minimizes, evaluated
+    at ``dm`` (nao, nao; PySCF AO order of ``mol``, spin-summed). At the SCF density it is ``e_tot``; for
+    any other idempotent density with the same electron count it is higher (variational), by an amount
+    second order in the density error (Harris-Foulkes). This is how good a predicted density is, in
+    energy terms.
+
+    Returns a dict (atomic units): ``e_tot`` (Hartree), ``fock`` (nao, nao): dE/dP = h + J[P] + V_xc[P]
+    (the Kohn-Sham matrix of P), and with ``gradient`` also ``gradient_fixed_density`` (n, 3),
+    Hartree/Bohr: dE/dR at fixed AO density matrix (basis functions, nuclei and, with ``grid_response``,
+    the DFT grid moving with the atoms; no overlap term, since P is held fixed). The full derivative of
+    E[P(R)] adds Tr[fock dP/dR], which belongs to whatever produced P (autograd for a network).
+    """
+    from pyscf import dft, scf
+
+    kind, xc = normalize_method(method)
+    dm = np.asarray(dm, dtype=float)
+    if kind == "rhf":
+        mf = scf.RHF(mol)
+    else:
+        mf = dft.RKS(mol)
+        mf.xc = xc
+        mf.grids.level = int(grid_level)
+    mf.verbose = 0
+    hcore = mf.get_hcore()
+    veff = mf.get_veff(mol, dm)
+    out = {"e_tot": float(mf.energy_tot(dm, h1e=hcore, vhf=veff)), "fock": np.asarray(hcore + veff)}
+    if gradient:
+        grad = mf.nuc_grad_method()
+        grad.verbose = 0
+        if kind == "rks":
+            grad.grid_response = bool(grid_response)
+        # grad_elec takes orbitals; any decomposition P = V diag(w) V^T gives P, and zero orbital energies
+        # make the energy-weighted density (the overlap term) vanish
+        w, v = np.linalg.eigh(dm)
+        de = grad.grad_elec(np.zeros_like(w), v, w)
+        out["gradient_fixed_density"] = np.asarray(de + grad.grad_nuc(), dtype=float)
+    return out
+

@@ -86,3 +86,60 @@ def test_method_names():
     assert normalize_method("B3LYP") == ("rks", "b3lyp")
     with pytest.raises(ValueError, match="unknown method"):
         normalize_method("not-a-functional")
+
+
+def _water_scf(positions_bohr, xc="pbe", basis="sto-3g", level=1):
+    from pyscf import dft
+
+    from ase_wavecalc.integrals import make_mol
+
+    mol = make_mol([8, 1, 1], positions_bohr, basis)
+    mf = dft.RKS(mol)
+    mf.xc, mf.grids.level, mf.conv_tol, mf.verbose = xc, level, 1e-12, 0
+    mf.kernel()
+    return mol, mf
+
+
+def test_functional_energy_at_scf_density_is_scf_energy_and_variational_elsewhere():
+    """E[P] at the SCF density is e_tot and dE/dP is the KS matrix; any other idempotent density with the
+    same electron count is higher, by an amount quadratic in its distance from the SCF density."""
+    from ase_wavecalc.reference import functional_energy
+
+    pos = molecule("H2O").positions / BOHR
+    mol, mf = _water_scf(pos)
+    dm = mf.make_rdm1()
+    out = functional_energy(mol, dm, "pbe", grid_level=1)
+    assert abs(out["e_tot"] - mf.e_tot) < 1e-9
+    np.testing.assert_allclose(out["fock"], mf.get_fock(dm=dm), atol=1e-10)
+
+    c, n_occ = mf.mo_coeff, mol.nelectron // 2
+    kappa = np.zeros((c.shape[1],) * 2)
+    kappa[n_occ:, :n_occ] = np.random.default_rng(0).normal(size=(c.shape[1] - n_occ, n_occ))
+    kappa -= kappa.T
+    rises = []
+    for angle in (0.01, 0.02):
+        c_rot = c @ scipy.linalg.expm(angle * kappa)        # orthonormal in the S metric: idempotent P
+        p_rot = 2 * c_rot[:, :n_occ] @ c_rot[:, :n_occ].T
+        rises.append(functional_energy(mol, p_rot, "pbe", grid_level=1)["e_tot"] - mf.e_tot)
+    assert rises[0] > 0 and rises[1] > 0
+    assert 3.6 < rises[1] / rises[0] < 4.4                   # second order in the density error
+
+
+def test_functional_energy_fixed_density_gradient_matches_finite_differences():
+    """dE/dR at a fixed AO density matrix (basis functions, nuclei and grid move with the atoms)."""
+    from ase_wavecalc.integrals import make_mol
+    from ase_wavecalc.reference import functional_energy
+
+    pos = molecule("H2O").positions / BOHR + np.array([[0.02, -0.03, 0.01], [0.0, 0.05, -0.02], [0, 0, 0]])
+    mol, mf = _water_scf(pos)
+    dm = mf.make_rdm1() + 1e-3 * np.eye(mol.nao)          # any density: the formula must not assume SCF
+    grad = functional_energy(mol, dm, "pbe", grid_level=1, gradient=True,
+                             grid_response=True)["gradient_fixed_density"]
+    h = 1e-4
+    for atom, axis in [(0, 2), (1, 0), (2, 1)]:
+        energies = []
+        for sign in (1, -1):
+            p = pos.copy()
+            p[atom, axis] += sign * h
+            energies.append(functional_energy(make_mol([8, 1, 1], p, "sto-3g"), dm, "pbe", grid_level=1)["e_tot"])
+        assert abs((energies[0] - energies[1]) / (2 * h) - grad[atom, axis]) < 2e-7
