@@ -26,7 +26,10 @@ Electronic structure (methods of the calculator; computed on demand, cached with
 
 Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf" or a PySCF xc name),
 ``basis``, ``charge``, ``spin`` (2S; only 0), ``conv_tol``, ``grid_level``, ``max_cycle``,
-``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``). A
+``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``), with
+``dtype``, ``out_of_domain`` ("raise", the default: geometries outside the model's training domain raise
+``InputError``; "reference": they are computed with PySCF at the model's level of theory instead, see
+``fallback.py``) and ``reference_log`` (an ASE trajectory collecting those geometries). A
 ready-made provider object may be passed as ``provider=`` instead (then method/basis/... do not apply).
 """
 from __future__ import annotations
@@ -43,6 +46,9 @@ __all__ = ["WaveCalculator"]
 
 # parameters that configure the PySCF provider (they do not apply to a model or a given provider)
 _PYSCF_KEYS = ("method", "basis", "conv_tol", "grid_level", "max_cycle", "grid_response")
+# parameters that configure a model provider
+_MODEL_KEYS = ("model", "dtype", "out_of_domain", "reference_log")
+_OUT_OF_DOMAIN = ("raise", "reference")
 
 
 class WaveCalculator(Calculator):
@@ -72,6 +78,8 @@ class WaveCalculator(Calculator):
         "grid_response": False,
         "model": None,
         "dtype": "float64",   # network precision with model= (the electronic structure is always float64)
+        "out_of_domain": "raise",   # with model=: "raise" or "reference" (PySCF for refused geometries)
+        "reference_log": None,      # with out_of_domain="reference": ASE trajectory collecting those geometries
     }
     discard_results_on_any_change = True
 
@@ -84,7 +92,7 @@ class WaveCalculator(Calculator):
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
                              f"{sorted(self.default_parameters)} and provider=")
         if provider is not None:
-            clash = sorted(k for k in set(_PYSCF_KEYS) | {"model", "dtype"} if k in kwargs)
+            clash = sorted(k for k in set(_PYSCF_KEYS) | set(_MODEL_KEYS) if k in kwargs)
             if clash:
                 raise InputError(f"parameters {clash} do not apply when provider= is given")
             kwargs.setdefault("charge", int(getattr(provider, "charge", 0)))
@@ -116,6 +124,14 @@ class WaveCalculator(Calculator):
         from . import providers
 
         p = self.parameters
+        if p.get("out_of_domain", "raise") not in _OUT_OF_DOMAIN:
+            raise InputError(f"out_of_domain must be one of {list(_OUT_OF_DOMAIN)}, got {p['out_of_domain']!r}")
+        if p.get("model") is None and (p.get("out_of_domain") != "raise" or p.get("reference_log") is not None):
+            raise InputError("out_of_domain and reference_log apply to a trained model (model=...); the PySCF "
+                             "provider has no training domain")
+        if p.get("reference_log") is not None and p.get("out_of_domain") != "reference":
+            raise InputError("reference_log collects the geometries computed with out_of_domain='reference'; "
+                             "set that too")
         if p.get("model") is not None:
             try:
                 model_provider = providers.ModelProvider
@@ -124,10 +140,18 @@ class WaveCalculator(Calculator):
                                  f"which cannot be imported here ({exc}); use method=/basis= for the "
                                  "exact PySCF Hamiltonian") from exc
             try:
-                return model_provider(p["model"], charge=int(p["charge"]), dtype=p["dtype"])
+                provider = model_provider(p["model"], charge=int(p["charge"]), dtype=p["dtype"])
             except Exception as exc:  # unknown name, bad directory, wrong charge, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "
                                  f"{exc}") from exc
+            if p.get("out_of_domain") == "reference":
+                from .fallback import ReferenceFallback
+
+                try:
+                    provider = ReferenceFallback(provider, log=p.get("reference_log"))
+                except ValueError as exc:   # a card without level_of_theory
+                    raise InputError(f"out_of_domain='reference' for model {p['model']!r}: {exc}") from exc
+            return provider
         try:
             return providers.PySCFProvider(
                 method=p["method"], basis=p["basis"], charge=int(p["charge"]), conv_tol=p["conv_tol"],

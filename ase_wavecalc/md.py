@@ -41,7 +41,10 @@ def make_calculator(args):
     from .calculator import WaveCalculator
 
     if args.model:
-        return WaveCalculator(model=args.model, dtype=args.dtype)
+        out_of_domain = getattr(args, "out_of_domain", "raise")
+        return WaveCalculator(model=args.model, dtype=args.dtype, out_of_domain=out_of_domain,
+                              reference_log=getattr(args, "reference_log", None) if out_of_domain == "reference"
+                              else None)
     return WaveCalculator(method=args.method, basis=args.basis)
 
 
@@ -50,8 +53,12 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
     """Run MD on ``atoms`` with ``calc``; returns a dict with times (fs) and energies (eV) per frame.
 
     Velocities start from a Maxwell-Boltzmann distribution at ``temperature`` with zero total momentum
-    and angular momentum; ``seed`` makes the run reproducible.
+    and angular momentum; ``seed`` makes the run reproducible. Langevin keeps the centre of mass fixed
+    with the ``FixCom`` constraint (so the reported temperature counts 3N - 3 degrees of freedom), not with
+    ``Langevin(fixcm=True)``: that older form removes the centre-of-mass part of the random kicks without
+    mass weighting, which heats light atoms (water at a 300 K bath ran at ~750-1100 K, ethanol ~25% hot).
     """
+    from ase.constraints import FixCom
     from ase import units
     from ase.io import Trajectory
     from ase.md.langevin import Langevin
@@ -67,8 +74,9 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
     if ensemble == "nve":
         dyn = VelocityVerlet(atoms, timestep * units.fs)
     elif ensemble == "langevin":
+        atoms.set_constraint(FixCom())
         dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
-                       rng=rng)
+                       fixcm=False, rng=rng)
     else:
         raise ValueError(f"unknown ensemble {ensemble!r}: use 'nve' or 'langevin'")
 
@@ -145,6 +153,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--trajectory", default="md.traj", help="output trajectory ('' for none)")
     parser.add_argument("--interval", type=int, default=1, help="write every N-th frame")
+    parser.add_argument("--out-of-domain", choices=["raise", "reference"], default="raise",
+                        help="a geometry outside the model's training domain: stop the run (raise), or compute "
+                             "it with PySCF at the model's level of theory and go on (reference; seconds a step)")
+    parser.add_argument("--reference-log", default=None,
+                        help="with --out-of-domain reference: ASE trajectory collecting those geometries with "
+                             "their PySCF energies and forces (label them with wavecalc generate --geometries)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest for molecules this small; 0: torch's default)")
 
@@ -191,4 +205,8 @@ def cli_main(args) -> int:
             kept = f"; the {len(read(args.trajectory, ':'))} frames written so far are in {args.trajectory}"
         print(f"wavecalc md: stopped: {exc}{kept}", file=sys.stderr)
         return 1
+    n_reference = getattr(calc.provider, "n_reference", None)
+    if n_reference is not None:
+        print(f"  {n_reference} of {args.steps + 1} geometries were outside the model's domain and computed with "
+              f"PySCF" + (f" (logged in {args.reference_log})" if args.reference_log and n_reference else ""))
     return 0

@@ -15,14 +15,21 @@ import time
 
 import numpy as np
 import torch
-from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.calculator import InputError, PropertyNotImplementedError
 
 from . import energy as energy_mod
 from . import integrals
 from .units import BOHR
 from .providers import HamiltonianProvider, HamiltonianResult
 
-__all__ = ["ModelProvider"]
+__all__ = ["ModelProvider", "OutOfDomainError"]
+
+
+class OutOfDomainError(InputError):
+    """The geometry is outside what the model was trained on (an atom pair far closer than in any training
+    frame, or a predicted HOMO-LUMO gap far below every training gap): no model number is returned.
+    An ``InputError``, so ASE code that catches those catches it; ``out_of_domain="reference"`` of
+    :class:`~ase_wavecalc.WaveCalculator` computes such geometries with the reference method instead."""
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -68,16 +75,17 @@ class ModelProvider(HamiltonianProvider):
                 "level_of_theory": self.card.get("level_of_theory"), "dtype": str(self.dtype).split(".")[-1],
                 "charge": self.charge}
 
-    def check_training_domain(self, numbers, positions_bohr) -> None:
+    def check_training_domain(self, numbers, positions_bohr, strict: bool = False) -> None:
         """Compare the geometry with the training data's shortest distance per element pair (card's
         ``training_domain``, written by ``wavecalc export``; models without it are not checked).
 
         A pair closer than ``EXTRAPOLATION_ERROR`` x that distance raises ``InputError``: the network
         has never seen anything like it, and its Hamiltonian (hence energy and forces) can be arbitrarily
         wrong (a diverging optimizer is the usual way to get there). Closer than the training minimum
-        minus ``EXTRAPOLATION_WARNING`` Angstrom warns once per provider.
+        minus ``EXTRAPOLATION_WARNING`` Angstrom warns once per provider. ``strict``: any pair closer than
+        the training minimum raises (what :mod:`~ase_wavecalc.fallback` uses to hand such geometries to
+        the reference before the model's extrapolation can accelerate the atoms).
         """
-        from ase.calculators.calculator import InputError
         from ase.data import chemical_symbols
 
         domain = (self.card.get("training_domain") or {}).get("min_pair_distance_A")
@@ -93,12 +101,16 @@ class ModelProvider(HamiltonianProvider):
                 break
             za, zb = sorted((int(numbers[i[k]]), int(numbers[j[k]])))
             limit = domain.get(f"{za}-{zb}")
-            if limit is None or dist[k] >= max(limit - EXTRAPOLATION_WARNING, EXTRAPOLATION_ERROR * limit):
+            if limit is None or dist[k] >= (limit if strict else
+                                            max(limit - EXTRAPOLATION_WARNING, EXTRAPOLATION_ERROR * limit)):
                 continue
             label = (f"atoms {i[k]} ({chemical_symbols[numbers[i[k]]]}) and {j[k]} "
                      f"({chemical_symbols[numbers[j[k]]]}) are {dist[k]:.3f} Angstrom apart")
+            if strict:
+                raise OutOfDomainError(f"{label}, below the shortest {chemical_symbols[za]}-{chemical_symbols[zb]} "
+                                       f"distance in model {self.name!r}'s training data ({limit:.3f} A)")
             if dist[k] < EXTRAPOLATION_ERROR * limit:
-                raise InputError(f"{label}, far below the shortest {chemical_symbols[za]}-{chemical_symbols[zb]} "
+                raise OutOfDomainError(f"{label}, far below the shortest {chemical_symbols[za]}-{chemical_symbols[zb]} "
                                  f"distance in model {self.name!r}'s training data ({limit:.3f} A): outside what "
                                  "the model can describe")
             if dist[k] < limit - EXTRAPOLATION_WARNING and not self._domain_warned:
@@ -149,8 +161,6 @@ class ModelProvider(HamiltonianProvider):
         of the training data (card's ``training_domain.min_homo_lumo_gap_eV``; models without it are not
         checked). A virtual level falling towards the occupied ones is how a network Hamiltonian fails
         outside its data; the density response (forces) then diverges, so no number is returned."""
-        from ase.calculators.calculator import InputError
-
         from .units import HARTREE
 
         smallest = (self.card.get("training_domain") or {}).get("min_homo_lumo_gap_eV")
@@ -158,7 +168,7 @@ class ModelProvider(HamiltonianProvider):
             return
         gap = float(mo_energy[n_occ] - mo_energy[n_occ - 1]) * HARTREE
         if gap < GAP_ERROR_FRACTION * float(smallest):
-            raise InputError(f"model {self.name!r} predicts a HOMO-LUMO gap of {gap:.2f} eV here, far below "
+            raise OutOfDomainError(f"model {self.name!r} predicts a HOMO-LUMO gap of {gap:.2f} eV here, far below "
                              f"every training geometry's ({float(smallest):.2f} eV and up): its Hamiltonian is "
                              "extrapolating (a virtual level fell towards the occupied ones), so energies and "
                              "forces would be wrong")

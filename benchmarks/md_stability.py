@@ -25,6 +25,17 @@ from _common import (DEFAULT_MODELS, MOLECULES, finish_machine_info, machine_inf
                      table, write_result)
 
 
+def mean_temperature(traj) -> float | None:
+    """Mean kinetic temperature (K, ASE's 3N-degree-of-freedom convention) over the frames of a trajectory
+    after its first 200 (100 fs, the thermostat's time scale at friction 0.01/fs); None when shorter.
+    At a bath of T with the centre of mass fixed, the expected value is T (3N - 3) / 3N (267 K for
+    ethanol at 300 K); a higher value means the model's energy surface keeps feeding kinetic energy in."""
+    from ase.io import read
+
+    frames = read(traj, "200:") if Path(traj).exists() else []
+    return round(float(np.mean([a.get_temperature() for a in frames])), 1) if frames else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -36,6 +47,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=int, default=40, help="steps before a stop kept for labelling")
     parser.add_argument("--every", type=int, default=4, help="keep every N-th of those steps")
     parser.add_argument("--out", default="md_stability", help="directory for trajectories and edge frames")
+    parser.add_argument("--out-of-domain", choices=["raise", "reference"], default="raise",
+                        help="reference: geometries the model refuses are computed with PySCF and the run goes on "
+                             "(counted per run; logged in <out>/reference_T*_s*.traj)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -46,7 +60,6 @@ def main(argv=None) -> int:
     from ase_wavecalc import WaveCalculator
     from ase_wavecalc.md import run_md
 
-    warnings.filterwarnings("ignore", message=".*fixcm.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*semi-quantitative.*", category=UserWarning)
     model = resolve_model(args.model or DEFAULT_MODELS[args.molecule])
     out = Path(args.out)
@@ -59,9 +72,15 @@ def main(argv=None) -> int:
     for temperature in args.temperatures:
         for seed in args.seeds:
             traj = out / f"langevin_T{temperature:g}_s{seed}.traj"
-            calc = WaveCalculator(model=model)
-            t0 = time.perf_counter()
             entry = {"temperature_K": temperature, "seed": seed, "trajectory": str(traj)}
+            if args.out_of_domain == "reference":
+                log = out / f"reference_T{temperature:g}_s{seed}.traj"
+                log.unlink(missing_ok=True)
+                calc = WaveCalculator(model=model, out_of_domain="reference", reference_log=str(log))
+                entry["reference_log"] = str(log)
+            else:
+                calc = WaveCalculator(model=model)
+            t0 = time.perf_counter()
             try:
                 run_md(atoms, calc, ensemble="langevin", temperature=temperature, steps=args.steps, seed=seed,
                        trajectory=str(traj), progress=False, log=None)
@@ -75,24 +94,30 @@ def main(argv=None) -> int:
                     a.info = {"run": traj.stem, "step": k}
                     edges.append(a)
             entry["wall_s"] = round(time.perf_counter() - t0, 1)
+            entry["mean_temperature_K"] = mean_temperature(traj)
+            if args.out_of_domain == "reference":
+                entry["reference_steps"] = int(calc.provider.n_reference)
             runs.append(entry)
             short = re.sub(r"^model '[^']*' ", "", entry.get("reason") or "")   # the model is in the header
             rows.append([f"{temperature:g}", seed, entry["steps"], "stopped" if entry["stopped"] else "completed",
-                         short[:70]])
+                         "-" if entry["mean_temperature_K"] is None else f"{entry['mean_temperature_K']:.0f}",
+                         entry.get("reference_steps", "-"), short[:70]])
             print(f"  T {temperature:g} K seed {seed}: {entry['steps']} steps"
-                  + (f", stopped: {entry['reason'][:120]}" if entry["stopped"] else ", completed"), flush=True)
+                  + (f", stopped: {entry['reason'][:120]}" if entry["stopped"] else ", completed")
+                  + (f", {entry['reference_steps']} computed with PySCF" if "reference_steps" in entry else "")
+                  + f" ({entry['wall_s']} s)", flush=True)
     if edges:
         write(out / "edge_frames.traj", edges)
     steps = np.array([r["steps"] for r in runs])
     stopped = sum(r["stopped"] for r in runs)
     print()
-    print(table(["T (K)", "seed", "steps", "outcome", "reason"], rows))
+    print(table(["T (K)", "seed", "steps", "outcome", "<T> (K)", "PySCF steps", "reason"], rows))
     print(f"\n{len(runs) - stopped} of {len(runs)} runs completed {args.steps} steps; median steps "
           f"{np.median(steps):.0f}, min {steps.min()}"
           + (f"; {len(edges)} frames before the stops in {out / 'edge_frames.traj'}" if edges else ""))
     finish_machine_info(info)
     result = {"benchmark": "md_stability", "machine": info, "molecule": args.molecule, "model": model,
-              "steps_requested": args.steps, "runs": runs, "completed": len(runs) - stopped,
+              "out_of_domain": args.out_of_domain, "steps_requested": args.steps, "runs": runs, "completed": len(runs) - stopped,
               "median_steps": float(np.median(steps)), "edge_frames": len(edges)}
     path = write_result(f"md_stability_{args.molecule}", result, args.json)
     print(f"written {path}")

@@ -35,11 +35,11 @@ def resolve_model(spec: str) -> str:
              f"benchmarks/make_standin_model.py)")
 
 
-def model_calculator(model: str, dtype: str = "float64"):
-    """``WaveCalculator(model=..., dtype=...)`` for a model name or directory."""
+def model_calculator(model: str, dtype: str = "float64", **kwargs):
+    """``WaveCalculator(model=..., dtype=..., **kwargs)`` for a model name or directory."""
     from ase_wavecalc import WaveCalculator
 
-    return WaveCalculator(model=resolve_model(model), dtype=dtype)
+    return WaveCalculator(model=resolve_model(model), dtype=dtype, **kwargs)
 
 
 def pyscf_calculator(method: str = "pbe", basis: str = "def2-svp"):

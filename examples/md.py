@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 
 from _common import DEFAULT_MODELS, MOLECULES, model_calculator, out_dir, resolve_model, threads_note
 
@@ -37,14 +36,15 @@ def main(argv=None) -> int:
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     parser.add_argument("--interval", type=int, default=1, help="write every N-th frame")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-of-domain", choices=["raise", "reference"], default="raise",
+                        help="a geometry outside the model's training domain stops the run (raise), or is computed "
+                             "with PySCF and the run goes on (reference; logged in md_<molecule>_<ensemble>_reference.traj)")
     parser.add_argument("--out", default=".", help="output directory")
     args = parser.parse_args(argv)
 
     from ase.build import molecule
     from ase.calculators.calculator import CalculationFailed, InputError
 
-    # ASE 3.28+ deprecates Langevin(fixcm=True) inside run_md; the deviation is irrelevant here
-    warnings.filterwarnings("ignore", message=".*fixcm.*", category=FutureWarning)
     from ase_wavecalc.md import run_md
 
     model = args.model or DEFAULT_MODELS[args.molecule]
@@ -57,7 +57,12 @@ def main(argv=None) -> int:
                "steps": args.steps, "temperature_K": args.temperature, "runs": {}}
     for ensemble in ensembles:
         traj = out / f"md_{args.molecule}_{ensemble}.traj"
-        calc = model_calculator(model, args.dtype)
+        reference_log = out / f"md_{args.molecule}_{ensemble}_reference.traj"
+        if args.out_of_domain == "reference":
+            reference_log.unlink(missing_ok=True)
+            calc = model_calculator(model, args.dtype, out_of_domain="reference", reference_log=str(reference_log))
+        else:
+            calc = model_calculator(model, args.dtype)
         warm = atoms.copy()
         warm.calc = calc
         try:
@@ -85,6 +90,11 @@ def main(argv=None) -> int:
             "mean_temperature_K": float(rec["temperature_K"].mean()),
             "etot_start_eV": float(rec["etot_eV"][0]), "etot_end_eV": float(rec["etot_eV"][-1]),
         }
+        n_reference = getattr(calc.provider, "n_reference", None)
+        if n_reference is not None:
+            summary["runs"][ensemble]["reference_steps"] = int(n_reference)
+            print(f"{ensemble}: {n_reference} of {args.steps + 1} geometries outside the model's domain were "
+                  f"computed with PySCF" + (f" (in {reference_log})" if n_reference else ""))
     print()
     print(f"{'ensemble':<10}{'steps':>7}{'ms/step':>10}{'<T> K':>9}{'drift meV/atom':>16}{'max dev meV/atom':>18}"
           f"{'slope meV/atom/ps':>19}")

@@ -1,0 +1,114 @@
+"""Geometries a model refuses, computed with the reference method instead (opt-in).
+
+A trained model refuses geometries outside its training data (``OutOfDomainError``: an atom pair far
+closer than in any training frame, or a predicted HOMO-LUMO gap far below every training gap). By default
+the calculator raises, and an MD run or optimization stops there. ``ReferenceFallback`` computes those
+geometries, and every geometry with an atom pair closer than anywhere in the training data (a stricter
+test than the model's own, since in MD the model's last steps before a refusal can already have thrown
+the atoms into a hole of its energy), with the reference method the model was trained on (PySCF at the level of theory in its model
+card) and the model everywhere else, so a long MD run goes on through the rare steps where the model would
+extrapolate; every such step costs a full SCF (seconds, not milliseconds).
+
+What changes at a switch: the energy jumps by the model's error there (meV to tens of meV; the reference
+is the exact value, the model the approximation), so NVE energy conservation is broken at each switch
+while thermostatted MD is not affected beyond those steps. ``n_reference`` counts the geometries computed
+by the reference, and ``log`` (an ASE trajectory path) collects them with their reference energy and
+forces: exactly the frames to add to training (label them with ``wavecalc generate LOG --geometries``).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .model_provider import OutOfDomainError
+from .providers import HamiltonianProvider, HamiltonianResult, PySCFProvider
+
+__all__ = ["ReferenceFallback", "reference_provider_for"]
+
+
+def reference_provider_for(card: dict, charge: int = 0) -> PySCFProvider:
+    """A PySCF provider at the level of theory of a model card (``level_of_theory``: method, xc, basis,
+    grid_level). ValueError when the card does not say what the model was trained on."""
+    level = card.get("level_of_theory") or {}
+    basis = level.get("basis") or card.get("basis")
+    if not level or basis is None:
+        raise ValueError("the model card has no level_of_theory: the reference method is unknown")
+    method = "hf" if str(level.get("method", "rks")).lower() == "rhf" else level.get("xc", "pbe")
+    return PySCFProvider(method=method, basis=basis, charge=charge, grid_level=int(level.get("grid_level", 3)))
+
+
+class ReferenceFallback(HamiltonianProvider):
+    """The model's results inside its domain, the reference method's outside it.
+
+    Parameters
+    ----------
+    model: a :class:`~ase_wavecalc.model_provider.ModelProvider`.
+    reference: the provider for refused geometries (default: PySCF at the model card's level of theory).
+    log: an ASE trajectory file; each geometry computed by the reference is appended (positions in
+        Angstrom, reference energy in eV and forces in eV/Angstrom when they were computed).
+    """
+
+    def __init__(self, model, reference: HamiltonianProvider | None = None, log: str | None = None):
+        self.model = model
+        self.reference = reference if reference is not None else reference_provider_for(model.card, model.charge)
+        self.basis, self.elements, self.charge = model.basis, model.elements, model.charge
+        self.log = None if log is None else str(log)
+        self.n_reference = 0          # geometries computed by the reference
+        self.last_reason = None       # why the model refused the last one it refused
+        self._last_key = None         # the last geometry the reference computed
+        self._warned = False
+
+    def describe(self) -> dict:
+        return {"provider": "ReferenceFallback", "model": self.model.describe(),
+                "reference": self.reference.describe(), "reference_geometries": self.n_reference}
+
+    def require_energy(self):
+        self.model.require_energy()
+
+    def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
+        """The model's result, or the reference's where the model raises ``OutOfDomainError``."""
+        try:
+            # strictly: a pair closer than anywhere in training already goes to the reference (the model
+            # itself only refuses far below that, and in MD its last steps before a refusal can already
+            # have accelerated the atoms into a hole of its energy)
+            self.model.check_training_domain(numbers, positions_bohr, strict=True)
+            result = self.model.compute(numbers, positions_bohr, want_gradient)
+            result.info["computed_by"] = "model"
+            return result
+        except OutOfDomainError as exc:
+            self.last_reason = str(exc)
+        result = self.reference.compute(numbers, positions_bohr, want_gradient)
+        result.info.update({"computed_by": "reference", "out_of_domain": self.last_reason})
+        key = (tuple(int(z) for z in np.asarray(numbers).reshape(-1)),
+               np.asarray(positions_bohr, dtype=float).tobytes())
+        if key != self._last_key:
+            self.n_reference += 1
+            self._last_key = key
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"{self.last_reason}; computed with the reference ({_label(self.reference)}) instead (warned "
+                              f"once; the calculator's provider counts these in n_reference)", UserWarning,
+                              stacklevel=3)
+            if self.log is not None:      # once per geometry (an MD step asks for energy and forces at once)
+                self._write_log(numbers, positions_bohr, result)
+        return result
+
+    def _write_log(self, numbers, positions_bohr, result: HamiltonianResult) -> None:
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.io import Trajectory
+
+        from .units import bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
+
+        atoms = Atoms(numbers=np.asarray(numbers).reshape(-1),
+                      positions=bohr_to_angstrom(np.asarray(positions_bohr, dtype=float).reshape(-1, 3)))
+        forces = None if result.gradient is None else gradient_au_to_forces_ev(np.asarray(result.gradient))
+        atoms.calc = SinglePointCalculator(atoms, energy=hartree_to_ev(float(result.energy)), forces=forces)
+        with Trajectory(self.log, "a") as traj:     # opened per frame: an interrupted run keeps every frame
+            traj.write(atoms)
+
+
+def _label(provider) -> str:
+    d = provider.describe()
+    return " ".join(str(d[k]) for k in ("method", "basis") if d.get(k)) or type(provider).__name__

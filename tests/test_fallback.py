@@ -1,0 +1,93 @@
+"""out_of_domain="reference": geometries a model refuses are computed with PySCF at its level of theory."""
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.calculator import InputError
+from ase.io import read
+
+from ase_wavecalc import WaveCalculator
+from ase_wavecalc.fallback import ReferenceFallback
+from ase_wavecalc.model.network import build_model, default_config
+from ase_wavecalc.model_provider import ModelProvider, OutOfDomainError
+
+CARD = {"name": "random-guarded", "level_of_theory": {"method": "rks", "xc": "pbe", "basis": "sto-3g",
+                                                      "grid_level": 3},
+        "training_domain": {"min_pair_distance_A": {"1-8": 0.9}}}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1, pair_channels=4,
+                                      radial_hidden=8, pair_hidden=8, energy_head=True)).double()
+
+
+def water(r_oh):
+    return Atoms("OH2", positions=[[0, 0, 0], [r_oh, 0, 0], [-0.24, 0.93, 0]])
+
+
+def test_refused_geometry_is_computed_by_the_reference_and_logged(model, tmp_path):
+    log = tmp_path / "refused.traj"
+    fallback = ReferenceFallback(ModelProvider(model, card=CARD), log=str(log))
+
+    inside = water(0.96)
+    inside.calc = WaveCalculator(provider=fallback)
+    alone = water(0.96)
+    alone.calc = WaveCalculator(provider=ModelProvider(model, card=CARD))
+    assert inside.get_potential_energy() == pytest.approx(alone.get_potential_energy(), abs=1e-10)
+    assert fallback.n_reference == 0 and not log.exists()
+
+    outside = water(0.6)
+    outside.calc = WaveCalculator(provider=ModelProvider(model, card=CARD))
+    with pytest.raises(OutOfDomainError, match="far below the shortest H-O distance"):
+        outside.get_potential_energy()                            # the default: refuse
+    outside.calc = WaveCalculator(provider=fallback)
+    with pytest.warns(UserWarning, match="computed with the reference"):
+        forces = outside.get_forces()
+    energy = outside.get_potential_energy()
+    exact = water(0.6)
+    exact.calc = WaveCalculator(method="pbe", basis="sto-3g", grid_level=3)
+    assert energy == pytest.approx(exact.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(forces, exact.get_forces(), atol=1e-5)
+    assert fallback.n_reference == 1 and "H-O" in fallback.last_reason
+    assert outside.calc.provider.describe()["reference_geometries"] == 1
+
+    frames = read(log, ":")
+    assert len(frames) == 1
+    np.testing.assert_allclose(frames[0].positions, outside.positions, atol=1e-12)
+    assert frames[0].get_potential_energy() == pytest.approx(energy, abs=1e-8)
+    np.testing.assert_allclose(frames[0].get_forces(), forces, atol=1e-8)
+
+
+def test_a_collapsed_gap_also_falls_back_but_bad_input_still_raises(model):
+    card = dict(CARD, training_domain={"min_homo_lumo_gap_eV": 1e4})   # every geometry's gap is "collapsed"
+    atoms = water(0.96)
+    atoms.calc = WaveCalculator(provider=ReferenceFallback(ModelProvider(model, card=card)))
+    with pytest.warns(UserWarning, match="HOMO-LUMO gap"):
+        atoms.get_potential_energy()
+    assert atoms.calc.provider.n_reference == 1
+    atoms.positions[1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        atoms.get_potential_energy()
+
+
+def test_calculator_parameters(tmp_path):
+    atoms = water(0.6)                                   # O-H far below the water model's training data
+    atoms.calc = WaveCalculator(model="water-pbe-def2svp")
+    with pytest.raises(OutOfDomainError):
+        atoms.get_potential_energy()
+    log = tmp_path / "log.traj"
+    atoms.calc = WaveCalculator(model="water-pbe-def2svp", out_of_domain="reference", reference_log=str(log))
+    with pytest.warns(UserWarning, match="PySCF|computed with the reference"):
+        energy = atoms.get_potential_energy()
+    exact = water(0.6)
+    exact.calc = WaveCalculator(method="pbe", basis="def2-svp")
+    assert energy == pytest.approx(exact.get_potential_energy(), abs=1e-5)
+    assert len(read(log, ":")) == 1
+    for kwargs, match in (({"model": "water-pbe-def2svp", "out_of_domain": "pyscf"}, "out_of_domain must be"),
+                          ({"out_of_domain": "reference"}, "apply to a trained model"),
+                          ({"model": "water-pbe-def2svp", "reference_log": "x.traj"}, "set that too")):
+        atoms.calc = WaveCalculator(**kwargs)
+        with pytest.raises(InputError, match=match):
+            atoms.get_potential_energy()
