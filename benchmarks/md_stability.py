@@ -26,10 +26,10 @@ from _common import (DEFAULT_MODELS, MOLECULES, finish_machine_info, machine_inf
 
 
 def mean_temperature(traj) -> float | None:
-    """Mean kinetic temperature (K, ASE's 3N-degree-of-freedom convention) over the frames of a trajectory
-    after its first 200 (100 fs, the thermostat's time scale at friction 0.01/fs); None when shorter.
-    At a bath of T with the centre of mass fixed, the expected value is T (3N - 3) / 3N (267 K for
-    ethanol at 300 K); a higher value means the model's energy surface keeps feeding kinetic energy in."""
+    """Mean kinetic temperature (K; ASE counts the 3N - 3 degrees of freedom left by ``FixCom``) over the
+    frames of a trajectory after its first 200 (100 fs, the thermostat's time scale at friction 0.01/fs);
+    None when shorter. Expected: the bath temperature; higher means kinetic energy is being fed in (a hole
+    in the model's energy, or switching between model and reference)."""
     from ase.io import read
 
     frames = read(traj, "200:") if Path(traj).exists() else []
