@@ -181,6 +181,10 @@ def cli_main(args) -> int:
             return 2
     if args.pyscf:
         args.model = None
+    if getattr(args, "reference_log", None) and getattr(args, "out_of_domain", "raise") != "reference":
+        print("wavecalc md: --reference-log collects the geometries of --out-of-domain reference; give both",
+              file=sys.stderr)
+        return 2
     calc = make_calculator(args)
     from ase.calculators.calculator import CalculationFailed, InputError
 

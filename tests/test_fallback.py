@@ -91,3 +91,26 @@ def test_calculator_parameters(tmp_path):
         atoms.calc = WaveCalculator(**kwargs)
         with pytest.raises(InputError, match=match):
             atoms.get_potential_energy()
+
+
+def test_md_command_goes_on_with_the_reference(tmp_path, capsys):
+    """`wavecalc md --out-of-domain reference`: a model that refuses every geometry still runs (each step by
+    PySCF), says how many steps the reference took and logs them; --reference-log alone is refused."""
+    import json
+    import shutil
+
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.model.io import _resolve
+
+    model = tmp_path / "water"
+    shutil.copytree(_resolve("water-pbe-def2svp"), model)
+    card = json.loads((model / "model.json").read_text())
+    card["training_domain"] = {"min_homo_lumo_gap_eV": 100.0}   # no real gap is this wide
+    (model / "model.json").write_text(json.dumps(card))
+    log, traj = tmp_path / "refused.traj", tmp_path / "md.traj"
+    args = ["md", "H2O", "--model", str(model), "--steps", "2", "--trajectory", str(traj)]
+    assert main(args + ["--reference-log", str(log)]) == 2
+    with pytest.warns(UserWarning, match="computed with the reference"):
+        assert main(args + ["--out-of-domain", "reference", "--reference-log", str(log)]) == 0
+    assert "3 of 3 geometries were outside the model's domain" in capsys.readouterr().out
+    assert len(read(traj, ":")) == 3 and len(read(log, ":")) == 3
