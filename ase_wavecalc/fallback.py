@@ -2,16 +2,19 @@
 
 A trained model refuses geometries outside its training data (``OutOfDomainError``: an atom pair far
 closer than in any training frame, or a predicted HOMO-LUMO gap far below every training gap). By default
-the calculator raises, and an MD run or optimization stops there. ``ReferenceFallback`` computes those
-geometries, and every geometry with an atom pair closer than anywhere in the training data (a stricter
-test than the model's own, since in MD the model's last steps before a refusal can already have thrown
-the atoms into a hole of its energy), with the reference method the model was trained on (PySCF at the level of theory in its model
-card) and the model everywhere else, so a long MD run goes on through the rare steps where the model would
-extrapolate; every such step costs a full SCF (seconds, not milliseconds).
+the calculator raises, and an MD run or optimization stops there. ``ReferenceFallback`` hands every
+geometry with an atom pair closer than anywhere in the training data (earlier than the model's own
+refusal) to the reference method the model was trained on (PySCF at the level of theory in its model
+card) and the model keeps everything else, so a long MD run goes on through the steps where the model
+would extrapolate in a pair distance; every such step costs a full SCF (seconds, not milliseconds).
+A collapsed predicted gap still raises: in ethanol MD it comes after the model's energy has fallen into
+a hole for several steps (kinetic temperature in the thousands of K), so the run is already off and
+handing it to the reference would only hide that.
 
-What changes at a switch: the energy jumps by the model's error there (meV to tens of meV; the reference
-is the exact value, the model the approximation), so NVE energy conservation is broken at each switch
-while thermostatted MD is not affected beyond those steps. ``n_reference`` counts the geometries computed
+What changes at a switch: the energy jumps by the model's error there (for ethanol ~0.2 eV at the edge of
+its data), so NVE energy conservation breaks at each switch; and where the model's energy slopes down
+towards the edge, every return from the reference gains kinetic energy, so a thermostatted run that
+switches often is hotter than its bath (``benchmarks/md_stability.py`` reports both). ``n_reference`` counts the geometries computed
 by the reference, and ``log`` (an ASE trajectory path) collects them with their reference energy and
 forces: exactly the frames to add to training (label them with ``wavecalc generate LOG --geometries``).
 """
@@ -73,11 +76,14 @@ class ReferenceFallback(HamiltonianProvider):
             # itself only refuses far below that, and in MD its last steps before a refusal can already
             # have accelerated the atoms into a hole of its energy)
             self.model.check_training_domain(numbers, positions_bohr, strict=True)
+        except OutOfDomainError as exc:
+            self.last_reason = str(exc)
+        else:
+            # a collapsed predicted gap still raises: it comes only after the model's energy has fallen
+            # into a hole for several steps, so an MD run reaching it is already off (too hot)
             result = self.model.compute(numbers, positions_bohr, want_gradient)
             result.info["computed_by"] = "model"
             return result
-        except OutOfDomainError as exc:
-            self.last_reason = str(exc)
         result = self.reference.compute(numbers, positions_bohr, want_gradient)
         result.info.update({"computed_by": "reference", "out_of_domain": self.last_reason})
         key = (tuple(int(z) for z in np.asarray(numbers).reshape(-1)),

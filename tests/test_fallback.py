@@ -60,13 +60,25 @@ def test_refused_geometry_is_computed_by_the_reference_and_logged(model, tmp_pat
     np.testing.assert_allclose(frames[0].get_forces(), forces, atol=1e-8)
 
 
-def test_a_collapsed_gap_also_falls_back_but_bad_input_still_raises(model):
+def test_pairs_below_the_training_minimum_go_to_the_reference_but_a_collapsed_gap_and_bad_input_raise(model):
+    """The fallback hands over as soon as a pair is closer than in training (the model alone only warns
+    there); a collapsed gap comes too late in MD (the model's energy has already fallen into a hole), so it
+    still raises, and so does bad input."""
+    atoms = water(0.83)                               # below the 0.9 A minimum, above the model's 0.72 A refusal
+    atoms.calc = WaveCalculator(provider=ModelProvider(model, card=CARD))
+    with pytest.warns(UserWarning, match="the model extrapolates"):
+        atoms.get_potential_energy()
+    atoms.calc = WaveCalculator(provider=ReferenceFallback(ModelProvider(model, card=CARD)))
+    with pytest.warns(UserWarning, match="computed with the reference"):
+        atoms.get_potential_energy()
+    assert atoms.calc.provider.n_reference == 1
+
     card = dict(CARD, training_domain={"min_homo_lumo_gap_eV": 1e4})   # every geometry's gap is "collapsed"
     atoms = water(0.96)
     atoms.calc = WaveCalculator(provider=ReferenceFallback(ModelProvider(model, card=card)))
-    with pytest.warns(UserWarning, match="HOMO-LUMO gap"):
+    with pytest.raises(OutOfDomainError, match="HOMO-LUMO gap"):
         atoms.get_potential_energy()
-    assert atoms.calc.provider.n_reference == 1
+    atoms.calc = WaveCalculator(provider=ReferenceFallback(ModelProvider(model, card=CARD)))
     atoms.positions[1] = np.nan
     with pytest.raises(InputError, match="NaN"):
         atoms.get_potential_energy()
@@ -94,8 +106,8 @@ def test_calculator_parameters(tmp_path):
 
 
 def test_md_command_goes_on_with_the_reference(tmp_path, capsys):
-    """`wavecalc md --out-of-domain reference`: a model that refuses every geometry still runs (each step by
-    PySCF), says how many steps the reference took and logs them; --reference-log alone is refused."""
+    """`wavecalc md --out-of-domain reference`: with every geometry outside the model's domain the run goes
+    on (each step by PySCF), says how many steps the reference took and logs them; --reference-log alone is refused."""
     import json
     import shutil
 
@@ -105,7 +117,7 @@ def test_md_command_goes_on_with_the_reference(tmp_path, capsys):
     model = tmp_path / "water"
     shutil.copytree(_resolve("water-pbe-def2svp"), model)
     card = json.loads((model / "model.json").read_text())
-    card["training_domain"] = {"min_homo_lumo_gap_eV": 100.0}   # no real gap is this wide
+    card["training_domain"] = {"min_pair_distance_A": {"1-8": 1.5}}   # every O-H bond is "too short"
     (model / "model.json").write_text(json.dumps(card))
     log, traj = tmp_path / "refused.traj", tmp_path / "md.traj"
     args = ["md", "H2O", "--model", str(model), "--steps", "2", "--trajectory", str(traj)]
