@@ -149,7 +149,7 @@ class WaveCalculator(Calculator):
 
                 try:
                     provider = ReferenceFallback(provider, log=p.get("reference_log"))
-                except ValueError as exc:   # a card without level_of_theory
+                except (ValueError, TypeError) as exc:   # no level_of_theory, a Hamiltonian-only model
                     raise InputError(f"out_of_domain='reference' for model {p['model']!r}: {exc}") from exc
             return provider
         try:

@@ -38,7 +38,10 @@ def reference_provider_for(card: dict, charge: int = 0) -> PySCFProvider:
     if not level or basis is None:
         raise ValueError("the model card has no level_of_theory: the reference method is unknown")
     method = "hf" if str(level.get("method", "rks")).lower() == "rhf" else level.get("xc", "pbe")
-    return PySCFProvider(method=method, basis=basis, charge=charge, grid_level=int(level.get("grid_level", 3)))
+    grid_level = level.get("grid_level")           # None for RHF
+    return PySCFProvider(method=method, basis=basis, charge=charge,
+                         grid_level=3 if grid_level is None else int(grid_level),
+                         conv_tol=float(level.get("conv_tol") or 1e-10), conv_tol_grad=level.get("conv_tol_grad"))
 
 
 class ReferenceFallback(HamiltonianProvider):
@@ -49,10 +52,13 @@ class ReferenceFallback(HamiltonianProvider):
     model: a :class:`~ase_wavecalc.model_provider.ModelProvider`.
     reference: the provider for refused geometries (default: PySCF at the model card's level of theory).
     log: an ASE trajectory file; each geometry computed by the reference is appended (positions in
-        Angstrom, reference energy in eV and forces in eV/Angstrom when they were computed).
+        Angstrom, reference energy in eV and forces in eV/Angstrom); an existing file grows.
     """
 
     def __init__(self, model, reference: HamiltonianProvider | None = None, log: str | None = None):
+        if not getattr(model, "has_energy", True):
+            raise ValueError(f"model {model.name!r} predicts the Hamiltonian only: with no energies of its own, "
+                             "an MD run could not go on after a step computed by the reference")
         self.model = model
         self.reference = reference if reference is not None else reference_provider_for(model.card, model.charge)
         self.basis, self.elements, self.charge = model.basis, model.elements, model.charge
@@ -70,7 +76,8 @@ class ReferenceFallback(HamiltonianProvider):
         self.model.require_energy()
 
     def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
-        """The model's result, or the reference's where the model raises ``OutOfDomainError``."""
+        """The model's result, or the reference's where a pair is closer than in any training frame (a
+        collapsed predicted gap, also ``OutOfDomainError``, is raised: see the module docstring)."""
         try:
             # strictly: a pair closer than anywhere in training already goes to the reference (the model
             # itself only refuses far below that, and in MD its last steps before a refusal can already
@@ -84,7 +91,8 @@ class ReferenceFallback(HamiltonianProvider):
             result = self.model.compute(numbers, positions_bohr, want_gradient)
             result.info["computed_by"] = "model"
             return result
-        result = self.reference.compute(numbers, positions_bohr, want_gradient)
+        # with a log, the forces too (the SCF is cached; a logged frame should carry them)
+        result = self.reference.compute(numbers, positions_bohr, want_gradient or self.log is not None)
         result.info.update({"computed_by": "reference", "out_of_domain": self.last_reason})
         key = (tuple(int(z) for z in np.asarray(numbers).reshape(-1)),
                np.asarray(positions_bohr, dtype=float).tobytes())

@@ -54,7 +54,8 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
 
     Velocities start from a Maxwell-Boltzmann distribution at ``temperature`` with zero total momentum
     and angular momentum; ``seed`` makes the run reproducible. Langevin keeps the centre of mass fixed
-    with the ``FixCom`` constraint (so the reported temperature counts 3N - 3 degrees of freedom), not with
+    with the ``FixCom`` constraint unless the atoms carry constraints of their own (the reported temperature
+    then counts 3N - 3 degrees of freedom), not with
     ``Langevin(fixcm=True)``: that older form removes the centre-of-mass part of the random kicks without
     mass weighting, which heats light atoms (water at a 300 K bath ran at ~750-1100 K, ethanol ~25% hot).
     """
@@ -76,7 +77,8 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
     if ensemble == "nve":
         dyn = VelocityVerlet(atoms, timestep * units.fs)
     elif ensemble == "langevin":
-        atoms.set_constraint(FixCom())
+        if not atoms.constraints:   # the user's own constraints (e.g. FixAtoms) already pin the molecule
+            atoms.set_constraint(FixCom())
         dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
                        fixcm=False, rng=rng)
     else:
@@ -160,7 +162,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "it with PySCF at the model's level of theory and go on (reference; seconds a step)")
     parser.add_argument("--reference-log", default=None,
                         help="with --out-of-domain reference: ASE trajectory collecting those geometries with "
-                             "their PySCF energies and forces (label them with wavecalc generate --geometries)")
+                             "their PySCF energies and forces (appended to an existing file; label them with "
+                             "wavecalc generate --geometries)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest for molecules this small; 0: torch's default)")
 
@@ -186,6 +189,9 @@ def cli_main(args) -> int:
     if getattr(args, "reference_log", None) and getattr(args, "out_of_domain", "raise") != "reference":
         print("wavecalc md: --reference-log collects the geometries of --out-of-domain reference; give both",
               file=sys.stderr)
+        return 2
+    if args.pyscf and getattr(args, "out_of_domain", "raise") != "raise":
+        print("wavecalc md: --out-of-domain applies to a model; --pyscf has no training domain", file=sys.stderr)
         return 2
     calc = make_calculator(args)
     from ase.calculators.calculator import CalculationFailed, InputError
@@ -214,5 +220,5 @@ def cli_main(args) -> int:
     n_reference = getattr(calc.provider, "n_reference", None)
     if n_reference is not None:
         print(f"  {n_reference} of {args.steps + 1} geometries were outside the model's domain and computed with "
-              f"PySCF" + (f" (logged in {args.reference_log})" if args.reference_log and n_reference else ""))
+              f"PySCF" + (f" (appended to {args.reference_log})" if args.reference_log and n_reference else ""))
     return 0

@@ -185,6 +185,11 @@ def functional_energy(mol, dm, method: str = "pbe", grid_level: int = 3, gradien
         # grad_elec takes orbitals; any decomposition P = V diag(w) V^T gives P, and zero orbital energies
         # make the energy-weighted density (the overlap term) vanish
         w, v = np.linalg.eigh(dm)
+        if w.min() < -1e-8 * max(1.0, w.max()):
+            # PySCF rebuilds P from the orbitals with positive occupation only: the gradient would be wrong
+            raise ValueError(f"the density matrix has a negative eigenvalue ({w.min():.2e}): the fixed-density "
+                             "gradient needs a positive semidefinite P (a density of orbitals)")
+        w = np.clip(w, 0.0, None)
         de = grad.grad_elec(np.zeros_like(w), v, w)
         out["gradient_fixed_density"] = np.asarray(de + grad.grad_nuc(), dtype=float)
     return out

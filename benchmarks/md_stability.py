@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             entry["wall_s"] = round(time.perf_counter() - t0, 1)
             entry["mean_temperature_K"] = mean_temperature(traj)
             if args.out_of_domain == "reference":
-                entry["reference_steps"] = int(calc.provider.n_reference)
+                entry["reference_steps"] = int(getattr(calc._provider, "n_reference", 0))  # None if it never loaded
             runs.append(entry)
             short = re.sub(r"^model '[^']*' ", "", entry.get("reason") or "")   # the model is in the header
             rows.append([f"{temperature:g}", seed, entry["steps"], "stopped" if entry["stopped"] else "completed",

@@ -126,3 +126,20 @@ def test_md_command_goes_on_with_the_reference(tmp_path, capsys):
         assert main(args + ["--out-of-domain", "reference", "--reference-log", str(log)]) == 0
     assert "3 of 3 geometries were outside the model's domain" in capsys.readouterr().out
     assert len(read(traj, ":")) == 3 and len(read(log, ":")) == 3
+
+
+def test_log_has_forces_when_the_energy_came_first_and_hamiltonian_only_models_are_refused(model, tmp_path):
+    log = tmp_path / "refused.traj"
+    atoms = water(0.6)
+    atoms.calc = WaveCalculator(provider=ReferenceFallback(ModelProvider(model, card=CARD), log=str(log)))
+    with pytest.warns(UserWarning):
+        atoms.get_potential_energy()
+    forces = atoms.get_forces()
+    (frame,) = read(log, ":")
+    np.testing.assert_allclose(frame.get_forces(), forces, atol=1e-8)
+
+    torch.manual_seed(0)
+    hamiltonian_only = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1,
+                                                  pair_channels=4, radial_hidden=8, pair_hidden=8)).double()
+    with pytest.raises(ValueError, match="Hamiltonian only"):
+        ReferenceFallback(ModelProvider(hamiltonian_only, card=CARD))

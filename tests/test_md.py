@@ -31,3 +31,17 @@ def test_nve_conserves_energy():
                  progress=False)
     assert rec["max_deviation_meV_per_atom"] < 0.5
     assert rec["temperature_K"].mean() > 50.0          # it moved
+
+
+def test_langevin_keeps_the_users_constraints(tmp_path):
+    from ase.constraints import FixAtoms
+    from ase.io import read
+
+    atoms, calc = _triatomic()
+    atoms.set_constraint(FixAtoms(indices=[0]))
+    traj = tmp_path / "md.traj"
+    run_md(atoms, calc, ensemble="langevin", temperature=300.0, timestep=0.5, steps=50, seed=0, log=None,
+           trajectory=str(traj), progress=False)
+    frames = read(traj, ":")
+    np.testing.assert_allclose(frames[-1].positions[0], atoms.positions[0], atol=1e-12)
+    assert np.abs(frames[-1].positions[1:] - atoms.positions[1:]).max() > 1e-3

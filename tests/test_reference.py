@@ -143,3 +143,14 @@ def test_functional_energy_fixed_density_gradient_matches_finite_differences():
             p[atom, axis] += sign * h
             energies.append(functional_energy(make_mol([8, 1, 1], p, "sto-3g"), dm, "pbe", grid_level=1)["e_tot"])
         assert abs((energies[0] - energies[1]) / (2 * h) - grad[atom, axis]) < 2e-7
+
+
+def test_functional_energy_gradient_refuses_an_indefinite_density():
+    """PySCF's gradient rebuilds P from positively occupied orbitals: a negative eigenvalue would be lost."""
+    from ase_wavecalc.reference import functional_energy
+
+    mol, mf = _water_scf(molecule("H2O").positions / BOHR)
+    dm = mf.make_rdm1() - 0.05 * np.eye(mol.nao)
+    functional_energy(mol, dm, "pbe", grid_level=1)                    # the energy is defined for any P
+    with pytest.raises(ValueError, match="negative eigenvalue"):
+        functional_energy(mol, dm, "pbe", grid_level=1, gradient=True)
