@@ -31,13 +31,13 @@ __all__ = ["ReferenceFallback", "reference_provider_for"]
 
 
 def reference_provider_for(card: dict, charge: int = 0) -> PySCFProvider:
-    """A PySCF provider at the level of theory of a model card (``level_of_theory``: method, xc, basis,
-    grid_level). ValueError when the card does not say what the model was trained on."""
+    """A PySCF provider at the level of theory of a model card (``level_of_theory``: xc ("hf" for RHF),
+    basis, grid_level, conv_tol). ValueError when the card does not say what the model was trained on."""
     level = card.get("level_of_theory") or {}
     basis = level.get("basis") or card.get("basis")
-    if not level or basis is None:
+    method = level.get("xc") or level.get("method")
+    if not method or basis is None:
         raise ValueError("the model card has no level_of_theory: the reference method is unknown")
-    method = "hf" if str(level.get("method", "rks")).lower() == "rhf" else level.get("xc", "pbe")
     grid_level = level.get("grid_level")           # None for RHF
     return PySCFProvider(method=method, basis=basis, charge=charge,
                          grid_level=3 if grid_level is None else int(grid_level),

@@ -41,10 +41,9 @@ def make_calculator(args):
     from .calculator import WaveCalculator
 
     if args.model:
-        out_of_domain = getattr(args, "out_of_domain", "raise")
-        return WaveCalculator(model=args.model, dtype=args.dtype, out_of_domain=out_of_domain,
-                              reference_log=getattr(args, "reference_log", None) if out_of_domain == "reference"
-                              else None)
+        return WaveCalculator(model=args.model, dtype=args.dtype,
+                              out_of_domain=getattr(args, "out_of_domain", "raise"),
+                              reference_log=getattr(args, "reference_log", None))
     return WaveCalculator(method=args.method, basis=args.basis)
 
 

@@ -168,13 +168,14 @@ def evaluate(calc, dataset: Path, frame_ids: list[int], xtb: bool) -> dict:
     return out
 
 
-def reference_check(dataset: Path, frames: list[int], level: dict) -> dict:
+def reference_check(dataset: Path, frames: list[int], card: dict) -> dict:
     """The pipeline with PySCF itself in place of the model: F, eps, E and force errors must be ~0."""
     from ase_wavecalc import WaveCalculator
+    from ase_wavecalc.fallback import reference_provider_for
 
-    method = level.get("xc") or level.get("method") or "pbe"
-    calc = WaveCalculator(method=method, basis=level.get("basis", "def2-svp"),
-                          grid_level=int(level.get("grid_level", 3)))
+    reference = reference_provider_for(card)          # PySCF at the card's level of theory
+    method = reference.method
+    calc = WaveCalculator(provider=reference)
     m = evaluate(calc, dataset, frames, xtb=False)["model"]
     keys = ("fock_mae_uha", "eps_occ_mae_uha", "orbital_cosine", "energy_mae_meV", "force_mae_meV_A")
     print(f"  reference self-check (PySCF {method} through the same pipeline, {len(frames)} frames): "
@@ -260,8 +261,7 @@ def main(argv=None) -> int:
             evaluation = {"model": model_ref, "model_path": spec, "dataset": name, "kind": kind,
                           "standin": bool(card.get("standin", False)), "frames": frames, "targets_met": passed, **res}
             if args.check_reference > 0:
-                evaluation["reference_check"] = reference_check(dataset, frames[: args.check_reference],
-                                                                card.get("level_of_theory") or {})
+                evaluation["reference_check"] = reference_check(dataset, frames[: args.check_reference], card)
             results["evaluations"].append(evaluation)
     finish_machine_info(info)
     path = write_result("accuracy", results, args.json)

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     from ase_wavecalc import WaveCalculator, electronic, integrals
     from ase_wavecalc.dataset import read_dataset
     from ase_wavecalc.energy import n_occupied, one_electron_matrices
+    from ase_wavecalc.fallback import reference_provider_for
     from ase_wavecalc.model.io import load_model
     from ase_wavecalc.reference import functional_energy, run_reference
     from ase_wavecalc.units import BOHR, HARTREE
@@ -53,9 +54,8 @@ def main(argv=None) -> int:
     spec = resolve_model(args.model or DEFAULT_MODELS[args.molecule])
     model, card = load_model(spec, dtype=torch.float64)
     model.eval()
-    level = card.get("level_of_theory") or {}
-    method, basis = level.get("xc", "pbe"), card["basis"]
-    grid_level = int(level.get("grid_level", 3))
+    reference = reference_provider_for(card)          # the card's level of theory
+    method, basis, grid_level = reference.method, reference.basis, reference.grid_level
     entry = card["split"]["datasets"][0]
     frames = list(entry["test_frames"])[: args.max_frames]
     data = read_dataset(Path(args.data_dir) / Path(entry["name"]).name, keys=("e_tot", "gradient"))
