@@ -9,6 +9,9 @@ Properties (``atoms.get_...``), computed from one Hamiltonian per geometry:
 | dipole | (3,) | e*Angstrom | nuclei - Tr[P r], origin at (0, 0, 0) of the Atoms frame |
 | charges | (n,) | e | Mulliken charges of P |
 
+With a readout-energy model (model card ``energy_path = "readout"``) energy and forces do not need the
+Hamiltonian: dipole, charges and everything below are then computed on the first request at a geometry.
+
 Electronic structure (methods of the calculator; computed on demand, cached with the results):
 
 | method | returns | unit |
@@ -40,7 +43,7 @@ from ase.calculators.calculator import (CalculationFailed, Calculator, InputErro
 
 from . import electronic
 from .units import BOHR, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
-from .validation import check_atoms
+from .validation import charge_and_spin_of, check_atoms
 
 __all__ = ["WaveCalculator"]
 
@@ -154,25 +157,39 @@ class WaveCalculator(Calculator):
             return provider
         try:
             return providers.PySCFProvider(
-                method=p["method"], basis=p["basis"], charge=int(p["charge"]), conv_tol=p["conv_tol"],
+                method=p["method"], basis=p["basis"], charge=int(getattr(self, "_charge", p["charge"])),
+                conv_tol=p["conv_tol"],
                 grid_level=p["grid_level"], max_cycle=p["max_cycle"], grid_response=p["grid_response"])
         except ValueError as exc:   # unknown functional etc.
             raise InputError(str(exc)) from exc
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's checks, plus the charge and spin the Atoms carry in ``info`` (ASE does not compare
+        ``info``, so a new ``atoms.info["charge"]`` would otherwise return the old results)."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and any(atoms.info.get(k) != self.atoms.info.get(k) for k in ("charge", "spin")):
+            changes = list(changes) + ["info"]
+        return changes
 
     # -- the calculation -------------------------------------------------------------------------
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         if self.atoms is None:
             raise InputError("no Atoms: attach the calculator (atoms.calc = calc) or pass atoms")
+        charge, spin, source = charge_and_spin_of(self.atoms, self.parameters["charge"], self.parameters["spin"])
+        if (self._provider is not None and self._provider_given is None and self.parameters.get("model") is None
+                and int(self._provider.charge) != charge):
+            self._provider = None        # PySCF: rebuilt for the charge the Atoms ask for
+        self._charge = charge
         provider = self.provider
-        charge = self.parameters["charge"]
         basis = getattr(provider, "basis", None)
         check_atoms(self.atoms, elements=getattr(provider, "elements", None), charge=charge,
-                    spin=self.parameters["spin"], basis=basis if isinstance(basis, str) else None,
+                    spin=spin, basis=basis if isinstance(basis, str) else None,
                     charges=getattr(provider, "charges", None))
         if int(getattr(provider, "charge", charge)) != int(charge):
-            raise InputError(f"the provider computes charge {provider.charge}, but charge={charge} "
-                             "was asked for")
+            raise InputError(f"{provider!r} computes charge {provider.charge}, but {source} asks for charge "
+                             f"{charge}" + (" (a trained model computes the charge it was trained for)"
+                                            if self.parameters.get("model") is not None else ""))
 
         want_gradient = "forces" in properties
         numbers = self.atoms.numbers.copy()
@@ -185,12 +202,15 @@ class WaveCalculator(Calculator):
             raise CalculationFailed(f"{provider!r} failed: {type(exc).__name__}: {exc}") from exc
         self._result = result
 
-        mol = result.mol
-        dm = _torch(result.dm)
-        dipole = electronic.dipole_moment(dm, _ao_dipole(mol), mol.atom_charges(), mol.atom_coords())
-        charges = electronic.mulliken_charges(dm, _torch(result.overlap), _ao_atom(mol),
-                                              mol.atom_charges())
-        self.results = {"dipole": bohr_to_angstrom(dipole.numpy()), "charges": charges.numpy()}
+        self.results = {}
+        # a readout-energy model defers its Hamiltonian: dipole and charges (from P) only when asked for
+        if getattr(result, "materialized", True) or {"dipole", "charges"} & set(properties):
+            mol = result.mol
+            dm = _torch(result.dm)
+            dipole = electronic.dipole_moment(dm, _ao_dipole(mol), mol.atom_charges(), mol.atom_coords())
+            charges = electronic.mulliken_charges(dm, _torch(result.overlap), _ao_atom(mol),
+                                                  mol.atom_charges())
+            self.results.update(dipole=bohr_to_angstrom(dipole.numpy()), charges=charges.numpy())
         energy = float(result.energy)
         if np.isfinite(energy):   # NaN: a Hamiltonian-only model (no energy head)
             self.results["energy"] = self.results["free_energy"] = hartree_to_ev(energy)

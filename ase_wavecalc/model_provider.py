@@ -66,7 +66,12 @@ class ModelProvider(HamiltonianProvider):
             raise ValueError(f"model {self.name!r} was trained for charge {trained_charge}, not {charge}")
         self.charge = trained_charge
         self._domain_warned = False
-        self.has_energy = bool(config.get("energy_head", False)) and bool(self.card.get("energy_trained", True))
+        # "hamiltonian": E_nn + 1/2 Tr[P (F + h)] + e0 (+ correction); "readout": e0 + an MLP of the Fock
+        # trunk's atom invariants (model card "energy_path"; docs/design.md)
+        self.energy_path = str(config.get("energy_path", "hamiltonian"))
+        self.has_energy = ((bool(config.get("energy_head", False)) or self.energy_path == "readout")
+                           and bool(self.card.get("energy_trained", True)))
+        self._cache = None            # (key, result) of the last geometry
         if self.has_energy:
             _warn_if_inaccurate(self.name, self.card.get("test_metrics") or {})
 
@@ -122,11 +127,46 @@ class ModelProvider(HamiltonianProvider):
                               "extrapolates (warned once)", UserWarning, stacklevel=4)
 
     def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
-        """F, S, orbitals, density; energy (Hartree) and gradient (Hartree/Bohr) for energy models."""
-        start = time.perf_counter()
-        self.check_training_domain(numbers, positions_bohr)
+        """F, S, orbitals, density; energy (Hartree) and gradient (Hartree/Bohr) for energy models.
+
+        The last geometry's result is cached (an energy call then a forces call at the same positions run
+        the network once more only for the gradient). With energy_path "readout" the energy and gradient
+        come from the atom trunk alone and the Hamiltonian, orbitals and density are computed when first
+        asked for (:class:`DeferredHamiltonianResult`), so an MD step does not pay for them."""
         numbers = np.asarray(numbers, dtype=int).reshape(-1)
-        want_energy_grad = want_gradient and self.has_energy
+        positions_bohr = np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3)
+        # the weights' in-place version counters: a model changed in place is not served stale results
+        key = (numbers.tobytes(), positions_bohr.tobytes(), tuple(p._version for p in self.model.parameters()))
+        if self._cache is not None and self._cache[0] == key:
+            cached = self._cache[1]
+            if not (want_gradient and self.has_energy) or cached.gradient is not None:
+                return cached
+        self.check_training_domain(numbers, positions_bohr)
+        if self.energy_path == "readout" and self.has_energy:
+            result = self._compute_readout(numbers, positions_bohr, want_gradient)
+        else:
+            result = self._compute_hamiltonian(numbers, positions_bohr, want_gradient)
+        self._cache = (key, result)
+        return result
+
+    def _compute_readout(self, numbers, positions_bohr, want_gradient: bool):
+        """Energy (and gradient) of a readout-energy model; the Hamiltonian deferred."""
+        start = time.perf_counter()
+        pos64 = torch.tensor(positions_bohr, requires_grad=want_gradient)
+        z = torch.as_tensor(numbers, dtype=torch.long)
+        with torch.set_grad_enabled(want_gradient):
+            out = self.model(z, pos64.to(self.dtype), None, energy_only=True)
+            e_tot = out["energy"].reshape(-1)[0].to(torch.float64)
+            gradient = torch.autograd.grad(e_tot, pos64)[0].detach() if want_gradient else None
+        info = {"seconds": time.perf_counter() - start, "model": self.name, "energy_path": "readout"}
+        return DeferredHamiltonianResult(
+            float(e_tot.detach()), None if gradient is None else gradient.numpy(), info,
+            lambda: self._compute_hamiltonian(numbers, positions_bohr, False))
+
+    def _compute_hamiltonian(self, numbers, positions_bohr, want_gradient: bool) -> HamiltonianResult:
+        """F from the network, orbitals and density; the Hamiltonian-path energy for such models."""
+        start = time.perf_counter()
+        want_energy_grad = want_gradient and self.has_energy and self.energy_path == "hamiltonian"
         pos64 = torch.tensor(np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3),
                              requires_grad=want_energy_grad)
         z = torch.as_tensor(numbers, dtype=torch.long)
@@ -135,7 +175,7 @@ class ModelProvider(HamiltonianProvider):
             fock = _single(out["fock"]).to(torch.float64)
             mol = integrals.make_mol(numbers, pos64.detach().numpy(), self.basis, charge=self.charge)
             gradient = None
-            if self.has_energy:
+            if self.has_energy and self.energy_path == "hamiltonian":
                 core = _single(out["core_correction"]).to(torch.float64)
                 atom_energy = out["atom_energy"].reshape(-1)[0].to(torch.float64)
                 e_tot, parts = energy_mod.total_energy(numbers, pos64, fock, self.basis, core_correction=core,
@@ -202,6 +242,32 @@ def _warn_if_inaccurate(name: str, metrics: dict) -> None:
         warnings.warn(f"model {name!r}: held-out test {text} (model card): its energies and forces are "
                       f"semi-quantitative; orbitals, density and dipole are its stronger outputs",
                       UserWarning, stacklevel=3)
+
+
+class DeferredHamiltonianResult:
+    """A readout-energy model's result: ``energy`` (Hartree), ``gradient`` (n, 3) Hartree/Bohr or None and
+    ``info`` at once; every other :class:`~ase_wavecalc.providers.HamiltonianResult` field (F, S, orbitals,
+    density, mol) is computed by ``build()`` on first access and kept. ``build`` may raise
+    ``OutOfDomainError`` (a collapsed predicted gap): the energy does not depend on the spectrum, the
+    orbitals do."""
+
+    def __init__(self, energy: float, gradient, info: dict, build):
+        self.energy, self.gradient, self.info = float(energy), gradient, info
+        self._build, self._full = build, None
+
+    @property
+    def materialized(self) -> bool:
+        """Whether the Hamiltonian and orbitals have been computed."""
+        return self._full is not None
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._full is None:
+            full = self._build()
+            full.info.update(self.info)
+            self._full = full
+        return getattr(self._full, name)
 
 
 def _single(x):

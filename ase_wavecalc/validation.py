@@ -23,7 +23,7 @@ import numpy as np
 from ase.calculators.calculator import InputError
 from ase.data import chemical_symbols
 
-__all__ = ["check_atoms", "MIN_DISTANCE"]
+__all__ = ["check_atoms", "charge_and_spin_of", "MIN_DISTANCE"]
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
 
@@ -135,3 +135,61 @@ def check_atoms(atoms, elements=None, charge=0, spin=0, basis=None, *, charges=N
             raise InputError(f"atoms {i} ({_symbol(numbers[i])}) and {j} ({_symbol(numbers[j])}) are "
                              f"{dist[k]:.3f} Angstrom apart (overlapping; minimum {min_distance} "
                              f"Angstrom); {len(pairs)} such pair(s)")
+
+
+def _integer(value, what: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, got {value!r}") from None
+    if not np.isfinite(number) or abs(number - round(number)) > 1e-6:
+        raise InputError(f"{what} must be an integer, got {value!r}")
+    return int(round(number))
+
+
+def charge_and_spin_of(atoms, charge=0, spin=0) -> tuple[int, int, str]:
+    """The total charge and 2S a calculation of ``atoms`` is for: ``(charge, spin, source)``.
+
+    The Atoms may say it themselves, in the conventions of other ASE calculators: ``atoms.info["charge"]``
+    (MACE-OMOL, fairchem, AIMNet2), initial charges (``set_initial_charges``; their sum, as tblite reads
+    them), ``atoms.info["spin"]`` (the spin multiplicity 2S + 1, as in fairchem and MACE-OMOL) and initial
+    magnetic moments (their sum is 2S). Where the Atoms say nothing, the calculator's ``charge``/``spin``
+    parameters hold. Contradictions raise ``InputError`` naming both sources (never a silent choice): two
+    Atoms sources that differ, or an Atoms charge that differs from a non-zero ``charge`` parameter.
+    ``source`` names where the charge came from (for error messages).
+    """
+    charge = _integer(charge, "charge")
+    found = []
+    if atoms.info.get("charge") is not None:
+        found.append(("atoms.info['charge']", _integer(atoms.info["charge"], "atoms.info['charge']")))
+    initial = np.asarray(atoms.get_initial_charges(), dtype=float)
+    if initial.size and np.any(initial != 0):
+        found.append(("the initial charges (their sum)", _integer(initial.sum(), "the sum of the initial charges")))
+    if len({c for _, c in found}) > 1:
+        raise InputError("the Atoms give two different total charges: "
+                         + " and ".join(f"{name} = {c}" for name, c in found))
+    source = "charge parameter"
+    if found:
+        name, atoms_charge = found[0]
+        if charge != 0 and charge != atoms_charge:
+            raise InputError(f"charge={charge} was asked for, but {name} = {atoms_charge}")
+        charge, source = atoms_charge, name
+
+    spin = _integer(spin, "spin")
+    spins = []
+    if atoms.info.get("spin") is not None:
+        multiplicity = _integer(atoms.info["spin"], "atoms.info['spin'] (the spin multiplicity 2S + 1)")
+        if multiplicity < 1:
+            raise InputError(f"atoms.info['spin'] is the spin multiplicity 2S + 1 (>= 1), got {multiplicity}")
+        spins.append(("atoms.info['spin'] (multiplicity)", multiplicity - 1))
+    magmoms = np.asarray(atoms.get_initial_magnetic_moments(), dtype=float)
+    if magmoms.size and np.any(magmoms != 0):
+        if magmoms.ndim != 1:
+            raise InputError("non-collinear initial magnetic moments are not supported")
+        spins.append(("the initial magnetic moments (their sum)", abs(_integer(magmoms.sum(),
+                                                                             "the sum of the initial magnetic moments"))))
+    for name, value in spins:
+        if value != 0:
+            raise InputError(f"closed-shell molecules only: {name} gives 2S = {value} unpaired electrons; "
+                             "ase-wavecalc computes closed-shell singlets (spin 0)")
+    return charge, spin, source

@@ -240,7 +240,10 @@ def test_bad_input_overlapping_atoms():
 
 
 def test_bad_input_open_shell_and_spin_and_charge():
-    _bad(molecule("OH"), "closed-shell molecules only.*9 electrons")
+    _bad(molecule("OH"), "closed-shell.*magnetic moments")   # ase.build's OH radical carries a magnetic moment
+    ohr = molecule("OH")
+    ohr.set_initial_magnetic_moments(None)
+    _bad(ohr, "closed-shell molecules only.*9 electrons")
     _bad(_water(), "closed-shell molecules only.*11 electrons", charge=-1)
     _bad(_water(), "spin=2", spin=2)
     _bad(_water(), "charge must be an integer", charge=0.5)
@@ -281,3 +284,66 @@ def test_scf_failure_raises_calculation_failed():
     atoms.calc = WaveCalculator(method="pbe", basis="sto-3g", max_cycle=1)
     with pytest.raises(CalculationFailed, match="did not converge"):
         atoms.get_potential_energy()
+
+
+def _hf_energy(atoms, charge):
+    """RHF/STO-3G total energy (eV) of ``atoms`` at ``charge``, computed with PySCF here."""
+    from pyscf import gto, scf
+
+    mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)], basis="sto-3g",
+                charge=charge, unit="Angstrom", verbose=0)
+    mf = scf.RHF(mol)
+    mf.conv_tol = 1e-10
+    return mf.kernel() * HARTREE
+
+
+def test_charge_from_atoms_info_and_initial_charges_is_honoured():
+    """atoms.info["charge"] (MACE-OMOL/fairchem convention) and initial charges summing to the total
+    (tblite's) give the cation's energy with PySCF, and changing info["charge"] triggers a new calculation."""
+    atoms = molecule("H2O")
+    atoms.calc = WaveCalculator(method="hf", basis="sto-3g")
+    neutral = atoms.get_potential_energy()
+    assert abs(neutral - _hf_energy(atoms, 0)) < 1e-6
+    atoms.info["charge"] = 2
+    dication = atoms.get_potential_energy()
+    assert abs(dication - _hf_energy(atoms, 2)) < 1e-6 and dication - neutral > 10.0
+    atoms.info["charge"] = 0
+    assert abs(atoms.get_potential_energy() - neutral) < 1e-6
+    other = molecule("H2O")
+    other.set_initial_charges([1.0, 0.5, 0.5])
+    other.calc = WaveCalculator(method="hf", basis="sto-3g")
+    assert abs(other.get_potential_energy() - dication) < 1e-6
+
+
+def test_spin_and_contradicting_charges_are_refused():
+    atoms = molecule("H2O")
+    atoms.set_initial_magnetic_moments([2.0, 0.0, 0.0])
+    _bad(atoms, "closed-shell.*magnetic moments")
+    atoms = molecule("H2O")
+    atoms.info["spin"] = 3      # multiplicity: a triplet
+    _bad(atoms, "closed-shell.*multiplicity")
+    atoms.info["spin"] = 1      # a singlet is fine
+    atoms.calc = WaveCalculator(method="hf", basis="sto-3g")
+    assert np.isfinite(atoms.get_potential_energy())
+    atoms = molecule("H2O")
+    atoms.info["charge"] = 2
+    atoms.set_initial_charges([0.0, 0.0, 0.0])
+    atoms.set_initial_charges([2.0, 0.0, -2.0])      # sums to 0: contradicts info
+    _bad(atoms, "two different total charges")
+    atoms = molecule("H2O")
+    atoms.info["charge"] = 2
+    _bad(atoms, "charge=-2 was asked for", charge=-2)
+    atoms.info["charge"] = 0.5
+    _bad(atoms, "must be an integer")
+
+
+def test_a_model_refuses_a_charge_it_was_not_trained_for():
+    from ase_wavecalc.model.io import available_models
+
+    if "water-pbe-def2svp" not in available_models():
+        pytest.skip("shipped water model not installed")
+    atoms = molecule("H2O")
+    atoms.info["charge"] = 2
+    calc = WaveCalculator(model="water-pbe-def2svp")
+    with pytest.raises(InputError, match="atoms.info\\['charge'\\] asks for charge 2"):
+        calc.get_potential_energy(atoms)

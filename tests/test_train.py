@@ -663,3 +663,81 @@ def test_offset_refit_ignores_outlier_frames():
     delta = offset_correction(counts[keep], residuals[keep])
     assert abs(float(counts[0] @ delta) - 0.002) < 3e-4      # the plain mean would be off by 1.6 mHa
     assert inlier_frames(counts[:3], np.zeros(3)).all()       # no spread: everything is an inlier
+
+
+def test_readout_energy_trains_with_the_fock_loss_and_alone(water_db, tmp_path):
+    """energy_path = "readout": trained on F, energies and forces together, the energy MLP learns and the
+    validation energy error falls below that of the fitted offsets alone; without F terms (the MLIP of the
+    same network) each step runs the atom trunk only, and the validation F columns are NaN."""
+    import csv
+
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.train.cli_export import load_run_model
+
+    model = 'energy_path = "readout"\nreadout_hidden = 16'
+    joint = write_tiny_config(tmp_path / "joint.toml", water_db, model=model,
+                              loss="fock_mae = 1.0\nenergy = 100.0\nforces = 10.0",
+                              optimizer="lr = 5e-3\nema_decay = 0.0", max_epochs=6)
+    assert main(["train", str(joint), "--out", str(tmp_path / "joint")]) == 0
+    with open(tmp_path / "joint" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    first, last = float(rows[0]["val_energy_rmse_mev"]), float(rows[-1]["val_energy_rmse_mev"])
+    assert np.isfinite(float(rows[-1]["val_fock_mae_uha"]))
+    m, _ = load_run_model(tmp_path / "joint", "last")
+    assert float(m.readout_mlp[-1].weight.detach().abs().sum()) > 0
+    assert last < first
+
+    alone = write_tiny_config(tmp_path / "alone.toml", water_db, model=model, loss="energy = 100.0\nforces = 10.0",
+                              optimizer="lr = 5e-3\nema_decay = 0.0", max_epochs=2)
+    calls = []
+    from ase_wavecalc.model import network
+    original = network.HamiltonianModel.forward
+
+    def spy(self, *args, **kwargs):
+        calls.append(bool(kwargs.get("energy_only", False)))
+        return original(self, *args, **kwargs)
+
+    network.HamiltonianModel.forward = spy
+    try:
+        assert main(["train", str(alone), "--out", str(tmp_path / "alone")]) == 0
+    finally:
+        network.HamiltonianModel.forward = original
+    assert calls and all(calls)
+    with open(tmp_path / "alone" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert np.isnan(float(rows[-1]["val_fock_mae_uha"])) and np.isfinite(float(rows[-1]["val_force_rmse_mev_a"]))
+
+
+def test_parameter_groups_and_warmup(water_db, tmp_path):
+    """optimizer.lr_by_prefix gives the named parameters their own lr (a typo is an error, not a silent
+    fallback); warmup_steps ramps every group's lr linearly from base/warmup to base."""
+    from ase_wavecalc.model.network import build_model, default_config
+    from ase_wavecalc.train.trainer import TrainingError, parameter_groups
+
+    model = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1,
+                                       energy_path="readout", readout_hidden=4))
+    groups = parameter_groups(model, 1e-5, {"readout_mlp.": 1e-3})
+    assert [g["lr"] for g in groups] == [1e-5, 1e-3]
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert all(p is q for p, q in zip(groups[1]["params"], model.readout_mlp.parameters()))
+    with pytest.raises(TrainingError, match="readout_mpl"):
+        parameter_groups(model, 1e-5, {"readout_mpl.": 1e-3})
+
+    cfg = write_tiny_config(tmp_path / "w.toml", water_db, model='energy_path = "readout"\nreadout_hidden = 8',
+                            loss="fock_mae = 1.0\nenergy = 1.0",
+                            optimizer='lr = 1e-4\nema_decay = 0.0\nwarmup_steps = 4\n'
+                                      'lr_by_prefix = { "readout_mlp." = 1e-2 }', max_epochs=1)
+    from ase_wavecalc.train.config import load_config
+
+    trainer = Trainer(load_config(cfg), tmp_path / "run", log=quiet)
+    trainer.run_dir.mkdir(parents=True)
+    trainer._load_data()
+    trainer._build(None)
+    seen = []
+    for step in range(6):
+        batch = trainer.tables[0].batch(np.arange(2), dtype=trainer.dtype, table=0)
+        trainer.train_step(batch)
+        seen.append([g["lr"] for g in trainer.optimizer.param_groups])
+        trainer.progress["step"] += 1
+    assert np.allclose(seen[0], [0.25e-4, 0.25e-2]) and np.allclose(seen[1], [0.5e-4, 0.5e-2])
+    assert np.allclose(seen[3], [1e-4, 1e-2]) and np.allclose(seen[5], [1e-4, 1e-2])

@@ -41,7 +41,16 @@ Inputs and outputs (atomic units, PySCF spherical AO order):
 | "fock" | (B, nao, nao), or list of (nao_b, nao_b) for mixed compositions | Hartree |
 | "core_correction" | like "fock" (only with ``energy_head``) | Hartree |
 | "atom_energy" | (B,) sum of per-element offsets e0[Z] (+ "atom_correction") | Hartree |
-| "atom_correction" | (B,) learned per-atom energy correction (only with ``atom_energy_hidden``) | Hartree |
+| "atom_correction" | (B,) learned per-atom energy correction (``atom_energy_hidden``, or the readout) | Hartree |
+| "energy" | (B,) total energy (only with ``energy_path = "readout"``; equal to "atom_energy") | Hartree |
+
+Energy paths (config ``energy_path``). "hamiltonian": the energy is computed from F outside the network
+(``ase_wavecalc.energy``), with the optional per-atom correction below. "readout": the network's own
+total energy, out["energy"] (B,) Hartree = sum_A e0[Z_A] + 0.01 * MLP([invariants of atom A, one-hot Z_A]),
+the invariants being, for the output of every interaction block, the 0e channels and the squared norm of
+every (irrep, channel) (smooth at zero, unlike a norm): the atom features that F is read from also carry
+the energy, and F, orbitals and density stay the same model's. ``forward(..., energy_only=True)`` then
+runs the atom trunk and the MLP only (no pair features, no F): the fast path of MD and optimizers.
 
 The per-atom correction reads the invariant channels of the final atom features, or, with
 ``energy_layers > 0``, of a separate, smaller trunk (``energy_channels`` x irreps up to ``energy_lmax``)
@@ -71,6 +80,9 @@ from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE"]
 
 MODEL_TYPE = "wavecalc-so2-hamiltonian"
+#: how a model computes its total energy (config "energy_path"), see docs/design.md
+ENERGY_PATHS = ("hamiltonian", "readout")
+READOUT_ENERGY_SCALE = 0.01  # Hartree per unit output of the readout MLP
 ATOM_ENERGY_SCALE = 0.01  # Hartree per unit output of the per-atom correction MLP
 _SQRT_HALF = math.sqrt(0.5)
 
@@ -98,6 +110,9 @@ DEFAULT_CONFIG = {
     "energy_layers": 0,          # > 0: the correction reads its own message-passing trunk (below)
     "energy_channels": 32,       # channels of that trunk
     "energy_lmax": 2,            # highest L of its features
+    "energy_path": "hamiltonian",  # "hamiltonian": E_nn + 1/2 Tr[P (F + h)] + e0 (+ correction);
+                                   # "readout": e0 + an MLP of the Fock trunk's invariants (no eigh)
+    "readout_hidden": 64,        # hidden width of the "readout" energy MLP
 }
 
 
@@ -160,6 +175,18 @@ def _resolve_config(config: dict) -> dict:
         raise ValueError("config 'energy_layers' > 0 needs atom_energy_hidden > 0 (the MLP that reads it)")
     if cfg["energy_layers"] and cfg["energy_lmax"] > cfg["lmax"]:
         raise ValueError(f"config 'energy_lmax' ({cfg['energy_lmax']}) cannot exceed lmax ({cfg['lmax']})")
+    cfg["energy_path"] = str(cfg["energy_path"]).lower()
+    if cfg["energy_path"] not in ENERGY_PATHS:
+        raise ValueError(f"config 'energy_path' must be one of {list(ENERGY_PATHS)}, got {cfg['energy_path']!r}")
+    cfg["readout_hidden"] = int(cfg["readout_hidden"])
+    if cfg["energy_path"] == "readout":
+        if cfg["readout_hidden"] < 1:
+            raise ValueError("config 'readout_hidden' must be positive")
+        if cfg["energy_head"] or cfg["atom_energy_hidden"] or cfg["energy_layers"]:
+            raise ValueError("energy_path = 'readout' reads the energy from the Fock trunk itself: set "
+                             "energy_head = false, atom_energy_hidden = 0 and energy_layers = 0")
+        if cfg["num_layers"] < 1:
+            raise ValueError("energy_path = 'readout' needs num_layers >= 1")
     return cfg
 
 
@@ -357,6 +384,17 @@ class HamiltonianModel(nn.Module):
             nn.init.zeros_(self.atom_energy_mlp[-1].bias)
         else:
             self.atom_energy_mlp = None
+        self.readout_mlp = None
+        if cfg["energy_path"] == "readout":
+            # per-atom energy from the invariants of every interaction block's output: the 0e channels and
+            # the squared norm of each (irrep, channel); the last layer starts at zero (E = sum e0)
+            n_in = cfg["num_layers"] * C * (1 + self.layout.n_irreps) + n_el
+            width = cfg["readout_hidden"]
+            self.readout_mlp = nn.Sequential(nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, width),
+                                             nn.SiLU(), nn.Linear(width, 1))
+            nn.init.zeros_(self.readout_mlp[-1].weight)
+            nn.init.zeros_(self.readout_mlp[-1].bias)
+            self.register_buffer("irrep_of_component", self.layout.comp_irrep_l.clone(), persistent=False)
         self._index_cache: OrderedDict = OrderedDict()
 
     # ------------------------------------------------------------------------------------------
@@ -416,16 +454,17 @@ class HamiltonianModel(nn.Module):
         edge_attr = torch.cat([self.rbf(d), onehot[ix.dst], onehot[ix.src]], 1)
 
         N, C = numbers.shape[0], self.config["channels"]
+        if energy_only and self.readout_mlp is not None:
+            # the energy path of a "readout" model: the atom trunk and the MLP, no pair features, no F
+            h, layers = self._trunk(ix, Ds, edge_attr, env, N, C, dtype, pos.device)
+            return self._readout_energy({}, layers, ix, onehot)
         if energy_only:
             if self.energy_interactions is None:
-                raise ValueError("energy_only needs a model with energy_layers > 0")
+                raise ValueError("energy_only needs a model with energy_layers > 0 or energy_path = 'readout'")
             out = {"atom_energy": torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(
                 0, ix.batch, self.atom_energy_offsets[ix.elem])}
             return self._add_atom_correction(out, None, ix, Ds, edge_attr, env, onehot)
-        h = torch.cat([self.embedding[ix.elem][:, None, :],
-                       torch.zeros(N, self.layout.dim - 1, C, dtype=dtype, device=pos.device)], 1)
-        for k, block in enumerate(self.interactions):
-            h = block(h, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
+        h, layers = self._trunk(ix, Ds, edge_attr, env, N, C, dtype, pos.device)
         p = self.pair(h, Ds, d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
 
         values = []
@@ -452,9 +491,41 @@ class HamiltonianModel(nn.Module):
                     m = flat[hd, ix.offsets[b]:ix.offsets[b] + n * n].view(n, n)
                     mats.append(0.5 * (m + m.T))
                 out[name] = mats
+        if self.readout_mlp is not None:
+            return self._readout_energy(out, layers, ix, onehot)
         e0 = self.atom_energy_offsets[ix.elem]
         out["atom_energy"] = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, e0)
         return self._add_atom_correction(out, h, ix, Ds, edge_attr, env, onehot)
+
+    def _trunk(self, ix, Ds, edge_attr, env, N, C, dtype, device):
+        """The Fock trunk's atom features: (final h (N, D, C), list of every block's output)."""
+        h = torch.cat([self.embedding[ix.elem][:, None, :],
+                       torch.zeros(N, self.layout.dim - 1, C, dtype=dtype, device=device)], 1)
+        layers = []
+        for k, block in enumerate(self.interactions):
+            h = block(h, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
+            layers.append(h)
+        return h, layers
+
+    def atom_invariants(self, layers) -> torch.Tensor:
+        """(N, num_layers * C * (1 + n_irreps)) rotation- and inversion-invariant atom descriptors: per
+        block output, the 0e channels and the squared norm of every (irrep, channel) (smooth, unlike norms)."""
+        parts = []
+        for h in layers:
+            sq = h.new_zeros(h.shape[0], self.layout.n_irreps, h.shape[2]).index_add_(
+                1, self.irrep_of_component, h.square())
+            parts += [h[:, 0, :], sq.flatten(1)]
+        return torch.cat(parts, 1)
+
+    def _readout_energy(self, out, layers, ix, onehot) -> dict:
+        """energy_path = "readout": out["energy"] (B,) Hartree = sum_A e0[Z_A] + MLP(invariants of A)."""
+        e0 = self.atom_energy_offsets[ix.elem]
+        per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(
+            torch.cat([self.atom_invariants(layers), onehot], 1))[:, 0]
+        zero = onehot.new_zeros(ix.n_mol)
+        out["atom_correction"] = zero.index_add(0, ix.batch, per_atom)
+        out["atom_energy"] = out["energy"] = zero.index_add(0, ix.batch, e0) + out["atom_correction"]
+        return out
 
     def _add_atom_correction(self, out, h, ix, Ds, edge_attr, env, onehot) -> dict:
         """Add the learned per-atom correction (if any) to ``out["atom_energy"]`` and as "atom_correction"."""

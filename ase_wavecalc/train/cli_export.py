@@ -91,6 +91,15 @@ def run_split_tables(run_dir, split: str = "test", check_hash: bool = True):
     return tables, rows, info
 
 
+#: how each energy path computes the total energy, as the model card states it
+ENERGY_PATH_FORMULAS = {
+    "hamiltonian": "E = E_nn + 1/2 Tr[P (F + h_core + Delta h)] + sum_A e0[Z_A] (+ learned per-atom correction); "
+                   "P from the predicted F; forces = -dE/dR by autograd",
+    "readout": "E = sum_A (e0[Z_A] + MLP(invariants of atom A's features in the Fock network)); the same "
+               "network predicts F (orbitals, density, dipole, charges); forces = -dE/dR by autograd",
+}
+
+
 def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metrics: dict | None) -> dict:
     """The model card (JSON-serializable). ``model.io.save_model`` adds config (the architecture),
     model_type, dtype, weights_sha256 and versions."""
@@ -231,7 +240,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     model, info = load_run_model(run_dir, weights)
     tables, rows, split = run_split_tables(run_dir, "test", check_hash=True)
     loss = info["config"]["loss"]
-    energy_trained = bool(info["model_config"].get("energy_head")) and (
+    energy_path = str(info["model_config"].get("energy_path", "hamiltonian"))
+    energy_trained = (bool(info["model_config"].get("energy_head")) or energy_path == "readout") and (
         float(loss.get("energy", 0)) > 0 or float(loss.get("forces", 0)) > 0)
     offset_refit = None
     if energy_trained and refit_frames > 0:
@@ -268,6 +278,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
         tables, [t.rows_of_frames(d["train"]) for t, d in zip(tables, split["datasets"])])
     card["name"] = out.name
     card["energy_trained"] = energy_trained   # False: a Hamiltonian-only model (no energy or forces)
+    if energy_trained:
+        card["energy_path"] = {"name": energy_path, "formula": ENERGY_PATH_FORMULAS[energy_path]}
     card["charge"] = int(tables[0].charge)
     if offset_refit is not None:
         card["training"]["energy_offset_refit"] = offset_refit

@@ -28,6 +28,9 @@ weight_decay = 0.0
 betas = [0.9, 0.999]
 grad_clip = 10.0                       # max global gradient norm; 0 disables
 ema_decay = 0.99                       # 0 disables the EMA (validation then uses the raw weights)
+lr_by_prefix = {}                      # {"readout_mlp." = 1e-3}: own lr for parameters by name prefix
+warmup_steps = 0                       # linear warm-up of the learning rates (Adam's first steps move
+                                       # every weight by ~lr, which can wreck a pretrained network)
 
 [scheduler]                            # ReduceLROnPlateau on the validation loss
 factor = 0.5
@@ -129,8 +132,18 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 10.0
     ema_decay: float = 0.99
+    # learning rates of parameters whose names start with a prefix (e.g. a new energy readout on a
+    # pretrained Fock network: {"readout_mlp." = 1e-3} beside a small lr); the others take lr
+    lr_by_prefix: dict = field(default_factory=dict)
+    warmup_steps: int = 0         # linear warm-up of every learning rate over the first steps of a run
 
     def __post_init__(self):
+        self.lr_by_prefix = {str(k): float(v) for k, v in dict(self.lr_by_prefix).items()}
+        if any(v <= 0 for v in self.lr_by_prefix.values()):
+            raise ConfigError("optimizer.lr_by_prefix: every learning rate must be > 0")
+        self.warmup_steps = int(self.warmup_steps)
+        if self.warmup_steps < 0:
+            raise ConfigError("optimizer.warmup_steps must be >= 0")
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2:
             raise ConfigError("optimizer.betas must have two numbers")

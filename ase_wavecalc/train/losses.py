@@ -13,7 +13,7 @@ New terms plug in with :func:`register_loss_term`; a term that needs d/dR declar
 | fock_mae | all elements of F | Hartree |
 | fock_orth_mse | all elements of X^T F X, X = S^-1/2 (F in an orthonormal basis) | Hartree^2 |
 | orbital_energy | occupied eigenvalues of (F_pred, S) vs (F_ref, S), mean squared | Hartree^2 |
-| energy | total energy from ``ase_wavecalc.energy.total_energy`` (eigh density), mean squared | Hartree^2 |
+| energy | total energy: ``outputs["energy"]`` (energy_path "readout"), else ``ase_wavecalc.energy.total_energy`` (eigh density); mean squared | Hartree^2 |
 | forces | its gradient w.r.t. positions vs the reference gradient, mean squared | (Hartree/Bohr)^2 |
 
 PhiSNet trains on MSE + MAE of F; the orbital-energy term sharpens the occupied spectrum, which errors
@@ -134,6 +134,9 @@ def energy_gate(outputs, batch, cache) -> torch.Tensor:
     structure. Such a structure would dominate the step and push F further away; the F terms alone bring
     it back. Criterion: predicted gap < ``GAP_GATE_FRACTION`` x the reference gap (from ``mo_energy``).
     """
+    if "gate" not in cache and "energy" in outputs:
+        # energy_path = "readout": the energy does not come from the spectrum, nothing to gate
+        cache["gate"] = torch.ones(batch.n_structures, dtype=torch.bool, device=outputs["energy"].device)
     if "gate" not in cache and batch.base_energy is not None:
         # frozen Hamiltonian: its energies were computed once; NaN marks a structure it could not do
         cache["gate"] = torch.isfinite(batch.base_energy)
@@ -156,6 +159,9 @@ def predicted_energy(outputs, batch, cache) -> torch.Tensor:
     From the predicted F through :func:`ase_wavecalc.energy.total_energy`, or, when the batch carries a
     frozen Hamiltonian's precomputed ``base_energy``, as that plus ``outputs["atom_energy"]`` (e0 and the
     learned correction; the forces term adds ``base_gradient`` likewise)."""
+    if "energy" not in cache and "energy" in outputs:
+        # energy_path = "readout": the model's own total energy (e0 + MLP of the Fock trunk's invariants)
+        cache["energy"] = outputs["energy"].double()
     if "energy" not in cache and batch.base_energy is not None:
         # energy = frozen Hamiltonian part (precomputed) + e0 + learned correction (outputs["atom_energy"])
         base = torch.nan_to_num(batch.base_energy, nan=0.0)

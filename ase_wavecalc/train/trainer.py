@@ -44,6 +44,7 @@ from .config import RUN_OVERRIDABLE, TrainConfig, as_plain, config_differences, 
 from .data import FrameTable, epoch_plan, load_table, split_frames
 from .losses import WeightedLoss, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
+from ..units import BOHR, HARTREE
 
 __all__ = ["Trainer", "TrainResult", "ExponentialMovingAverage", "load_checkpoint", "save_checkpoint",
            "CSV_COLUMNS", "CHECKPOINT_FORMAT", "model_config_for"]
@@ -72,7 +73,7 @@ def load_best(path) -> dict:
 CHECKPOINT_KEYS = ("format", "model", "ema", "optimizer", "scheduler", "rng", "progress", "config",
                    "model_config", "dtype")
 CSV_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_fock_mae_uha", "val_eps_mae_uha",
-               "wall_time_s", "epoch_time_s", "structures_per_s")
+               "val_energy_rmse_mev", "val_force_rmse_mev_a", "wall_time_s", "epoch_time_s", "structures_per_s")
 
 
 class TrainingError(RuntimeError):
@@ -285,7 +286,7 @@ def freeze_hamiltonian(model: torch.nn.Module) -> int:
 
 
 #: parameter-name prefixes of the energy correction (a later stage may add them to earlier weights)
-ENERGY_CORRECTION_PREFIXES = ("atom_energy_mlp.", "energy_embedding", "energy_interactions.")
+ENERGY_CORRECTION_PREFIXES = ("atom_energy_mlp.", "energy_embedding", "energy_interactions.", "readout_mlp.")
 
 
 def _unfreeze_energy_correction(model: torch.nn.Module) -> int:
@@ -368,6 +369,39 @@ def mean_atom_blocks(tables, row_sets) -> dict[int, torch.Tensor]:
     return {za: sums[za] / counts[za] for za in sorted(sums)}
 
 
+def parameter_groups(model: torch.nn.Module, lr: float, lr_by_prefix: dict) -> list[dict]:
+    """AdamW parameter groups: one per prefix of ``lr_by_prefix`` (the first matching prefix wins) and
+    one for the rest at ``lr``; each group remembers its base lr (``base_lr``) for the warm-up."""
+    groups = {prefix: [] for prefix in lr_by_prefix}
+    rest = []
+    for name, p in model.named_parameters():
+        prefix = next((k for k in lr_by_prefix if name.startswith(k)), None)
+        (rest if prefix is None else groups[prefix]).append(p)
+    unused = [k for k, ps in groups.items() if not ps]
+    if unused:
+        raise TrainingError(f"optimizer.lr_by_prefix: no parameter name starts with {unused}")
+    out = [{"params": rest, "lr": lr, "base_lr": lr}] if rest else []
+    out += [{"params": ps, "lr": lr_by_prefix[k], "base_lr": lr_by_prefix[k]} for k, ps in groups.items()]
+    return out
+
+
+def _adapt_readout_heads(state: dict, own: dict) -> dict:
+    """Block-readout weights of a model with the core-correction head (2 heads) for one without it: the
+    Fock head's part, so a readout-energy model can start from a Hamiltonian-path model's F."""
+    out = dict(state)
+    for key, value in state.items():
+        if not key.startswith(("atom_readout.", "pair_readout.")) or key not in own:
+            continue
+        target = own[key].shape
+        if value.shape == target:
+            continue
+        if key.endswith(".weight") and value.dim() == 3 and value.shape[2] == 2 * target[2]:
+            out[key] = value.reshape(value.shape[0], value.shape[1], 2, target[2])[:, :, 0].contiguous()
+        elif key.endswith(".bias") and value.dim() == 2 and value.shape[0] == 2 and target[0] == 1:
+            out[key] = value[:1].clone()
+    return out
+
+
 def initial_weights(path) -> dict:
     """A state dict to start from: a run directory (EMA weights of best.pt, else of checkpoint.pt) or
     an exported model directory (weights.safetensors). Read without executing code."""
@@ -390,12 +424,13 @@ def initial_weights(path) -> dict:
                         "directory (weights.safetensors)")
 
 
-def reference_atom_energies(tables, row_sets, elements) -> torch.Tensor:
+def reference_atom_energies(tables, row_sets, elements, hamiltonian: bool = True) -> torch.Tensor:
     """Per-element offsets e0 (Hartree, in the order of ``elements``) that make the energy functional
     E = E_nn + 1/2 Tr[P (F + h_core)] + sum_A e0[Z_A], evaluated with the *reference* F, reproduce the
     reference energies in the least-squares sense (minimum norm when compositions do not determine
     every element). For DFT these offsets absorb most of the exchange-correlation double counting,
     so an energy loss starts near the right scale. Needs ``e_tot`` and ``hcore`` in the tables.
+    ``hamiltonian=False`` (energy_path "readout", E = sum_A e0[Z_A] + learned part): e0 fits e_tot itself.
     """
     from ..electronic import solve_fock
     from ..integrals import nuclear_repulsion
@@ -406,13 +441,16 @@ def reference_atom_energies(tables, row_sets, elements) -> torch.Tensor:
         if len(rows) == 0:
             continue
         idx = torch.as_tensor(rows)
-        fock, overlap = table.fock[idx], table.overlap[idx]
-        _, c = solve_fock(fock, overlap)
-        c_occ = c[..., :table.n_occ]
-        dm = 2.0 * c_occ @ c_occ.transpose(-1, -2)
-        e_elec = 0.5 * (dm * (fock + table.extra["hcore"][idx])).sum(dim=(-2, -1))
-        e_nuc = torch.stack([nuclear_repulsion(table.numbers, r) for r in table.positions_bohr[idx]])
-        residuals.append(table.extra["e_tot"][idx] - e_nuc - e_elec)
+        if hamiltonian:
+            fock, overlap = table.fock[idx], table.overlap[idx]
+            _, c = solve_fock(fock, overlap)
+            c_occ = c[..., :table.n_occ]
+            dm = 2.0 * c_occ @ c_occ.transpose(-1, -2)
+            e_elec = 0.5 * (dm * (fock + table.extra["hcore"][idx])).sum(dim=(-2, -1))
+            e_nuc = torch.stack([nuclear_repulsion(table.numbers, r) for r in table.positions_bohr[idx]])
+            residuals.append(table.extra["e_tot"][idx] - e_nuc - e_elec)
+        else:
+            residuals.append(table.extra["e_tot"][idx].to(torch.float64))
         n = torch.zeros(len(elements), dtype=torch.float64)
         for z in table.numbers.tolist():
             n[col[int(z)]] += 1
@@ -521,6 +559,12 @@ class Trainer:
             own = self.model.state_dict()
             # an energy correction of another shape (or reading other features: the trunk is new) in the
             # earlier weights is left out as a whole, so the new one starts from its initialization (zero)
+            state = _adapt_readout_heads(state, self.model.state_dict())
+            if (self.model_config.get("energy_path") == "readout" and "atom_energy_offsets" in state
+                    and not any(k.startswith("readout_mlp.") for k in state)):
+                # e0 of a Hamiltonian-path model absorbs 1/2 Tr[P (F + h)]: meaningless for a readout energy,
+                # so it is refitted from the reference energies below
+                state["atom_energy_offsets"] = torch.zeros_like(state["atom_energy_offsets"])
             corr = [k for k in state if k.startswith(ENERGY_CORRECTION_PREFIXES)]
             new_trunk = any(k.startswith("energy_interactions.") for k in own) and not any(
                 k.startswith("energy_interactions.") for k in state)
@@ -548,7 +592,8 @@ class Trainer:
                 and not bool(self.model.atom_energy_offsets.detach().abs().sum() > 0)):
             elements = self.model_config["elements"]
             with _one_thread():
-                e0 = reference_atom_energies(self.tables, self.rows["train"], elements)
+                e0 = reference_atom_energies(self.tables, self.rows["train"], elements,
+                                             hamiltonian=self.model_config.get("energy_path") != "readout")
             with torch.no_grad():
                 self.model.atom_energy_offsets.copy_(e0)
             self.log("per-element energy offsets from the reference energies: "
@@ -565,8 +610,8 @@ class Trainer:
             shadow = self.build_model(dict(self.model_config)).to(self.dtype)
             self.ema = ExponentialMovingAverage(self.model, shadow, self.config.optimizer.ema_decay)
         opt = self.config.optimizer
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=opt.betas,
-                                           weight_decay=opt.weight_decay)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, opt.lr, opt.lr_by_prefix), lr=opt.lr,
+                                           betas=opt.betas, weight_decay=opt.weight_decay)
         sch = self.config.scheduler
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=sch.factor, patience=sch.patience, threshold=sch.threshold,
@@ -611,6 +656,13 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     # -- steps -----------------------------------------------------------------------------------------
+    @property
+    def readout_only(self) -> bool:
+        """A model with energy_path "readout" trained without F terms (an MLIP of the same network):
+        each step runs the atom trunk and the energy MLP only (``model(..., energy_only=True)``)."""
+        return (self.model_config.get("energy_path") == "readout"
+                and not any(k.startswith(("fock", "orbital")) for k in self.loss_fn.weights))
+
     @property
     def energy_only(self) -> bool:
         """``run.trainable = "energy_correction"``: the frozen Hamiltonian's energies are computed once and
@@ -707,7 +759,7 @@ class Trainer:
         loss_fn = loss_fn or self.loss_fn
         if loss_fn.needs_positions_grad:
             batch.positions_bohr.requires_grad_(True)
-        kw = {"energy_only": True} if self.energy_only else {}
+        kw = {"energy_only": True} if (self.energy_only or self.readout_only) else {}
         out = model(batch.numbers, batch.positions_bohr, batch.batch, **kw)
         loss, parts = loss_fn(out, batch)
         return out, loss, parts
@@ -731,6 +783,12 @@ class Trainer:
         clip = self.config.optimizer.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        warmup = self.config.optimizer.warmup_steps
+        if warmup and self.progress["step"] <= warmup:
+            # linear warm-up over the first steps of the run (the plateau scheduler, which acts only
+            # after `patience` epochs, takes over from the base lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * min(1.0, (self.progress["step"] + 1) / warmup)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -745,14 +803,17 @@ class Trainer:
         model.eval()
         loss_sum, n = 0.0, 0
         f_err, eps_err = [], []
+        sq = {"energy": 0.0, "forces": 0.0}
         with torch.set_grad_enabled(self.loss_fn.needs_positions_grad):
             for t, rows in epoch_plan(self.rows["val"], self.config.run.batch_size, None):
                 table = self.tables[t]
                 batch = table.batch(rows, dtype=self.dtype, table=t)
-                out, loss, _ = self._forward_loss(model, batch, self.val_loss_fn)
+                out, loss, parts = self._forward_loss(model, batch, self.val_loss_fn)
                 loss_sum += float(loss.detach()) * batch.n_structures
                 n += batch.n_structures
-                if self.energy_only:
+                for key in sq:
+                    sq[key] += parts.get(key, math.nan) * batch.n_structures
+                if self.energy_only or self.readout_only:
                     continue
                 with torch.no_grad():
                     pred = predicted_fock(out).detach()
@@ -762,10 +823,15 @@ class Trainer:
                                                   table.n_occ)["eps_occ_mae"])
         model.train(was_training)
         self._val_s = time.perf_counter() - t0
+        # root-mean-square energy (per structure) and force-component errors, from the mean squared terms
+        rms = {"val_energy_rmse_mev": math.sqrt(sq["energy"] / n) * HARTREE * 1e3,
+               "val_force_rmse_mev_a": math.sqrt(sq["forces"] / n) * HARTREE / BOHR * 1e3}
         if self.energy_only:
-            return {"val_loss": loss_sum / n, **self._frozen_val}
+            return {"val_loss": loss_sum / n, **self._frozen_val, **rms}
+        if self.readout_only:
+            return {"val_loss": loss_sum / n, "val_fock_mae_uha": math.nan, "val_eps_mae_uha": math.nan, **rms}
         return {"val_loss": loss_sum / n, "val_fock_mae_uha": float(torch.cat(f_err).mean()) * UHA,
-                "val_eps_mae_uha": float(torch.cat(eps_err).mean()) * UHA}
+                "val_eps_mae_uha": float(torch.cat(eps_err).mean()) * UHA, **rms}
 
     # -- the loop --------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -910,7 +976,8 @@ class Trainer:
         self._append_csv(row)
         self.log(f"epoch {p['epoch']:4d} step {p['step']:7d} lr {row['lr']:.2e} loss {train_loss:.3e} "
                  f"val loss {val['val_loss']:.3e} F MAE {val['val_fock_mae_uha']:9.1f} uHa "
-                 f"eps MAE {val['val_eps_mae_uha']:9.1f} uHa | {rate:6.1f} structures/s | "
+                 f"eps MAE {val['val_eps_mae_uha']:9.1f} uHa E RMSE {val['val_energy_rmse_mev']:8.2f} meV "
+                 f"F RMSE {val['val_force_rmse_mev_a']:8.1f} meV/A | {rate:6.1f} structures/s | "
                  f"{_hms(p['train_time_s'])}")
         p.update(epoch_loss_sum=0.0, epoch_structures=0, epoch_train_s=0.0, epoch_wall_s=0.0,
                  pending_validation=False)
@@ -962,8 +1029,18 @@ def plot_learning_curve(csv_path, png_path) -> bool:
     from matplotlib.figure import Figure
 
     epoch = [int(r["epoch"]) for r in rows]
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
+    energy_curves = [(key, label) for key, label in (("val_energy_rmse_mev", "energy RMSE (meV)"),
+                                                     ("val_force_rmse_mev_a", "force RMSE (meV/A)"))
+                     if any(math.isfinite(float(r.get(key) or "nan")) for r in rows)]
+    fig = Figure(figsize=(13.5 if energy_curves else 9, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3 if energy_curves else 2)
+    ax1, ax2 = axes[0], axes[1]
+    if energy_curves:
+        for key, label in energy_curves:
+            axes[2].semilogy(epoch, [float(r.get(key) or "nan") for r in rows], label=label)
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("validation error")
+        axes[2].legend()
     ax1.semilogy(epoch, [float(r["train_loss"]) for r in rows], label="train loss")
     ax1.semilogy(epoch, [float(r["val_loss"]) for r in rows], label="val loss (EMA)")
     ax1.set_xlabel("epoch")
