@@ -163,8 +163,17 @@ class ModelProvider(HamiltonianProvider):
             float(e_tot.detach()), None if gradient is None else gradient.numpy(), info,
             lambda: self._compute_hamiltonian(numbers, positions_bohr, False))
 
+    def require_hamiltonian(self):
+        """Raise ``PropertyNotImplementedError`` for a network trained on energies and forces only (card
+        ``fock_trained`` false, e.g. an MLIP baseline): its F was never trained."""
+        if self.card.get("fock_trained") is False:
+            raise PropertyNotImplementedError(
+                f"model {self.name!r} was trained on energies and forces only: it has no trained Hamiltonian, so "
+                "no orbitals, density, dipole or charges")
+
     def _compute_hamiltonian(self, numbers, positions_bohr, want_gradient: bool) -> HamiltonianResult:
         """F from the network, orbitals and density; the Hamiltonian-path energy for such models."""
+        self.require_hamiltonian()
         start = time.perf_counter()
         want_energy_grad = want_gradient and self.has_energy and self.energy_path == "hamiltonian"
         pos64 = torch.tensor(np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3),

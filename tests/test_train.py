@@ -464,13 +464,13 @@ def test_energy_offset_refit_removes_mean_residual_and_keeps_forces(water_db):
     np.testing.assert_allclose(g_after, g_before, atol=1e-12)
 
 
-def _two_stage_run(tmp_path, db, stage2_model, stage2_loss, trainable):
+def _two_stage_run(tmp_path, db, stage2_model, stage2_loss, trainable, stage1_model="energy_head = true"):
     """Train a tiny F-only stage 1, then stage 2 from its weights; returns both models and their outputs
     on two frames (float32)."""
     from ase_wavecalc.cli import main
     from ase_wavecalc.train.cli_export import load_run_model
 
-    stage1 = write_tiny_config(tmp_path / "s1.toml", db, model="energy_head = true",
+    stage1 = write_tiny_config(tmp_path / "s1.toml", db, model=stage1_model,
                                loss="fock_mae = 1.0", optimizer="lr = 5e-3\nema_decay = 0.0")
     assert main(["train", str(stage1), "--out", str(tmp_path / "s1")]) == 0
     stage2 = write_tiny_config(tmp_path / "s2.toml", db, model=stage2_model, loss=stage2_loss,
@@ -741,3 +741,16 @@ def test_parameter_groups_and_warmup(water_db, tmp_path):
         trainer.progress["step"] += 1
     assert np.allclose(seen[0], [0.25e-4, 0.25e-2]) and np.allclose(seen[1], [0.5e-4, 0.5e-2])
     assert np.allclose(seen[3], [1e-4, 1e-2]) and np.allclose(seen[5], [1e-4, 1e-2])
+
+
+def test_energy_readout_stage_keeps_the_fock_network(water_db, tmp_path):
+    """run.trainable = "energy_readout" on a readout model with its own energy trunk: F is bit-identical to
+    the stage it started from, while the readout MLP and the energy trunk learn."""
+    m1, m2, o1, o2 = _two_stage_run(tmp_path, water_db,
+                                    'energy_path = "readout"\nreadout_hidden = 8\nenergy_layers = 1\n'
+                                    'energy_channels = 4', "energy = 1.0\nforces = 1.0", "energy_readout",
+                                    stage1_model='energy_path = "readout"\nreadout_hidden = 8')
+    assert torch.equal(o1["fock"], o2["fock"])
+    assert float(m2.readout_mlp[-1].weight.detach().abs().sum()) > 0
+    moved = [k for k, v in m2.state_dict().items() if k.startswith("energy_interactions.")]
+    assert moved

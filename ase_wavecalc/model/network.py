@@ -171,7 +171,7 @@ def _resolve_config(config: dict) -> dict:
         cfg[key] = int(cfg[key])
         if cfg[key] < 0 or (key != "energy_layers" and cfg[key] < 1):
             raise ValueError(f"config {key!r} must be {'>= 0' if key == 'energy_layers' else 'positive'}")
-    if cfg["energy_layers"] and not cfg["atom_energy_hidden"]:
+    if cfg["energy_layers"] and not cfg["atom_energy_hidden"] and cfg.get("energy_path") != "readout":
         raise ValueError("config 'energy_layers' > 0 needs atom_energy_hidden > 0 (the MLP that reads it)")
     if cfg["energy_layers"] and cfg["energy_lmax"] > cfg["lmax"]:
         raise ValueError(f"config 'energy_lmax' ({cfg['energy_lmax']}) cannot exceed lmax ({cfg['lmax']})")
@@ -182,9 +182,10 @@ def _resolve_config(config: dict) -> dict:
     if cfg["energy_path"] == "readout":
         if cfg["readout_hidden"] < 1:
             raise ValueError("config 'readout_hidden' must be positive")
-        if cfg["energy_head"] or cfg["atom_energy_hidden"] or cfg["energy_layers"]:
+        if cfg["energy_head"] or cfg["atom_energy_hidden"]:
             raise ValueError("energy_path = 'readout' reads the energy from the Fock trunk itself: set "
-                             "energy_head = false, atom_energy_hidden = 0 and energy_layers = 0")
+                             "energy_head = false and atom_energy_hidden = 0 (energy_layers > 0 adds an energy "
+                             "trunk beside it)")
         if cfg["num_layers"] < 1:
             raise ValueError("energy_path = 'readout' needs num_layers >= 1")
     return cfg
@@ -389,6 +390,10 @@ class HamiltonianModel(nn.Module):
             # per-atom energy from the invariants of every interaction block's output: the 0e channels and
             # the squared norm of each (irrep, channel); the last layer starts at zero (E = sum e0)
             n_in = cfg["num_layers"] * C * (1 + self.layout.n_irreps) + n_el
+            if self.energy_interactions is not None:   # the energy trunk's invariants beside the Fock trunk's
+                n_in += cfg["energy_layers"] * cfg["energy_channels"] * (1 + self.energy_layout.n_irreps)
+                self.register_buffer("energy_irrep_of_component", self.energy_layout.comp_irrep_l.clone(),
+                                     persistent=False)
             width = cfg["readout_hidden"]
             self.readout_mlp = nn.Sequential(nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, width),
                                              nn.SiLU(), nn.Linear(width, 1))
@@ -457,7 +462,7 @@ class HamiltonianModel(nn.Module):
         if energy_only and self.readout_mlp is not None:
             # the energy path of a "readout" model: the atom trunk and the MLP, no pair features, no F
             h, layers = self._trunk(ix, Ds, edge_attr, env, N, C, dtype, pos.device)
-            return self._readout_energy({}, layers, ix, onehot)
+            return self._readout_energy({}, layers, ix, Ds, edge_attr, env, onehot)
         if energy_only:
             if self.energy_interactions is None:
                 raise ValueError("energy_only needs a model with energy_layers > 0 or energy_path = 'readout'")
@@ -492,7 +497,7 @@ class HamiltonianModel(nn.Module):
                     mats.append(0.5 * (m + m.T))
                 out[name] = mats
         if self.readout_mlp is not None:
-            return self._readout_energy(out, layers, ix, onehot)
+            return self._readout_energy(out, layers, ix, Ds, edge_attr, env, onehot)
         e0 = self.atom_energy_offsets[ix.elem]
         out["atom_energy"] = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, e0)
         return self._add_atom_correction(out, h, ix, Ds, edge_attr, env, onehot)
@@ -507,21 +512,33 @@ class HamiltonianModel(nn.Module):
             layers.append(h)
         return h, layers
 
-    def atom_invariants(self, layers) -> torch.Tensor:
-        """(N, num_layers * C * (1 + n_irreps)) rotation- and inversion-invariant atom descriptors: per
-        block output, the 0e channels and the squared norm of every (irrep, channel) (smooth, unlike norms)."""
+    @staticmethod
+    def atom_invariants(layers, irrep_of_component, n_irreps) -> torch.Tensor:
+        """(N, len(layers) * C * (1 + n_irreps)) rotation- and inversion-invariant atom descriptors: per
+        block output (N, D, C), the 0e channels and the squared norm of every (irrep, channel) (smooth at
+        zero, unlike a norm)."""
         parts = []
         for h in layers:
-            sq = h.new_zeros(h.shape[0], self.layout.n_irreps, h.shape[2]).index_add_(
-                1, self.irrep_of_component, h.square())
+            sq = h.new_zeros(h.shape[0], n_irreps, h.shape[2]).index_add_(1, irrep_of_component, h.square())
             parts += [h[:, 0, :], sq.flatten(1)]
         return torch.cat(parts, 1)
 
-    def _readout_energy(self, out, layers, ix, onehot) -> dict:
-        """energy_path = "readout": out["energy"] (B,) Hartree = sum_A e0[Z_A] + MLP(invariants of A)."""
+    def _readout_energy(self, out, layers, ix, Ds, edge_attr, env, onehot) -> dict:
+        """energy_path = "readout": out["energy"] (B,) Hartree = sum_A e0[Z_A] + MLP(invariants of A): those
+        of every Fock-trunk block and, with ``energy_layers``, of every energy-trunk block."""
         e0 = self.atom_energy_offsets[ix.elem]
-        per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(
-            torch.cat([self.atom_invariants(layers), onehot], 1))[:, 0]
+        inv = [self.atom_invariants(layers, self.irrep_of_component, self.layout.n_irreps)]
+        if self.energy_interactions is not None:
+            N, Ce = onehot.shape[0], self.config["energy_channels"]
+            he = torch.cat([self.energy_embedding[ix.elem][:, None, :],
+                            onehot.new_zeros(N, self.energy_layout.dim - 1, Ce)], 1)
+            energy_layers = []
+            for k, block in enumerate(self.energy_interactions):
+                he = block(he, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
+                energy_layers.append(he)
+            inv.append(self.atom_invariants(energy_layers, self.energy_irrep_of_component,
+                                            self.energy_layout.n_irreps))
+        per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(torch.cat(inv + [onehot], 1))[:, 0]
         zero = onehot.new_zeros(ix.n_mol)
         out["atom_correction"] = zero.index_add(0, ix.batch, per_atom)
         out["atom_energy"] = out["energy"] = zero.index_add(0, ix.batch, e0) + out["atom_correction"]

@@ -224,6 +224,24 @@ def _copy_stage_files(stages: list[dict], out: Path) -> list[dict]:
     return entries
 
 
+def fock_trained(run_dir, stages: list[dict]) -> bool:
+    """Whether F was ever trained: an F term in the loss of a stage, or a first stage that started from an
+    exported model whose card does not say ``fock_trained: false``."""
+    import json
+
+    if any(float(w) > 0 for st in stages for k, w in st["loss"].items() if k.startswith(("fock", "orbital"))):
+        return True
+    init = stages[0].get("init_weights") if stages else None
+    if not init:
+        return False
+    run = Path(stages[0]["path"])
+    for base in (Path.cwd(), run.parent.parent, run):
+        card = base / init / "model.json"
+        if card.is_file():
+            return bool(json.loads(card.read_text()).get("fock_trained", True))
+    return False
+
+
 def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_size: int = 16,
                force: bool = False, refit_frames: int = 400) -> dict:
     """Export a run as a shipped model in directory ``out``; returns the card.
@@ -278,6 +296,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
         tables, [t.rows_of_frames(d["train"]) for t, d in zip(tables, split["datasets"])])
     card["name"] = out.name
     card["energy_trained"] = energy_trained   # False: a Hamiltonian-only model (no energy or forces)
+    # False: an energy-only network (an MLIP baseline): its F was never trained and is not offered
+    card["fock_trained"] = fock_trained(run_dir, training_stages(run_dir))
     if energy_trained:
         card["energy_path"] = {"name": energy_path, "formula": ENERGY_PATH_FORMULAS[energy_path]}
     card["charge"] = int(tables[0].charge)

@@ -179,13 +179,14 @@ class RunConfig:
     init_weights: str = ""
     trainable: str = "all"        # "all"; "energy_head": only the core-correction head, e0 and the
                                   # per-atom correction learn; "energy_correction": only e0 and the
-                                  # per-atom correction (with its trunk) learn
+                                  # per-atom correction (with its trunk) learn; "energy_readout": only
+                                  # e0, the readout MLP and its energy trunk learn (energy_path "readout")
     deterministic: bool = True
 
     def __post_init__(self):
-        if self.trainable not in ("all", "energy_head", "energy_correction"):
-            raise ConfigError("run.trainable must be 'all', 'energy_head' or 'energy_correction', got "
-                              f"{self.trainable!r}")
+        if self.trainable not in ("all", "energy_head", "energy_correction", "energy_readout"):
+            raise ConfigError("run.trainable must be 'all', 'energy_head', 'energy_correction' or "
+                              f"'energy_readout', got {self.trainable!r}")
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"run.precision must be 'float32' or 'float64', got {self.precision!r}")
         if self.batch_size < 1:

@@ -313,6 +313,17 @@ def freeze_all_but_energy_correction(model: torch.nn.Module) -> int:
     return _unfreeze_energy_correction(model)
 
 
+def freeze_all_but_energy_readout(model: torch.nn.Module) -> int:
+    """energy_path "readout": let only e0, the readout MLP and the energy trunk (if any) learn. The Fock
+    network stays bit-identical (F, orbitals and their metrics do not move) while the MLP still reads its
+    atom features. Returns the number of trainable entries."""
+    if getattr(model, "readout_mlp", None) is None:
+        raise TrainingError("run.trainable = 'energy_readout' needs [model] energy_path = 'readout'")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return _unfreeze_energy_correction(model)
+
+
 @dataclass
 class TrainResult:
     run_dir: str
@@ -568,7 +579,12 @@ class Trainer:
             corr = [k for k in state if k.startswith(ENERGY_CORRECTION_PREFIXES)]
             new_trunk = any(k.startswith("energy_interactions.") for k in own) and not any(
                 k.startswith("energy_interactions.") for k in state)
-            if new_trunk or any(k not in own or own[k].shape != state[k].shape for k in corr):
+            if self.model_config.get("energy_path") == "readout" and not new_trunk:
+                # a readout model keeps an energy trunk of the same shape (trained as a correction, its
+                # features describe the energy) and starts its readout MLP afresh
+                state = {k: v for k, v in state.items()
+                         if k not in corr or (k in own and own[k].shape == state[k].shape)}
+            elif new_trunk or any(k not in own or own[k].shape != state[k].shape for k in corr):
                 state = {k: v for k, v in state.items() if k not in corr}
             try:
                 missing, unexpected = self.model.load_state_dict(state, strict=False)
@@ -601,6 +617,10 @@ class Trainer:
         if run.trainable == "energy_head":
             n = freeze_hamiltonian(self.model)
             self.log(f"training the energy head only ({n} parameters); the Hamiltonian (F) is frozen")
+        elif run.trainable == "energy_readout":
+            n = freeze_all_but_energy_readout(self.model)
+            self.log(f"training the energy readout only ({n} parameters: e0, the readout MLP and the energy "
+                     "trunk); F is frozen")
         elif run.trainable == "energy_correction":
             n = freeze_all_but_energy_correction(self.model)
             self.log(f"training the energy correction only ({n} parameters); F and the core correction "
