@@ -26,6 +26,7 @@ Electronic structure (methods of the calculator; computed on demand, cached with
 | get_pseudo_density(...) / get_density_on_grid(...) | electron density on a box | e/Angstrom^3 |
 | get_electron_density(points) | density at points (m, 3) Angstrom | e/Angstrom^3 |
 | write_cube(filename, ...) | Gaussian cube file of the density (Bohr, e/Bohr^3, as the format says) | - |
+| get_hessian(atoms=None) | (3N, 3N) analytic Hessian (autograd through a model; PySCF's analytic Hessian) | eV/Angstrom^2 |
 
 Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf" or a PySCF xc name),
 ``basis``, ``charge``, ``spin`` (2S; only 0), ``conv_tol``, ``grid_level``, ``max_cycle``,
@@ -42,7 +43,7 @@ from ase.calculators.calculator import (CalculationFailed, Calculator, InputErro
                                          PropertyNotImplementedError, all_changes)
 
 from . import electronic
-from .units import BOHR, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
+from .units import BOHR, HARTREE, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
 from .validation import charge_and_spin_of, check_atoms
 
 __all__ = ["WaveCalculator"]
@@ -280,6 +281,20 @@ class WaveCalculator(Calculator):
         """Mid-gap energy (HOMO + LUMO) / 2 in eV: the zero-temperature convention for a gapped molecule."""
         homo, lumo = self.get_homo_lumo()
         return 0.5 * (homo + lumo)
+
+    def get_hessian(self, atoms=None):
+        """(3N, 3N) Hessian of the energy in eV/Angstrom^2 (rows and columns atom-major: x0, y0, z0, x1, ...),
+        analytic: double autograd through a model's energy path, PySCF's analytic Hessian for the exact SCF.
+        ``ase.vibrations.VibrationsData.from_2d(atoms, calc.get_hessian())`` gives the harmonic modes."""
+        atoms = self.atoms if atoms is None else atoms
+        if atoms is None:
+            raise InputError("no Atoms: pass atoms or attach the calculator first")
+        self.get_potential_energy(atoms)          # every input check, and the provider for these atoms
+        hessian = getattr(self.provider, "hessian", None)
+        if hessian is None:
+            raise PropertyNotImplementedError(f"{self.provider!r} has no Hessian")
+        h = hessian(atoms.numbers.copy(), atoms.positions / BOHR)
+        return np.asarray(h, dtype=float) * HARTREE / BOHR ** 2
 
     # -- matrices in atomic units, PySCF AO order ------------------------------------------------
     def get_hamiltonian(self):

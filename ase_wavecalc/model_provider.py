@@ -163,6 +163,31 @@ class ModelProvider(HamiltonianProvider):
             float(e_tot.detach()), None if gradient is None else gradient.numpy(), info,
             lambda: self._compute_hamiltonian(numbers, positions_bohr, False))
 
+    def hessian(self, numbers, positions_bohr) -> np.ndarray:
+        """(3n, 3n) second derivatives of the energy, Hartree/Bohr^2, by double autograd through the
+        energy path (exact and symmetric). Readout models differentiate the atom trunks and the MLP; the
+        Hamiltonian path uses the second-derivative integrals and eigh's twice-differentiable density."""
+        self.require_energy()
+        numbers = np.asarray(numbers, dtype=int).reshape(-1)
+        self.check_training_domain(numbers, positions_bohr)
+        pos = torch.tensor(np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3), requires_grad=True)
+        z = torch.as_tensor(numbers, dtype=torch.long)
+        if self.energy_path == "readout":
+            e_tot = self.model(z, pos.to(self.dtype), None, energy_only=True)["energy"].reshape(-1)[0].double()
+        else:
+            out = self.model(z, pos.to(self.dtype), None)
+            e_tot, _ = energy_mod.total_energy(
+                numbers, pos, _single(out["fock"]).double(), self.basis,
+                core_correction=_single(out["core_correction"]).double(),
+                atom_energy=out["atom_energy"].reshape(-1)[0].double(), charge=self.charge, density="eigh",
+                derivative_order=2)
+        (grad,) = torch.autograd.grad(e_tot, pos, create_graph=True)
+        grad = grad.reshape(-1)
+        rows = [torch.autograd.grad(grad[i], pos, retain_graph=i + 1 < len(grad))[0].reshape(-1)
+                for i in range(len(grad))]
+        hess = torch.stack(rows).detach().numpy()
+        return 0.5 * (hess + hess.T)
+
     def require_hamiltonian(self):
         """Raise ``PropertyNotImplementedError`` for a network trained on energies and forces only (card
         ``fock_trained`` false, e.g. an MLIP baseline): its F was never trained."""

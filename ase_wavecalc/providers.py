@@ -248,6 +248,14 @@ class PySCFProvider(HamiltonianProvider):
             result.gradient = self._gradient(mf)
         return result
 
+    def hessian(self, numbers, positions_bohr) -> np.ndarray:
+        """(3n, 3n) analytic nuclear Hessian of the SCF energy (PySCF ``mf.Hessian()``), Hartree/Bohr^2."""
+        result = self.compute(numbers, positions_bohr, want_gradient=False)
+        del result
+        hess = np.asarray(self._mf.Hessian().kernel(), dtype=np.float64)   # (n, n, 3, 3)
+        n = hess.shape[0]
+        return hess.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+
     def _gradient(self, mf) -> np.ndarray:
         t0 = time.perf_counter()
         grad = mf.nuc_grad_method()

@@ -238,3 +238,22 @@ def test_md_command_stops_cleanly_when_the_model_refuses_a_geometry(tmp_path, ca
     err = capsys.readouterr().err
     assert "cannot start" in err and "HOMO-LUMO gap" in err
     assert traj.read_bytes() == b"an earlier run"
+
+
+def test_hessian_of_the_hamiltonian_path_matches_finite_differences_of_forces(provider):
+    """calc.get_hessian() for a Hamiltonian-path model: double autograd through the network, the
+    second-derivative integrals and eigh's density; equal to central differences of the analytic forces."""
+    atoms = _perturbed(molecule("H2O"), seed=3)
+    calc = _calc(provider)
+    hess = calc.get_hessian(atoms)
+    assert np.allclose(hess, hess.T, atol=1e-8)
+    step, fd = 1e-4, np.zeros((9, 9))
+    for k in range(9):
+        cols = []
+        for sign in (1, -1):
+            trial = atoms.copy()
+            trial.positions[k // 3, k % 3] += sign * step
+            trial.calc = calc
+            cols.append(-trial.get_forces().reshape(-1))
+        fd[k] = (cols[0] - cols[1]) / (2 * step)
+    assert np.abs(hess - fd).max() < 1e-4 * np.abs(hess).max()

@@ -146,3 +146,46 @@ def test_readout_model_starts_from_a_two_head_models_fock_network():
     z, pos = torch.as_tensor(atoms.numbers), torch.tensor(atoms.positions / BOHR)
     with torch.no_grad():
         assert torch.equal(source(z, pos)["fock"], target(z, pos)["fock"])
+
+
+def test_hessian_is_the_derivative_of_the_forces_and_gives_ase_frequencies(provider):
+    """calc.get_hessian(): double autograd through the readout energy, equal to central differences of the
+    analytic forces, symmetric, and the frequencies of ase.vibrations.VibrationsData.from_2d equal those of
+    ase.vibrations.Vibrations (finite differences) on the same calculator."""
+    from ase.vibrations import VibrationsData
+
+    atoms = _perturbed(molecule("H2O"), seed=7)
+    calc = WaveCalculator(provider=ModelProvider(provider.model, card={"name": "copy"}))
+    atoms.calc = calc
+    hess = calc.get_hessian(atoms)
+    assert hess.shape == (9, 9) and np.allclose(hess, hess.T, atol=1e-10)
+    step, fd = 1e-4, np.zeros((9, 9))
+    for k in range(9):
+        cols = []
+        for sign in (1, -1):
+            trial = atoms.copy()
+            trial.positions[k // 3, k % 3] += sign * step
+            trial.calc = calc
+            cols.append(-trial.get_forces().reshape(-1))
+        fd[k] = (cols[0] - cols[1]) / (2 * step)
+    assert np.abs(hess - fd).max() < 1e-5 * max(1.0, np.abs(hess).max())
+    ours = VibrationsData.from_2d(atoms, hess).get_energies()
+    fd_modes = VibrationsData.from_2d(atoms, 0.5 * (fd + fd.T)).get_energies()
+    assert np.allclose(ours.real, fd_modes.real, atol=1e-5)
+
+
+def test_pyscf_hessian_matches_finite_differences():
+    atoms = molecule("H2O")
+    calc = WaveCalculator(method="hf", basis="sto-3g", conv_tol=1e-12)
+    atoms.calc = calc
+    hess = calc.get_hessian(atoms)
+    step, fd = 1e-3, np.zeros((9, 9))
+    for k in range(9):
+        cols = []
+        for sign in (1, -1):
+            trial = atoms.copy()
+            trial.positions[k // 3, k % 3] += sign * step
+            trial.calc = WaveCalculator(method="hf", basis="sto-3g", conv_tol=1e-12)
+            cols.append(-trial.get_forces().reshape(-1))
+        fd[k] = (cols[0] - cols[1]) / (2 * step)
+    assert np.abs(hess - fd).max() < 2e-3 * np.abs(hess).max()
