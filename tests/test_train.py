@@ -754,3 +754,46 @@ def test_energy_readout_stage_keeps_the_fock_network(water_db, tmp_path):
     assert float(m2.readout_mlp[-1].weight.detach().abs().sum()) > 0
     moved = [k for k, v in m2.state_dict().items() if k.startswith("energy_interactions.")]
     assert moved
+
+
+def test_readout_standardization_is_set_from_training_frames_and_saved(water_db, tmp_path):
+    """readout_standardize: before the first step the trainer sets the shift and scale of every readout
+    input from training frames (standardized inputs then have mean ~0 and std ~1 there), and they travel
+    with the weights (export -> load gives the same energy)."""
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.model.io import load_model
+    from ase_wavecalc.train.cli_export import load_run_model
+
+    cfg = write_tiny_config(tmp_path / "s.toml", water_db,
+                            model='energy_path = "readout"\nreadout_hidden = 8\nreadout_standardize = true',
+                            loss="fock_mae = 1.0\nenergy = 1.0", optimizer="lr = 1e-3\nema_decay = 0.0", max_epochs=1)
+    from ase_wavecalc.train.config import load_config
+
+    trainer = Trainer(load_config(cfg), tmp_path / "probe", log=quiet)
+    trainer.run_dir.mkdir(parents=True)
+    trainer._load_data()
+    trainer._build(None)
+    table = trainer.tables[0]
+    batch = table.batch(np.asarray(trainer.rows["train"][0]), dtype=trainer.dtype, table=0)
+    with torch.no_grad():
+        x = trainer.model(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)["readout_inputs"]
+        z = trainer.model.readout_norm(x)
+    varying = x.std(0) > 1e-6
+    assert float(z[:, varying].mean(0).abs().max()) < 1e-4
+    std = x.std(0)
+    expect = std / (std + 1e-3 * std.max())          # unit std, but features 1000x quieter than the loudest
+    assert torch.allclose(z.std(0), expect, atol=1e-4)    # are not blown up to it (noise)
+    assert float(expect[varying].median()) > 0.5
+
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    m, _ = load_run_model(tmp_path / "run", "last")
+    batch = load_table(water_db, sha256=False).batch(np.arange(12), dtype=torch.float32)
+    with torch.no_grad():
+        out = m(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)
+    assert not torch.allclose(m.readout_norm.scale, torch.ones_like(m.readout_norm.scale))
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "model"), "--weights", "last",
+                 "--refit-frames", "0"]) == 0
+    loaded, _ = load_model(tmp_path / "model", dtype=torch.float32)
+    with torch.no_grad():
+        again = loaded(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)
+    assert torch.allclose(again["energy"], out["energy"], rtol=0, atol=1e-4)

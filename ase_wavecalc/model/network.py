@@ -113,6 +113,7 @@ DEFAULT_CONFIG = {
     "energy_path": "hamiltonian",  # "hamiltonian": E_nn + 1/2 Tr[P (F + h)] + e0 (+ correction);
                                    # "readout": e0 + an MLP of the Fock trunk's invariants (no eigh)
     "readout_hidden": 64,        # hidden width of the "readout" energy MLP
+    "readout_standardize": False,  # shift and scale each invariant by training-set statistics (fixed buffers)
 }
 
 
@@ -179,6 +180,7 @@ def _resolve_config(config: dict) -> dict:
     if cfg["energy_path"] not in ENERGY_PATHS:
         raise ValueError(f"config 'energy_path' must be one of {list(ENERGY_PATHS)}, got {cfg['energy_path']!r}")
     cfg["readout_hidden"] = int(cfg["readout_hidden"])
+    cfg["readout_standardize"] = bool(cfg["readout_standardize"])
     if cfg["energy_path"] == "readout":
         if cfg["readout_hidden"] < 1:
             raise ValueError("config 'readout_hidden' must be positive")
@@ -220,6 +222,25 @@ class _ScaleHead(ConstantsMixin, nn.Module):
         a, b = torch.split(r, [C, r.shape[1] - C], 1)
         b = b[:, :1] if env is None else b[:, :1] * env[:, None]  # (0, 0e) is pair 0
         return a * b
+
+
+class _Standardize(nn.Module):
+    """x -> (x - shift) * scale with fixed per-feature buffers (saved with the weights; identity at first)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(n))
+        self.register_buffer("scale", torch.ones(n))
+
+    def set_statistics(self, x: torch.Tensor) -> None:
+        """Shift and scale from samples x (M, n): mean and 1 / (std + 1e-3 * the largest std)."""
+        x = x.detach().to(self.shift)
+        std = x.std(0)
+        self.shift.copy_(x.mean(0))
+        self.scale.copy_(1.0 / (std + 1e-3 * float(std.max())))
+
+    def forward(self, x):
+        return (x - self.shift) * self.scale
 
 
 class Interaction(nn.Module):
@@ -385,7 +406,7 @@ class HamiltonianModel(nn.Module):
             nn.init.zeros_(self.atom_energy_mlp[-1].bias)
         else:
             self.atom_energy_mlp = None
-        self.readout_mlp = None
+        self.readout_mlp = self.readout_norm = None
         if cfg["energy_path"] == "readout":
             # per-atom energy from the invariants of every interaction block's output: the 0e channels and
             # the squared norm of each (irrep, channel); the last layer starts at zero (E = sum e0)
@@ -397,6 +418,9 @@ class HamiltonianModel(nn.Module):
             width = cfg["readout_hidden"]
             self.readout_mlp = nn.Sequential(nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, width),
                                              nn.SiLU(), nn.Linear(width, 1))
+            # fixed standardization of the invariants (set from training frames before training): their
+            # scales span 1e-4 (squared norms of high-L Fock features) to 10, which an MLP sees badly
+            self.readout_norm = _Standardize(n_in - n_el) if cfg["readout_standardize"] else None
             nn.init.zeros_(self.readout_mlp[-1].weight)
             nn.init.zeros_(self.readout_mlp[-1].bias)
             self.register_buffer("irrep_of_component", self.layout.comp_irrep_l.clone(), persistent=False)
@@ -538,7 +562,11 @@ class HamiltonianModel(nn.Module):
                 energy_layers.append(he)
             inv.append(self.atom_invariants(energy_layers, self.energy_irrep_of_component,
                                             self.energy_layout.n_irreps))
-        per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(torch.cat(inv + [onehot], 1))[:, 0]
+        inv = torch.cat(inv, 1)
+        out["readout_inputs"] = inv.detach()
+        if self.readout_norm is not None:
+            inv = self.readout_norm(inv)
+        per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(torch.cat([inv, onehot], 1))[:, 0]
         zero = onehot.new_zeros(ix.n_mol)
         out["atom_correction"] = zero.index_add(0, ix.batch, per_atom)
         out["atom_energy"] = out["energy"] = zero.index_add(0, ix.batch, e0) + out["atom_correction"]

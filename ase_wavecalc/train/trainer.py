@@ -286,7 +286,8 @@ def freeze_hamiltonian(model: torch.nn.Module) -> int:
 
 
 #: parameter-name prefixes of the energy correction (a later stage may add them to earlier weights)
-ENERGY_CORRECTION_PREFIXES = ("atom_energy_mlp.", "energy_embedding", "energy_interactions.", "readout_mlp.")
+ENERGY_CORRECTION_PREFIXES = ("atom_energy_mlp.", "energy_embedding", "energy_interactions.", "readout_mlp.",
+                              "readout_norm.")
 
 
 def _unfreeze_energy_correction(model: torch.nn.Module) -> int:
@@ -614,6 +615,8 @@ class Trainer:
                 self.model.atom_energy_offsets.copy_(e0)
             self.log("per-element energy offsets from the reference energies: "
                      + ", ".join(f"Z={z}: {float(v):.6f} Ha" for z, v in zip(elements, e0)))
+        if checkpoint is None and getattr(self.model, "readout_norm", None) is not None:
+            self._standardize_readout()
         if run.trainable == "energy_head":
             n = freeze_hamiltonian(self.model)
             self.log(f"training the energy head only ({n} parameters); the Hamiltonian (F) is frozen")
@@ -652,6 +655,21 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"model: {n_params} parameters, {self.config.run.precision}; "
                  f"train {self.n_train} / val {self.n_val} structures in {len(self.tables)} dataset(s)")
+
+    def _standardize_readout(self, max_frames: int = 200) -> None:
+        """Readout standardization (``readout_standardize``) from the invariants of the atoms of up to
+        ``max_frames`` training frames (spread over the datasets), before the first step."""
+        xs, done = [], 0
+        with torch.no_grad():
+            for t, rows in enumerate(self.rows["train"]):
+                take = np.asarray(rows)[: max(1, max_frames // len(self.tables))]
+                for i in range(0, len(take), 16):
+                    batch = self.tables[t].batch(take[i:i + 16], dtype=self.dtype, table=t)
+                    out = self.model(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)
+                    xs.append(out["readout_inputs"])
+                done += len(take)
+        self.model.readout_norm.set_statistics(torch.cat(xs))
+        self.log(f"readout inputs standardized on the atoms of {done} training frames")
 
     def _checkpoint_state(self) -> dict:
         return {
