@@ -25,6 +25,27 @@ from _common import (DEFAULT_MODELS, MOLECULES, finish_machine_info, machine_inf
                      table, write_result)
 
 
+def bond_graph(atoms, factor: float = 1.25) -> frozenset:
+    """Pairs (i, j) closer than ``factor`` x the sum of their covalent radii (ASE's natural cutoffs)."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=factor))
+    return frozenset((int(a), int(b)) for a, b in zip(i, j) if a < b)
+
+
+def first_broken_frame(traj) -> int | None:
+    """Index of the first trajectory frame whose bond graph differs from the first frame's (a bond broken or
+    formed: the molecule fell apart or rearranged, which a model's domain checks alone would not stop), or
+    None when every frame keeps it."""
+    from ase.io import read
+
+    frames = read(traj, ":") if Path(traj).exists() else []
+    if not frames:
+        return None
+    ref = bond_graph(frames[0])
+    return next((k for k, a in enumerate(frames) if bond_graph(a) != ref), None)
+
+
 def mean_temperature(traj) -> float | None:
     """Mean kinetic temperature (K; ASE counts the 3N - 3 degrees of freedom left by ``FixCom``) over the
     frames of a trajectory after its first 200 (100 fs, the thermostat's time scale at friction 0.01/fs);
@@ -95,6 +116,12 @@ def main(argv=None) -> int:
                     edges.append(a)
             entry["wall_s"] = round(time.perf_counter() - t0, 1)
             entry["mean_temperature_K"] = mean_temperature(traj)
+            broken = first_broken_frame(traj)
+            entry["bonds_intact"] = broken is None
+            if broken is not None:     # a run that went on with a broken molecule does not count as completed
+                entry["bonds_broken_at_frame"] = broken
+                if not entry["stopped"]:
+                    entry.update(stopped=True, reason=f"bond graph changed at trajectory frame {broken}")
             if args.out_of_domain == "reference":
                 entry["reference_steps"] = int(getattr(calc._provider, "n_reference", 0))  # None if it never loaded
             runs.append(entry)
