@@ -95,8 +95,9 @@ def run_split_tables(run_dir, split: str = "test", check_hash: bool = True):
 ENERGY_PATH_FORMULAS = {
     "hamiltonian": "E = E_nn + 1/2 Tr[P (F + h_core + Delta h)] + sum_A e0[Z_A] (+ learned per-atom correction); "
                    "P from the predicted F; forces = -dE/dR by autograd",
-    "readout": "E = sum_A (e0[Z_A] + MLP(invariants of atom A's features in the Fock network)); the same "
-               "network predicts F (orbitals, density, dipole, charges); forces = -dE/dR by autograd",
+    "readout": "E = sum_A (e0[Z_A] + MLP(invariants of atom A's features in the Fock trunk and, with "
+               "energy_layers, in the energy trunk beside it)); the same network predicts F (orbitals, density, "
+               "dipole, charges), which the energy does not need; forces = -dE/dR by autograd",
 }
 
 

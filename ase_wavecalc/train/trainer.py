@@ -1087,11 +1087,16 @@ def plot_learning_curve(csv_path, png_path) -> bool:
     ax1b = ax1.twinx()
     ax1b.semilogy(epoch, [float(r["lr"]) for r in rows], color="0.6", lw=0.8, ls="--")
     ax1b.set_ylabel("learning rate", color="0.4")
-    ax2.semilogy(epoch, [float(r["val_fock_mae_uha"]) for r in rows], label="F MAE")
-    ax2.semilogy(epoch, [float(r["val_eps_mae_uha"]) for r in rows], label="occupied eps MAE")
+    fock = [float(r["val_fock_mae_uha"]) for r in rows]
+    if any(math.isfinite(v) for v in fock):
+        ax2.semilogy(epoch, fock, label="F MAE")
+        ax2.semilogy(epoch, [float(r["val_eps_mae_uha"]) for r in rows], label="occupied eps MAE")
+        ax2.legend()
+    else:
+        ax2.text(0.5, 0.5, "F not validated\n(frozen or not trained)", ha="center", va="center",
+                 transform=ax2.transAxes)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation error (micro-Hartree)")
-    ax2.legend()
     tmp = Path(png_path).with_name(f".{Path(png_path).name}.tmp{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, png_path)
