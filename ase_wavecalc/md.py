@@ -195,10 +195,16 @@ def cli_main(args) -> int:
     calc = make_calculator(args)
     from ase.calculators.calculator import CalculationFailed, InputError
 
+    from ase.calculators.calculator import PropertyNotImplementedError
+
     try:   # the first calculation loads the model and checks the start: before any file is opened
         probe = atoms.copy()
         probe.calc = calc
         probe.get_forces()
+        try:   # the orbitals too (a readout model's energy does not need them): its predicted gap
+            probe.get_dipole_moment()
+        except PropertyNotImplementedError:   # a network trained on energies alone has none
+            pass
     except (InputError, CalculationFailed) as exc:
         print(f"wavecalc md: cannot start: {exc}", file=sys.stderr)
         return 2
