@@ -36,7 +36,10 @@ def read_card(model: str) -> dict:
 
 
 def fock_trained(card: dict) -> bool:
-    """Whether any training stage of the model had an F term in its loss (an MLIP-only model's F is noise)."""
+    """Whether the model's F was trained (card ``fock_trained``; older cards: an F term in a stage's loss).
+    An energy-only network's F is noise."""
+    if "fock_trained" in card:
+        return bool(card["fock_trained"])
     stages = card.get("training_stages") or [{"loss": (card.get("training") or {}).get("loss", {})}]
     return any(float(w) > 0 for st in stages for k, w in (st.get("loss") or {}).items()
                if k.startswith(("fock", "orbital")))

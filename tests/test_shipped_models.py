@@ -1,0 +1,43 @@
+"""The shipped models against PySCF computed here, at thermal-like geometries (not against numbers the models
+wrote themselves): a change that broke the network, its weights or the energy path fails these.
+
+Tolerances are a few times the models' held-out test errors (README table), so a working model passes
+on any geometry of its training domain and a broken one does not.
+"""
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from ase_wavecalc import WaveCalculator
+from ase_wavecalc.model.io import available_models
+from ase_wavecalc.units import BOHR, HARTREE
+
+CASES = {   # model: (molecule, energy tol meV, force MAE tol meV/A, F MAE tol uHa)
+    "water-pbe-def2svp": ("H2O", 3.0, 8.0, 60.0),          # measured here: 0.05, 0.39, 6.8
+    "ethanol-pbe-def2svp": ("CH3CH2OH", 20.0, 40.0, 400.0),  # measured here: 0.78, 6.4, 81
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shipped_model_agrees_with_pyscf(name):
+    if name not in available_models():
+        pytest.skip(f"{name} is not installed")
+    from pyscf import dft, gto
+
+    formula, e_tol, f_tol, fock_tol = CASES[name]
+    atoms = molecule(formula)
+    atoms.positions += np.random.default_rng(11).normal(scale=0.02, size=atoms.positions.shape)
+    atoms.calc = WaveCalculator(model=name)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    fock = atoms.calc.get_hamiltonian()
+
+    mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)], basis="def2-svp",
+                unit="Angstrom", verbose=0)
+    mf = dft.RKS(mol)
+    mf.xc, mf.grids.level, mf.conv_tol = "pbe", 3, 1e-10
+    e_ref = mf.kernel() * HARTREE
+    f_ref = -mf.nuc_grad_method().kernel() * HARTREE / BOHR
+    fock_ref = mf.get_fock()
+    assert abs(energy - e_ref) * 1e3 < e_tol
+    assert np.abs(forces - f_ref).mean() * 1e3 < f_tol
+    assert np.abs(fock - fock_ref).mean() * 1e6 < fock_tol
