@@ -18,6 +18,8 @@ from ase_wavecalc.model.network import build_model, default_config
 from ase_wavecalc.model_provider import ModelProvider
 from ase_wavecalc.units import BOHR
 
+from _finite_differences import fd_hessian
+
 BASIS = "sto-3g"
 
 
@@ -159,15 +161,7 @@ def test_hessian_is_the_derivative_of_the_forces_and_gives_ase_frequencies(provi
     atoms.calc = calc
     hess = calc.get_hessian(atoms)
     assert hess.shape == (9, 9) and np.allclose(hess, hess.T, atol=1e-10)
-    step, fd = 1e-4, np.zeros((9, 9))
-    for k in range(9):
-        cols = []
-        for sign in (1, -1):
-            trial = atoms.copy()
-            trial.positions[k // 3, k % 3] += sign * step
-            trial.calc = calc
-            cols.append(-trial.get_forces().reshape(-1))
-        fd[k] = (cols[0] - cols[1]) / (2 * step)
+    fd = fd_hessian(atoms, lambda: calc, step=1e-4)
     assert np.abs(hess - fd).max() < 1e-5 * max(1.0, np.abs(hess).max())
     ours = VibrationsData.from_2d(atoms, hess).get_energies()
     fd_modes = VibrationsData.from_2d(atoms, 0.5 * (fd + fd.T)).get_energies()
@@ -179,13 +173,5 @@ def test_pyscf_hessian_matches_finite_differences():
     calc = WaveCalculator(method="hf", basis="sto-3g", conv_tol=1e-12)
     atoms.calc = calc
     hess = calc.get_hessian(atoms)
-    step, fd = 1e-3, np.zeros((9, 9))
-    for k in range(9):
-        cols = []
-        for sign in (1, -1):
-            trial = atoms.copy()
-            trial.positions[k // 3, k % 3] += sign * step
-            trial.calc = WaveCalculator(method="hf", basis="sto-3g", conv_tol=1e-12)
-            cols.append(-trial.get_forces().reshape(-1))
-        fd[k] = (cols[0] - cols[1]) / (2 * step)
+    fd = fd_hessian(atoms, lambda: WaveCalculator(method="hf", basis="sto-3g", conv_tol=1e-12), step=1e-3)
     assert np.abs(hess - fd).max() < 2e-3 * np.abs(hess).max()
