@@ -91,6 +91,7 @@ class WaveCalculator(Calculator):
         self._provider_given = provider
         self._provider = provider
         self._result = None
+        self._charge = None       # the charge of the last calculation (parameters or the Atoms)
         bad = sorted(set(kwargs) - set(self.default_parameters))
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
@@ -158,7 +159,8 @@ class WaveCalculator(Calculator):
             return provider
         try:
             return providers.PySCFProvider(
-                method=p["method"], basis=p["basis"], charge=int(getattr(self, "_charge", p["charge"])),
+                method=p["method"], basis=p["basis"],
+                charge=int(p["charge"] if self._charge is None else self._charge),
                 conv_tol=p["conv_tol"],
                 grid_level=p["grid_level"], max_cycle=p["max_cycle"], grid_response=p["grid_response"])
         except ValueError as exc:   # unknown functional etc.

@@ -54,8 +54,6 @@ def test_frames(card: dict, dataset: Path) -> list[int]:
 
 def accuracy(model: str, card: dict, data: dict, frames: list[int]) -> dict:
     """Errors on the given frames (float64 network; the calculator's provider)."""
-    import torch
-
     from ase_wavecalc.model_provider import ModelProvider
     from ase_wavecalc.units import HARTREE, HARTREE_PER_BOHR
 
@@ -80,7 +78,6 @@ def accuracy(model: str, card: dict, data: dict, frames: list[int]) -> dict:
            "force_max_mev_a": float(np.concatenate(df).max())}
     if with_fock:
         out.update(fock_mae_uha=float(np.mean(dF)), eps_occ_mae_uha=float(np.mean(deps)))
-    del torch
     return out
 
 

@@ -133,15 +133,15 @@ def test_readout_config_is_checked():
 
 def test_readout_model_starts_from_a_two_head_models_fock_network():
     """init_weights from a Hamiltonian-path model with the core-correction head: the readout model's F is
-    the Fock head of the source, bit for bit (trainer._adapt_readout_heads)."""
-    from ase_wavecalc.train.trainer import _adapt_readout_heads
+    the Fock head of the source, bit for bit (train.stages.adapt_readout_heads)."""
+    from ase_wavecalc.train.stages import adapt_readout_heads
 
     small = dict(basis=BASIS, elements=[1, 6, 8], channels=4, num_layers=2, pair_channels=4, radial_hidden=8,
                  pair_hidden=8)
     torch.manual_seed(0)
     source = build_model(default_config(**small, energy_head=True)).double()
     target = build_model(default_config(**small, energy_path="readout", readout_hidden=8)).double()
-    state = _adapt_readout_heads(source.state_dict(), target.state_dict())
+    state = adapt_readout_heads(source.state_dict(), target.state_dict())
     missing, unexpected = target.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("readout_mlp.") for k in missing)
     atoms = _perturbed(molecule("CH3CH2OH"), seed=6)

@@ -712,7 +712,7 @@ def test_parameter_groups_and_warmup(water_db, tmp_path):
     """optimizer.lr_by_prefix gives the named parameters their own lr (a typo is an error, not a silent
     fallback); warmup_steps ramps every group's lr linearly from base/warmup to base."""
     from ase_wavecalc.model.network import build_model, default_config
-    from ase_wavecalc.train.trainer import TrainingError, parameter_groups
+    from ase_wavecalc.train.stages import TrainingError, parameter_groups
 
     model = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1,
                                        energy_path="readout", readout_hidden=4))

@@ -62,8 +62,6 @@ current torch and takes minutes to compile, and ``index_add`` is just as fast at
 """
 from __future__ import annotations
 
-import copy
-import difflib
 import math
 from collections import OrderedDict
 
@@ -76,121 +74,14 @@ from .blocks import BlockReadout, MatrixIndex, build_matrix_index
 from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGate, NodeLinear, SO2Conv,
                      WignerD, edge_frame, rotate_in, rotate_out, scale_edge)
 from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
+from .config import DEFAULT_CONFIG, ENERGY_PATHS, MODEL_TYPE, _resolve_config, default_config
+from .readout import Standardize, atom_invariants
 
-__all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE"]
+__all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE", "ENERGY_PATHS"]
 
-MODEL_TYPE = "wavecalc-so2-hamiltonian"
-#: how a model computes its total energy (config "energy_path"), see docs/design.md
-ENERGY_PATHS = ("hamiltonian", "readout")
 READOUT_ENERGY_SCALE = 0.01  # Hartree per unit output of the readout MLP
 ATOM_ENERGY_SCALE = 0.01  # Hartree per unit output of the per-atom correction MLP
 _SQRT_HALF = math.sqrt(0.5)
-
-# Defaults: def2-SVP water/ethanol, trains on 2 CPU cores (see docs in the report / README)
-DEFAULT_CONFIG = {
-    "model_type": MODEL_TYPE,
-    "basis": "def2-svp",
-    "elements": [1, 6, 8],
-    "channels": 24,              # C: channels of every irrep of the atom features
-    "lmax": None,                # None: 2 * (highest l of the basis), 4 for def2-SVP
-    "parity": True,              # E(3) (both parities) vs SE(3) (natural parity only, cheaper)
-    "num_layers": 3,
-    "cutoff": 10.0,              # Bohr, message passing
-    "num_radial": 8,
-    "radial_hidden": 32,
-    "envelope_exponent": 6,
-    "avg_num_neighbors": 6.0,    # messages are summed and divided by sqrt(this)
-    "pair_channels": 24,
-    "pair_layers": 0,            # extra edge-frame residual blocks on the pair features
-    "pair_cutoff": 20.0,         # Bohr: off-diagonal blocks go smoothly to 0 beyond it
-    "pair_num_radial": 12,
-    "pair_hidden": 64,
-    "energy_head": False,        # adds "core_correction"
-    "atom_energy_hidden": 0,     # > 0: learned per-atom energy correction, an MLP of invariant features
-    "energy_layers": 0,          # > 0: the correction reads its own message-passing trunk (below)
-    "energy_channels": 32,       # channels of that trunk
-    "energy_lmax": 2,            # highest L of its features
-    "energy_path": "hamiltonian",  # "hamiltonian": E_nn + 1/2 Tr[P (F + h)] + e0 (+ correction);
-                                   # "readout": e0 + an MLP of the Fock trunk's invariants (no eigh)
-    "readout_hidden": 64,        # hidden width of the "readout" energy MLP
-    "readout_standardize": False,  # shift and scale each invariant by training-set statistics (fixed buffers)
-}
-
-
-def default_config(**overrides) -> dict:
-    """A copy of ``DEFAULT_CONFIG`` with ``overrides`` applied (unknown keys are errors)."""
-    cfg = copy.deepcopy(DEFAULT_CONFIG)
-    _check_keys(overrides)
-    cfg.update(copy.deepcopy(overrides))
-    return cfg
-
-
-def _check_keys(config: dict) -> None:
-    for key in config:
-        if key not in DEFAULT_CONFIG:
-            hint = difflib.get_close_matches(key, DEFAULT_CONFIG, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ValueError(f"unknown model config key {key!r}{extra}")
-
-
-def _resolve_config(config: dict) -> dict:
-    _check_keys(config)
-    cfg = copy.deepcopy(DEFAULT_CONFIG)
-    cfg.update(copy.deepcopy(config))
-    if cfg["model_type"] != MODEL_TYPE:
-        raise ValueError(f"model_type {cfg['model_type']!r} is not {MODEL_TYPE!r}")
-    cfg["basis"] = str(cfg["basis"]).lower()
-    elements = sorted({int(z) for z in cfg["elements"]})
-    if not elements:
-        raise ValueError("config 'elements' is empty")
-    cfg["elements"] = elements
-    layout = BasisLayout(cfg["basis"], elements)  # raises for elements the basis lacks
-    if cfg["lmax"] is None:
-        cfg["lmax"] = 2 * layout.max_l
-    cfg["lmax"] = int(cfg["lmax"])
-    if cfg["lmax"] < 2 * layout.max_l:
-        raise ValueError(f"lmax={cfg['lmax']} is too small for {cfg['basis']}: blocks need L up to "
-                         f"{2 * layout.max_l}")
-    for key in ("channels", "num_layers", "num_radial", "radial_hidden", "pair_channels", "pair_num_radial",
-                "pair_hidden", "envelope_exponent"):
-        cfg[key] = int(cfg[key])
-        if cfg[key] < (0 if key == "num_layers" else 1):
-            raise ValueError(f"config {key!r} must be positive")
-    cfg["pair_layers"] = int(cfg["pair_layers"])
-    for key in ("cutoff", "pair_cutoff", "avg_num_neighbors"):
-        cfg[key] = float(cfg[key])
-        if cfg[key] <= 0:
-            raise ValueError(f"config {key!r} must be positive")
-    cfg["parity"] = bool(cfg["parity"])
-    cfg["energy_head"] = bool(cfg["energy_head"])
-    cfg["atom_energy_hidden"] = int(cfg["atom_energy_hidden"])
-    if cfg["atom_energy_hidden"] < 0:
-        raise ValueError("config 'atom_energy_hidden' must be >= 0")
-    if cfg["atom_energy_hidden"] and not cfg["energy_head"]:
-        raise ValueError("config 'atom_energy_hidden' > 0 needs energy_head = true")
-    for key in ("energy_layers", "energy_channels", "energy_lmax"):
-        cfg[key] = int(cfg[key])
-        if cfg[key] < 0 or (key != "energy_layers" and cfg[key] < 1):
-            raise ValueError(f"config {key!r} must be {'>= 0' if key == 'energy_layers' else 'positive'}")
-    if cfg["energy_layers"] and not cfg["atom_energy_hidden"] and cfg.get("energy_path") != "readout":
-        raise ValueError("config 'energy_layers' > 0 needs atom_energy_hidden > 0 (the MLP that reads it)")
-    if cfg["energy_layers"] and cfg["energy_lmax"] > cfg["lmax"]:
-        raise ValueError(f"config 'energy_lmax' ({cfg['energy_lmax']}) cannot exceed lmax ({cfg['lmax']})")
-    cfg["energy_path"] = str(cfg["energy_path"]).lower()
-    if cfg["energy_path"] not in ENERGY_PATHS:
-        raise ValueError(f"config 'energy_path' must be one of {list(ENERGY_PATHS)}, got {cfg['energy_path']!r}")
-    cfg["readout_hidden"] = int(cfg["readout_hidden"])
-    cfg["readout_standardize"] = bool(cfg["readout_standardize"])
-    if cfg["energy_path"] == "readout":
-        if cfg["readout_hidden"] < 1:
-            raise ValueError("config 'readout_hidden' must be positive")
-        if cfg["energy_head"] or cfg["atom_energy_hidden"]:
-            raise ValueError("energy_path = 'readout' reads the energy from the Fock trunk itself: set "
-                             "energy_head = false and atom_energy_hidden = 0 (energy_layers > 0 adds an energy "
-                             "trunk beside it)")
-        if cfg["num_layers"] < 1:
-            raise ValueError("energy_path = 'readout' needs num_layers >= 1")
-    return cfg
 
 
 class _ScaleHead(ConstantsMixin, nn.Module):
@@ -222,25 +113,6 @@ class _ScaleHead(ConstantsMixin, nn.Module):
         a, b = torch.split(r, [C, r.shape[1] - C], 1)
         b = b[:, :1] if env is None else b[:, :1] * env[:, None]  # (0, 0e) is pair 0
         return a * b
-
-
-class _Standardize(nn.Module):
-    """x -> (x - shift) * scale with fixed per-feature buffers (saved with the weights; identity at first)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.register_buffer("shift", torch.zeros(n))
-        self.register_buffer("scale", torch.ones(n))
-
-    def set_statistics(self, x: torch.Tensor) -> None:
-        """Shift and scale from samples x (M, n): mean and 1 / (std + 1e-3 * the largest std)."""
-        x = x.detach().to(self.shift)
-        std = x.std(0)
-        self.shift.copy_(x.mean(0))
-        self.scale.copy_(1.0 / (std + 1e-3 * float(std.max())))
-
-    def forward(self, x):
-        return (x - self.shift) * self.scale
 
 
 class Interaction(nn.Module):
@@ -420,7 +292,7 @@ class HamiltonianModel(nn.Module):
                                              nn.SiLU(), nn.Linear(width, 1))
             # fixed standardization of the invariants (set from training frames before training): their
             # scales span 1e-4 (squared norms of high-L Fock features) to 10, which an MLP sees badly
-            self.readout_norm = _Standardize(n_in - n_el) if cfg["readout_standardize"] else None
+            self.readout_norm = Standardize(n_in - n_el) if cfg["readout_standardize"] else None
             nn.init.zeros_(self.readout_mlp[-1].weight)
             nn.init.zeros_(self.readout_mlp[-1].bias)
             self.register_buffer("irrep_of_component", self.layout.comp_irrep_l.clone(), persistent=False)
@@ -482,10 +354,9 @@ class HamiltonianModel(nn.Module):
         onehot = torch.nn.functional.one_hot(ix.elem, len(self.elements)).to(dtype)
         edge_attr = torch.cat([self.rbf(d), onehot[ix.dst], onehot[ix.src]], 1)
 
-        N, C = numbers.shape[0], self.config["channels"]
         if energy_only and self.readout_mlp is not None:
             # the energy path of a "readout" model: the atom trunk and the MLP, no pair features, no F
-            h, layers = self._trunk(ix, Ds, edge_attr, env, N, C, dtype, pos.device)
+            h, layers = self._trunk(ix, Ds, edge_attr, env)
             return self._readout_energy({}, layers, ix, Ds, edge_attr, env, onehot)
         if energy_only:
             if self.energy_interactions is None:
@@ -493,7 +364,7 @@ class HamiltonianModel(nn.Module):
             out = {"atom_energy": torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(
                 0, ix.batch, self.atom_energy_offsets[ix.elem])}
             return self._add_atom_correction(out, None, ix, Ds, edge_attr, env, onehot)
-        h, layers = self._trunk(ix, Ds, edge_attr, env, N, C, dtype, pos.device)
+        h, layers = self._trunk(ix, Ds, edge_attr, env)
         p = self.pair(h, Ds, d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
 
         values = []
@@ -526,42 +397,24 @@ class HamiltonianModel(nn.Module):
         out["atom_energy"] = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, e0)
         return self._add_atom_correction(out, h, ix, Ds, edge_attr, env, onehot)
 
-    def _trunk(self, ix, Ds, edge_attr, env, N, C, dtype, device):
+    def _trunk(self, ix, Ds, edge_attr, env):
         """The Fock trunk's atom features: (final h (N, D, C), list of every block's output)."""
-        h = torch.cat([self.embedding[ix.elem][:, None, :],
-                       torch.zeros(N, self.layout.dim - 1, C, dtype=dtype, device=device)], 1)
-        layers = []
-        for k, block in enumerate(self.interactions):
-            h = block(h, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
-            layers.append(h)
-        return h, layers
+        layers = _run_blocks(self.embedding, self.interactions, self.layout, ix, Ds, edge_attr, env)
+        return layers[-1], layers
 
-    @staticmethod
-    def atom_invariants(layers, irrep_of_component, n_irreps) -> torch.Tensor:
-        """(N, len(layers) * C * (1 + n_irreps)) rotation- and inversion-invariant atom descriptors: per
-        block output (N, D, C), the 0e channels and the squared norm of every (irrep, channel) (smooth at
-        zero, unlike a norm)."""
-        parts = []
-        for h in layers:
-            sq = h.new_zeros(h.shape[0], n_irreps, h.shape[2]).index_add_(1, irrep_of_component, h.square())
-            parts += [h[:, 0, :], sq.flatten(1)]
-        return torch.cat(parts, 1)
+    def _energy_trunk(self, ix, Ds, edge_attr, env) -> list:
+        """Every block output (N, D_e, C_e) of the energy trunk (``energy_layers``)."""
+        return _run_blocks(self.energy_embedding, self.energy_interactions, self.energy_layout, ix, Ds,
+                           edge_attr, env)
 
     def _readout_energy(self, out, layers, ix, Ds, edge_attr, env, onehot) -> dict:
         """energy_path = "readout": out["energy"] (B,) Hartree = sum_A e0[Z_A] + MLP(invariants of A): those
         of every Fock-trunk block and, with ``energy_layers``, of every energy-trunk block."""
         e0 = self.atom_energy_offsets[ix.elem]
-        inv = [self.atom_invariants(layers, self.irrep_of_component, self.layout.n_irreps)]
+        inv = [atom_invariants(layers, self.irrep_of_component, self.layout.n_irreps)]
         if self.energy_interactions is not None:
-            N, Ce = onehot.shape[0], self.config["energy_channels"]
-            he = torch.cat([self.energy_embedding[ix.elem][:, None, :],
-                            onehot.new_zeros(N, self.energy_layout.dim - 1, Ce)], 1)
-            energy_layers = []
-            for k, block in enumerate(self.energy_interactions):
-                he = block(he, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
-                energy_layers.append(he)
-            inv.append(self.atom_invariants(energy_layers, self.energy_irrep_of_component,
-                                            self.energy_layout.n_irreps))
+            inv.append(atom_invariants(self._energy_trunk(ix, Ds, edge_attr, env), self.energy_irrep_of_component,
+                                       self.energy_layout.n_irreps))
         inv = torch.cat(inv, 1)
         out["readout_inputs"] = inv.detach()
         if self.readout_norm is not None:
@@ -577,12 +430,7 @@ class HamiltonianModel(nn.Module):
         if self.atom_energy_mlp is None:
             return out
         if self.energy_interactions is not None:
-            N, Ce = onehot.shape[0], self.config["energy_channels"]
-            he = torch.cat([self.energy_embedding[ix.elem][:, None, :],
-                            onehot.new_zeros(N, self.energy_layout.dim - 1, Ce)], 1)
-            for k, block in enumerate(self.energy_interactions):
-                he = block(he, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
-            inv = he[:, 0, :]
+            inv = self._energy_trunk(ix, Ds, edge_attr, env)[-1][:, 0, :]
         else:
             inv = h[:, 0, :]
         per_atom = ATOM_ENERGY_SCALE * self.atom_energy_mlp(torch.cat([inv, onehot], 1))[:, 0]
@@ -590,6 +438,17 @@ class HamiltonianModel(nn.Module):
         out["atom_correction"] = learned
         out["atom_energy"] = out["atom_energy"] + learned
         return out
+
+
+def _run_blocks(embedding, blocks, layout, ix, Ds, edge_attr, env) -> list:
+    """A message-passing trunk from element embeddings (n_elements, C): every block's output (N, D, C)."""
+    x0 = embedding[ix.elem]
+    h = torch.cat([x0[:, None, :], x0.new_zeros(x0.shape[0], layout.dim - 1, x0.shape[1])], 1)
+    layers = []
+    for k, block in enumerate(blocks):
+        h = block(h, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
+        layers.append(h)
+    return layers
 
 
 def build_model(config: dict) -> HamiltonianModel:

@@ -7,6 +7,7 @@ train`` / ``evaluate`` / ``export`` commands.
 | ``data`` | dataset arrays -> torch batches; split by counts and seed; data order |
 | ``losses`` | loss terms registered by name (F MSE/MAE, orbital energies, energy, forces), weighted sum |
 | ``metrics`` | F, orbital-energy, orbital, density-matrix errors; ``evaluate_model`` |
+| ``stages`` | which weights learn (``run.trainable``), per-prefix learning rates, readout init from older weights |
 | ``trainer`` | AdamW + ReduceLROnPlateau + EMA, atomic checkpoints, bit-for-bit resume, time limits |
 | ``cli_train``, ``cli_evaluate``, ``cli_export`` | the sub-commands |
 

@@ -70,12 +70,16 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 __all__ = ["DatasetSpec", "DataConfig", "OptimizerConfig", "SchedulerConfig", "RunConfig", "TrainConfig",
-           "load_config", "parse_config", "RUN_OVERRIDABLE"]
+           "load_config", "parse_config", "RUN_OVERRIDABLE", "TrainingError"]
 
 # [run] keys that may change when a run is resumed (stop criteria, threads and cosmetics; init_weights
 # only acts on a fresh start)
 RUN_OVERRIDABLE = ("max_epochs", "max_steps", "max_time_min", "checkpoint_every_min", "threads", "progress",
                    "deterministic", "init_weights")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue (bad run directory, diverged loss, ...)."""
 
 
 class ConfigError(ValueError):

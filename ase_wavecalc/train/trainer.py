@@ -40,7 +40,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import RUN_OVERRIDABLE, TrainConfig, as_plain, config_differences, load_config
+from .config import RUN_OVERRIDABLE, TrainConfig, TrainingError, as_plain, config_differences, load_config
+from .stages import (ENERGY_CORRECTION_PREFIXES, adapt_readout_heads, freeze_all_but_energy_correction,
+                     freeze_all_but_energy_readout, freeze_hamiltonian, parameter_groups)
 from .data import FrameTable, epoch_plan, load_table, split_frames
 from .losses import WeightedLoss, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
@@ -76,8 +78,7 @@ CSV_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_fock_mae_uh
                "val_energy_rmse_mev", "val_force_rmse_mev_a", "wall_time_s", "epoch_time_s", "structures_per_s")
 
 
-class TrainingError(RuntimeError):
-    """Training cannot start or continue (bad run directory, diverged loss, ...)."""
+
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -251,80 +252,6 @@ def _run_dir_lock(run_dir: Path):
 # the trainer
 
 
-def freeze_hamiltonian(model: torch.nn.Module) -> int:
-    """Let only the energy head learn: the core-correction head of the block readouts, e0 and the per-atom
-    correction (MLP and its trunk, if any).
-
-    Used for a second training stage on energies and forces after the Fock matrix has been learned: the
-    energy terms then cannot degrade F. Trunk parameters stop requiring grad; in readouts shared by both
-    heads a gradient hook zeroes the Fock head's part (with zero weight decay, AdamW then leaves it
-    unchanged). Returns the number of trainable entries.
-    """
-    from ..model.blocks import BlockReadout
-
-    if getattr(model, "heads", 1) < 2:
-        raise TrainingError("run.trainable = 'energy_head' needs a model with energy_head = true")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    n = 0
-    for module in model.modules():
-        if not isinstance(module, BlockReadout):
-            continue
-        copies = module.copies
-        w_mask = torch.ones_like(module.weight)
-        w_mask[..., :copies] = 0.0          # head 0 (Fock) is frozen, head 1 (core correction) learns
-        module.weight.requires_grad_(True)
-        module.weight.register_hook(lambda g, m=w_mask: g * m.to(g.dtype))
-        n += int((w_mask * module.mask.to(w_mask.dtype)).sum().item())
-        if module.has_bias:
-            b_mask = torch.ones_like(module.bias)
-            b_mask[0] = 0.0
-            module.bias.requires_grad_(True)
-            module.bias.register_hook(lambda g, m=b_mask: g * m.to(g.dtype))
-            n += int((b_mask * module.bias_mask.to(b_mask.dtype)).sum().item())
-    return n + _unfreeze_energy_correction(model)
-
-
-#: parameter-name prefixes of the energy correction (a later stage may add them to earlier weights)
-ENERGY_CORRECTION_PREFIXES = ("atom_energy_mlp.", "energy_embedding", "energy_interactions.", "readout_mlp.",
-                              "readout_norm.")
-
-
-def _unfreeze_energy_correction(model: torch.nn.Module) -> int:
-    n = 0
-    for name, p in model.named_parameters():
-        if name == "atom_energy_offsets" or name.startswith(ENERGY_CORRECTION_PREFIXES):
-            p.requires_grad_(True)
-            n += p.numel()
-    return n
-
-
-def freeze_all_but_energy_correction(model: torch.nn.Module) -> int:
-    """Let only e0, the per-atom correction MLP and its trunk (``energy_layers``) learn.
-
-    F and the core-correction head stay exactly as they are, so the energy of the Hamiltonian part is a
-    fixed function of the geometry and the correction learns what it misses (Delta-learning on top of
-    the electronic structure). Returns the number of trainable entries.
-    """
-    if getattr(model, "energy_interactions", None) is None:
-        raise TrainingError("run.trainable = 'energy_correction' needs a model with its own energy trunk: "
-                            "set energy_layers > 0 and atom_energy_hidden > 0 in [model]")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return _unfreeze_energy_correction(model)
-
-
-def freeze_all_but_energy_readout(model: torch.nn.Module) -> int:
-    """energy_path "readout": let only e0, the readout MLP and the energy trunk (if any) learn. The Fock
-    network stays bit-identical (F, orbitals and their metrics do not move) while the MLP still reads its
-    atom features. Returns the number of trainable entries."""
-    if getattr(model, "readout_mlp", None) is None:
-        raise TrainingError("run.trainable = 'energy_readout' needs [model] energy_path = 'readout'")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return _unfreeze_energy_correction(model)
-
-
 @dataclass
 class TrainResult:
     run_dir: str
@@ -379,39 +306,6 @@ def mean_atom_blocks(tables, row_sets) -> dict[int, torch.Tensor]:
             sums[za] = sums[za] + block if za in sums else block
             counts[za] = counts.get(za, 0) + len(rows)
     return {za: sums[za] / counts[za] for za in sorted(sums)}
-
-
-def parameter_groups(model: torch.nn.Module, lr: float, lr_by_prefix: dict) -> list[dict]:
-    """AdamW parameter groups: one per prefix of ``lr_by_prefix`` (the first matching prefix wins) and
-    one for the rest at ``lr``; each group remembers its base lr (``base_lr``) for the warm-up."""
-    groups = {prefix: [] for prefix in lr_by_prefix}
-    rest = []
-    for name, p in model.named_parameters():
-        prefix = next((k for k in lr_by_prefix if name.startswith(k)), None)
-        (rest if prefix is None else groups[prefix]).append(p)
-    unused = [k for k, ps in groups.items() if not ps]
-    if unused:
-        raise TrainingError(f"optimizer.lr_by_prefix: no parameter name starts with {unused}")
-    out = [{"params": rest, "lr": lr, "base_lr": lr}] if rest else []
-    out += [{"params": ps, "lr": lr_by_prefix[k], "base_lr": lr_by_prefix[k]} for k, ps in groups.items()]
-    return out
-
-
-def _adapt_readout_heads(state: dict, own: dict) -> dict:
-    """Block-readout weights of a model with the core-correction head (2 heads) for one without it: the
-    Fock head's part, so a readout-energy model can start from a Hamiltonian-path model's F."""
-    out = dict(state)
-    for key, value in state.items():
-        if not key.startswith(("atom_readout.", "pair_readout.")) or key not in own:
-            continue
-        target = own[key].shape
-        if value.shape == target:
-            continue
-        if key.endswith(".weight") and value.dim() == 3 and value.shape[2] == 2 * target[2]:
-            out[key] = value.reshape(value.shape[0], value.shape[1], 2, target[2])[:, :, 0].contiguous()
-        elif key.endswith(".bias") and value.dim() == 2 and value.shape[0] == 2 and target[0] == 1:
-            out[key] = value[:1].clone()
-    return out
 
 
 def initial_weights(path) -> dict:
@@ -571,7 +465,7 @@ class Trainer:
             own = self.model.state_dict()
             # an energy correction of another shape (or reading other features: the trunk is new) in the
             # earlier weights is left out as a whole, so the new one starts from its initialization (zero)
-            state = _adapt_readout_heads(state, self.model.state_dict())
+            state = adapt_readout_heads(state, self.model.state_dict())
             if (self.model_config.get("energy_path") == "readout" and "atom_energy_offsets" in state
                     and not any(k.startswith("readout_mlp.") for k in state)):
                 # e0 of a Hamiltonian-path model absorbs 1/2 Tr[P (F + h)]: meaningless for a readout energy,

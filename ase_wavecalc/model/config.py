@@ -1,0 +1,123 @@
+"""The network's configuration: defaults, validation and resolution (``model.json``'s "config").
+
+A config is a JSON-serializable dict; ``_resolve_config`` fills every key (``lmax`` from the basis) and
+checks the combinations, so that the resolved dict alone determines the architecture.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+
+from ..basis import BasisLayout
+
+__all__ = ["DEFAULT_CONFIG", "ENERGY_PATHS", "MODEL_TYPE", "default_config"]
+
+MODEL_TYPE = "wavecalc-so2-hamiltonian"
+#: how a model computes its total energy (config "energy_path"), see docs/design.md
+ENERGY_PATHS = ("hamiltonian", "readout")
+
+# Defaults: def2-SVP water/ethanol, trains on 2 CPU cores (see docs in the report / README)
+DEFAULT_CONFIG = {
+    "model_type": MODEL_TYPE,
+    "basis": "def2-svp",
+    "elements": [1, 6, 8],
+    "channels": 24,              # C: channels of every irrep of the atom features
+    "lmax": None,                # None: 2 * (highest l of the basis), 4 for def2-SVP
+    "parity": True,              # E(3) (both parities) vs SE(3) (natural parity only, cheaper)
+    "num_layers": 3,
+    "cutoff": 10.0,              # Bohr, message passing
+    "num_radial": 8,
+    "radial_hidden": 32,
+    "envelope_exponent": 6,
+    "avg_num_neighbors": 6.0,    # messages are summed and divided by sqrt(this)
+    "pair_channels": 24,
+    "pair_layers": 0,            # extra edge-frame residual blocks on the pair features
+    "pair_cutoff": 20.0,         # Bohr: off-diagonal blocks go smoothly to 0 beyond it
+    "pair_num_radial": 12,
+    "pair_hidden": 64,
+    "energy_head": False,        # adds "core_correction"
+    "atom_energy_hidden": 0,     # > 0: learned per-atom energy correction, an MLP of invariant features
+    "energy_layers": 0,          # > 0: the correction reads its own message-passing trunk (below)
+    "energy_channels": 32,       # channels of that trunk
+    "energy_lmax": 2,            # highest L of its features
+    "energy_path": "hamiltonian",  # "hamiltonian": E_nn + 1/2 Tr[P (F + h)] + e0 (+ correction);
+                                   # "readout": e0 + an MLP of the Fock trunk's invariants (no eigh)
+    "readout_hidden": 64,        # hidden width of the "readout" energy MLP
+    "readout_standardize": False,  # shift and scale each invariant by training-set statistics (fixed buffers)
+}
+
+
+def default_config(**overrides) -> dict:
+    """A copy of ``DEFAULT_CONFIG`` with ``overrides`` applied (unknown keys are errors)."""
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    _check_keys(overrides)
+    cfg.update(copy.deepcopy(overrides))
+    return cfg
+
+
+def _check_keys(config: dict) -> None:
+    for key in config:
+        if key not in DEFAULT_CONFIG:
+            hint = difflib.get_close_matches(key, DEFAULT_CONFIG, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"unknown model config key {key!r}{extra}")
+
+
+def _resolve_config(config: dict) -> dict:
+    _check_keys(config)
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg.update(copy.deepcopy(config))
+    if cfg["model_type"] != MODEL_TYPE:
+        raise ValueError(f"model_type {cfg['model_type']!r} is not {MODEL_TYPE!r}")
+    cfg["basis"] = str(cfg["basis"]).lower()
+    elements = sorted({int(z) for z in cfg["elements"]})
+    if not elements:
+        raise ValueError("config 'elements' is empty")
+    cfg["elements"] = elements
+    layout = BasisLayout(cfg["basis"], elements)  # raises for elements the basis lacks
+    if cfg["lmax"] is None:
+        cfg["lmax"] = 2 * layout.max_l
+    cfg["lmax"] = int(cfg["lmax"])
+    if cfg["lmax"] < 2 * layout.max_l:
+        raise ValueError(f"lmax={cfg['lmax']} is too small for {cfg['basis']}: blocks need L up to "
+                         f"{2 * layout.max_l}")
+    for key in ("channels", "num_layers", "num_radial", "radial_hidden", "pair_channels", "pair_num_radial",
+                "pair_hidden", "envelope_exponent"):
+        cfg[key] = int(cfg[key])
+        if cfg[key] < (0 if key == "num_layers" else 1):
+            raise ValueError(f"config {key!r} must be positive")
+    cfg["pair_layers"] = int(cfg["pair_layers"])
+    for key in ("cutoff", "pair_cutoff", "avg_num_neighbors"):
+        cfg[key] = float(cfg[key])
+        if cfg[key] <= 0:
+            raise ValueError(f"config {key!r} must be positive")
+    cfg["parity"] = bool(cfg["parity"])
+    cfg["energy_head"] = bool(cfg["energy_head"])
+    cfg["atom_energy_hidden"] = int(cfg["atom_energy_hidden"])
+    if cfg["atom_energy_hidden"] < 0:
+        raise ValueError("config 'atom_energy_hidden' must be >= 0")
+    if cfg["atom_energy_hidden"] and not cfg["energy_head"]:
+        raise ValueError("config 'atom_energy_hidden' > 0 needs energy_head = true")
+    for key in ("energy_layers", "energy_channels", "energy_lmax"):
+        cfg[key] = int(cfg[key])
+        if cfg[key] < 0 or (key != "energy_layers" and cfg[key] < 1):
+            raise ValueError(f"config {key!r} must be {'>= 0' if key == 'energy_layers' else 'positive'}")
+    if cfg["energy_layers"] and not cfg["atom_energy_hidden"] and cfg.get("energy_path") != "readout":
+        raise ValueError("config 'energy_layers' > 0 needs atom_energy_hidden > 0 (the MLP that reads it)")
+    if cfg["energy_layers"] and cfg["energy_lmax"] > cfg["lmax"]:
+        raise ValueError(f"config 'energy_lmax' ({cfg['energy_lmax']}) cannot exceed lmax ({cfg['lmax']})")
+    cfg["energy_path"] = str(cfg["energy_path"]).lower()
+    if cfg["energy_path"] not in ENERGY_PATHS:
+        raise ValueError(f"config 'energy_path' must be one of {list(ENERGY_PATHS)}, got {cfg['energy_path']!r}")
+    cfg["readout_hidden"] = int(cfg["readout_hidden"])
+    cfg["readout_standardize"] = bool(cfg["readout_standardize"])
+    if cfg["energy_path"] == "readout":
+        if cfg["readout_hidden"] < 1:
+            raise ValueError("config 'readout_hidden' must be positive")
+        if cfg["energy_head"] or cfg["atom_energy_hidden"]:
+            raise ValueError("energy_path = 'readout' reads the energy from the Fock trunk itself: set "
+                             "energy_head = false and atom_energy_hidden = 0 (energy_layers > 0 adds an energy "
+                             "trunk beside it)")
+        if cfg["num_layers"] < 1:
+            raise ValueError("energy_path = 'readout' needs num_layers >= 1")
+    return cfg
