@@ -27,6 +27,7 @@ Electronic structure (methods of the calculator; computed on demand, cached with
 | get_electron_density(points) | density at points (m, 3) Angstrom | e/Angstrom^3 |
 | write_cube(filename, ...) | Gaussian cube file of the density (Bohr, e/Bohr^3, as the format says) | - |
 | get_hessian(atoms=None) | (3N, 3N) analytic Hessian (autograd through a model; PySCF's analytic Hessian) | eV/Angstrom^2 |
+| levels_of_theory | {property: level}, e.g. energies CCSD(T)-trained, orbitals PBE-level for a transfer model | - |
 
 Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf" or a PySCF xc name),
 ``basis``, ``charge``, ``spin`` (2S; only 0), ``conv_tol``, ``grid_level``, ``max_cycle``,
@@ -298,6 +299,27 @@ class WaveCalculator(Calculator):
         h = hessian(atoms.numbers.copy(), atoms.positions / BOHR)
         return np.asarray(h, dtype=float) * HARTREE / BOHR ** 2
 
+    @property
+    def levels_of_theory(self) -> dict[str, str]:
+        """The level of theory behind each property, e.g. for a transfer-learned model
+        ``{"energy": "CCSD(T)/cc-pvtz (learned)", "forces": ..., "hessian": ..., "orbitals": "PBE/def2-svp
+        (learned)", "density": ..., "dipole": ..., "charges": ..., "hamiltonian": ...}``; "(learned)" marks a
+        model's prediction trained on that level, no suffix the exact calculation."""
+        provider = self.provider
+        card = getattr(provider, "card", None) or getattr(getattr(provider, "model", None), "card", None)
+        if card is None:   # the exact SCF: one level for everything
+            base = provider
+            level = f"{str(getattr(base, 'method', '?')).upper()}/{getattr(base, 'basis', '?')}"
+            return {k: level for k in _LEVEL_PROPERTIES}
+        electronic_level = _level_name(card.get("level_of_theory") or {}, card.get("basis"))
+        energy_level = _level_name(card.get("energy_level_of_theory") or card.get("level_of_theory") or {},
+                                   card.get("basis"))
+        out = {}
+        for k in _LEVEL_PROPERTIES:
+            level = energy_level if k in ("energy", "forces", "hessian") else electronic_level
+            out[k] = f"{level} (learned)"
+        return out
+
     # -- matrices in atomic units, PySCF AO order ------------------------------------------------
     def get_hamiltonian(self):
         """Kohn-Sham/Fock matrix F (nao, nao) in Hartree, PySCF spherical AO order."""
@@ -355,6 +377,16 @@ class WaveCalculator(Calculator):
         """
         res = self._electronic()
         electronic.write_cube(filename, res.mol, res.dm, nx, ny, nz, margin / BOHR)
+
+
+_LEVEL_PROPERTIES = ("energy", "forces", "hessian", "hamiltonian", "orbitals", "density", "dipole", "charges")
+
+
+def _level_name(level: dict, basis=None) -> str:
+    """"PBE/def2-svp" from a card's level-of-theory entry (xc for DFT, else the method name)."""
+    method = level.get("xc") if str(level.get("method", "")).lower() == "rks" else level.get("method")
+    method = method or level.get("xc") or "?"
+    return f"{str(method).upper()}/{level.get('basis') or basis or '?'}"
 
 
 def _torch(x):

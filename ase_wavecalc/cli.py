@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "generate": ("ase_wavecalc.generate", "sample geometries and compute PySCF reference data"),
     "import-npz": ("ase_wavecalc.dataset", "import pre-computed npz reference sets into a dataset file"),
     "train": ("ase_wavecalc.train.cli_train", "train a Hamiltonian model from a TOML config"),
+    "finetune": ("ase_wavecalc.train.cli_finetune", "train a model further on high-level energies (transfer)"),
     "evaluate": ("ase_wavecalc.train.cli_evaluate", "evaluate a model on a dataset (Hamiltonian metrics)"),
     "export": ("ase_wavecalc.train.cli_export", "export a training checkpoint as a shipped model"),
     "md": ("ase_wavecalc.md", "run molecular dynamics with WaveCalculator"),

@@ -46,6 +46,12 @@ FRAME_KEYS: dict[str, tuple[str, str]] = {
     "dipole": ("(3,)", "e*Bohr"),             # total dipole (nuclei + electrons), origin 0
 }
 
+# High-level labels a row may carry besides (see ``ase_wavecalc.labels``): name -> (shape, unit)
+LABEL_KEYS: dict[str, tuple[str, str]] = {
+    "high_e_tot": ("()", "Hartree"),
+    "high_gradient": ("(n_atoms, 3)", "Hartree/Bohr, NaN where not computed"),
+}
+
 # Arrays returned by read_dataset: name -> (shape, unit); F = number of converged frames.
 ARRAY_KEYS: dict[str, tuple[str, str]] = {
     "numbers": ("(n_atoms,)", "atomic number"),
@@ -58,6 +64,8 @@ ARRAY_KEYS: dict[str, tuple[str, str]] = {
     "mo_energy": ("(F, nao)", "Hartree"),
     "dipole": ("(F, 3)", "e*Bohr"),
     "frame": ("(F,)", "frame id"),
+    "high_e_tot": ("(F,)", "Hartree, high-level label (only when asked for)"),
+    "high_gradient": ("(F, n_atoms, 3)", "Hartree/Bohr, high-level label, NaN where not computed"),
 }
 
 # db.metadata["units"]: row data in atomic units, the ASE atoms/calculator in ASE units
@@ -71,7 +79,7 @@ REFERENCE_SETTINGS = ("method", "xc", "basis", "grid_level", "conv_tol")
 
 CANDIDATE_TABLE = "wavecalc_candidates"
 
-__all__ = ["FRAME_KEYS", "ARRAY_KEYS", "DatasetError", "connect", "frame_ids", "write_frame",
+__all__ = ["FRAME_KEYS", "LABEL_KEYS", "ARRAY_KEYS", "DatasetError", "connect", "frame_ids", "write_frame",
            "check_metadata", "update_metadata", "metadata", "read_dataset", "write_candidates", "read_candidates",
            "import_npz"]
 
@@ -237,14 +245,17 @@ def read_dataset(path, keys=None, converged_only: bool = True) -> dict[str, np.n
 
     Returns ``ARRAY_KEYS``: numbers (n,), positions_bohr (F, n, 3), fock/overlap/hcore (F, nao, nao),
     e_tot (F,), gradient (F, n, 3), mo_energy (F, nao), dipole (F, 3), frame (F,). ``keys`` limits the
-    data arrays loaded (numbers, positions_bohr and frame always come). All frames must have the same
+    data arrays loaded (numbers, positions_bohr and frame always come). Asking for a high-level label
+    (``LABEL_KEYS``: high_e_tot, high_gradient) returns only the frames with a converged label. All
+    frames must have the same
     atoms in the same order, else DatasetError. ``converged_only=False`` is for inspection and only
     works with ``keys=()`` (failed frames have no data).
     """
     keys = list(FRAME_KEYS) if keys is None else list(keys)
-    unknown = [k for k in keys if k not in FRAME_KEYS]
+    unknown = [k for k in keys if k not in FRAME_KEYS and k not in LABEL_KEYS]
     if unknown:
-        raise KeyError(f"unknown dataset keys {unknown}; known: {list(FRAME_KEYS)}")
+        raise KeyError(f"unknown dataset keys {unknown}; known: {list(FRAME_KEYS) + list(LABEL_KEYS)}")
+    labeled_only = any(k in LABEL_KEYS for k in keys)
     if not converged_only and keys:
         raise ValueError("converged_only=False needs keys=() (frames that failed hold no data)")
     db = connect(path)
@@ -256,6 +267,8 @@ def read_dataset(path, keys=None, converged_only: bool = True) -> dict[str, np.n
             if "frame" not in row:
                 continue
             if converged_only and not bool(row.get("converged", False)):
+                continue
+            if labeled_only and not bool(row.get("high_converged", False)):
                 continue
             if numbers is None:
                 numbers = np.array(row.numbers, dtype=np.int64)
@@ -462,14 +475,27 @@ def _progress(total, desc, disable):
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT.db", help="dataset file to create or extend (ASE SQLite db)")
-    parser.add_argument("parts", metavar="PART.npz", nargs="+", help="npz parts (shared/data format)")
+    parser.add_argument("parts", metavar="PART.npz", nargs="+",
+                        help="npz parts (shared/data format): reference frames, or high-level labels of frames "
+                             "already imported (parts with source_part/source_frame, e.g. *_ccsdt_*)")
     parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per part")
     parser.add_argument("--batch-size", type=int, default=50, help="frames per transaction (default 50)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cli_main(args) -> int:
+    from .labels import import_label_npz, is_label_npz
+
     try:
+        kinds = {is_label_npz(p) for p in args.parts if Path(p).is_file()}
+        if kinds == {True}:   # high-level labels for frames already in OUT.db
+            s = import_label_npz(args.out, args.parts, progress=not args.quiet)
+            print(f"{args.out}: labeled {s['written']} frames, skipped {s['skipped']} already labeled, "
+                  f"{s['labeled_in_file']} labeled frames in file ({s['seconds']:.1f} s)")
+            return 0
+        if kinds == {True, False}:
+            raise DatasetError("import label parts (high-level energies) and reference parts in two calls: "
+                               "the reference frames first")
         s = import_npz(args.out, args.parts, max_frames=args.max_frames, batch_size=args.batch_size,
                        progress=not args.quiet)
     except (DatasetError, FileNotFoundError) as exc:

@@ -34,6 +34,12 @@ def reference_provider_for(card: dict, charge: int = 0) -> PySCFProvider:
     """A PySCF provider at the level of theory of a model card (``level_of_theory``: xc ("hf" for RHF),
     basis, grid_level, conv_tol). ValueError when the card does not say what the model was trained on."""
     level = card.get("level_of_theory") or {}
+    energy_level = card.get("energy_level_of_theory")
+    if energy_level and str(energy_level.get("method", "")).lower() != str(level.get("method", "")).lower():
+        raise ValueError(f"the model's energies are trained on {energy_level.get('method')}/"
+                         f"{energy_level.get('basis')}, its Hamiltonian on {level.get('xc') or level.get('method')}/"
+                         f"{level.get('basis')}: a fallback to the latter would mix two potential energy surfaces "
+                         "in one run")
     basis = level.get("basis") or card.get("basis")
     method = level.get("xc") or level.get("method")
     if not method or basis is None:

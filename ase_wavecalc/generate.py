@@ -290,12 +290,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "(xyz, extxyz, ASE db; path@INDEX picks a frame)")
     parser.add_argument("--out", required=True, help="dataset file (ASE SQLite .db), created or resumed")
     g = parser.add_argument_group("reference")
-    g.add_argument("--method", default="pbe", help="'hf' or a PySCF xc functional (default pbe)")
+    g.add_argument("--method", default="pbe",
+                   help="'hf' or a PySCF xc functional (default pbe); 'ccsd(t)' or 'mp2': high-level labels for "
+                        "the frames of an existing dataset (with --geometries DATA.db --out DATA.db)")
     g.add_argument("--basis", default="def2-svp", help="PySCF basis name (default def2-svp)")
     g.add_argument("--conv-tol", type=float, default=1e-11, help="SCF energy tolerance, Hartree (1e-11)")
     g.add_argument("--grid-level", type=int, default=3, help="DFT grid level (default 3)")
     g.add_argument("--max-cycle", type=int, default=100, help="SCF iterations before a frame counts as failed")
     g.add_argument("--charge", type=int, default=0, help="total charge (closed shell only)")
+    g.add_argument("--energies-only", action="store_true",
+                   help="correlated methods: energies without forces (CCSD(T) gradients cost ~20x the energy)")
+    g.add_argument("--max-frames", type=int, default=None,
+                   help="correlated methods: label at most this many frames in this run")
     g.add_argument("--retry-failed", action="store_true", help="recompute frames stored as not converged")
     s = parser.add_argument_group("sampling (Langevin MD; not with --geometries)")
     s.add_argument("--n-frames", type=int, default=100, help="number of candidate geometries (default 100)")
@@ -320,7 +326,49 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _label_main(args) -> int:
+    """``--method ccsd(t)|mp2``: high-level labels for the frames of an existing dataset (labels.py)."""
+    from pathlib import Path
+
+    from .labels import label_frames
+
+    if not args.geometries or Path(args.structure).resolve() != Path(args.out).resolve():
+        print("wavecalc generate: error: a correlated method labels the frames of an existing dataset: "
+              "wavecalc generate DATA.db --geometries --method ccsd(t) --basis cc-pvtz --out DATA.db "
+              "(the labels go into the rows that hold the low-level Hamiltonian)", file=sys.stderr)
+        return 1
+    executor, cleanup = None, (lambda: None)
+    if (args.workers or 1) > 1 or args.dask_scheduler:
+        executor, _, cleanup = _make_executor(args.workers, args.dask_scheduler, 1 << 30, args.threads)
+    try:
+        s = label_frames(args.out, args.method, args.basis, gradient=not args.energies_only,
+                         max_frames=args.max_frames, retry_failed=args.retry_failed, max_cycle=args.max_cycle,
+                         executor=executor, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\nwavecalc generate: interrupted; finished labels are saved, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (DatasetError, ValueError, FileNotFoundError) as exc:
+        print(f"wavecalc generate: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
+            cleanup()
+    print(f"{args.out}: labeled {s['computed']} frames in {s['seconds']:.1f} s"
+          + (f"; {len(s['failed'])} did not converge (stored as failed): {s['failed'][:20]}" if s["failed"] else ""))
+    return 0
+
+
 def cli_main(args) -> int:
+    from .correlated import correlated_method
+
+    if correlated_method(args.method) is not None:
+        return _label_main(args)
+    if args.energies_only or args.max_frames is not None:
+        print("wavecalc generate: error: --energies-only and --max-frames go with a correlated --method "
+              "(ccsd(t), mp2)", file=sys.stderr)
+        return 1
     try:
         s = generate(args.structure, args.out, method=args.method, basis=args.basis, n_frames=args.n_frames,
                      temperature=args.temperature, interval=args.interval, seed=args.seed,

@@ -44,6 +44,8 @@ DEFAULT_CONFIG = {
                                    # "readout": e0 + an MLP of the Fock trunk's invariants (no eigh)
     "readout_hidden": 64,        # hidden width of the "readout" energy MLP
     "readout_standardize": False,  # shift and scale each invariant by training-set statistics (fixed buffers)
+    "transfer_head": False,      # readout models: + sum_A w[Z_A] . (standardized invariants of A), a linear
+                                 # correction for a second level of theory (transfer learning, zero at start)
 }
 
 
@@ -120,4 +122,8 @@ def _resolve_config(config: dict) -> dict:
                              "trunk beside it)")
         if cfg["num_layers"] < 1:
             raise ValueError("energy_path = 'readout' needs num_layers >= 1")
+    cfg["transfer_head"] = bool(cfg["transfer_head"])
+    if cfg["transfer_head"] and (cfg["energy_path"] != "readout" or not cfg["readout_standardize"]):
+        raise ValueError("transfer_head = true needs energy_path = 'readout' with readout_standardize = true "
+                         "(it is linear in the standardized invariants)")
     return cfg

@@ -278,7 +278,7 @@ class HamiltonianModel(nn.Module):
             nn.init.zeros_(self.atom_energy_mlp[-1].bias)
         else:
             self.atom_energy_mlp = None
-        self.readout_mlp = self.readout_norm = None
+        self.readout_mlp = self.readout_norm = self.transfer_weight = None
         if cfg["energy_path"] == "readout":
             # per-atom energy from the invariants of every interaction block's output: the 0e channels and
             # the squared norm of each (irrep, channel); the last layer starts at zero (E = sum e0)
@@ -295,6 +295,10 @@ class HamiltonianModel(nn.Module):
             self.readout_norm = Standardize(n_in - n_el) if cfg["readout_standardize"] else None
             nn.init.zeros_(self.readout_mlp[-1].weight)
             nn.init.zeros_(self.readout_mlp[-1].bias)
+            # transfer learning: a linear, per-element function of the same standardized invariants (Hartree),
+            # zero until fitted (train.transfer)
+            self.transfer_weight = (nn.Parameter(torch.zeros(n_el, n_in - n_el, dtype=torch.get_default_dtype()))
+                                    if cfg["transfer_head"] else None)
             self.register_buffer("irrep_of_component", self.layout.comp_irrep_l.clone(), persistent=False)
         self._index_cache: OrderedDict = OrderedDict()
 
@@ -409,7 +413,9 @@ class HamiltonianModel(nn.Module):
 
     def _readout_energy(self, out, layers, ix, Ds, edge_attr, env, onehot) -> dict:
         """energy_path = "readout": out["energy"] (B,) Hartree = sum_A e0[Z_A] + MLP(invariants of A): those
-        of every Fock-trunk block and, with ``energy_layers``, of every energy-trunk block."""
+        of every Fock-trunk block and, with ``energy_layers``, of every energy-trunk block; with
+        ``transfer_head`` + sum_A w[Z_A] . x_A (x: the standardized invariants), also as
+        out["transfer_correction"] (B,)."""
         e0 = self.atom_energy_offsets[ix.elem]
         inv = [atom_invariants(layers, self.irrep_of_component, self.layout.n_irreps)]
         if self.energy_interactions is not None:
@@ -421,6 +427,10 @@ class HamiltonianModel(nn.Module):
             inv = self.readout_norm(inv)
         per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(torch.cat([inv, onehot], 1))[:, 0]
         zero = onehot.new_zeros(ix.n_mol)
+        if self.transfer_weight is not None:
+            transfer = (self.transfer_weight[ix.elem] * inv).sum(-1)
+            out["transfer_correction"] = zero.index_add(0, ix.batch, transfer)
+            per_atom = per_atom + transfer
         out["atom_correction"] = zero.index_add(0, ix.batch, per_atom)
         out["atom_energy"] = out["energy"] = zero.index_add(0, ix.batch, e0) + out["atom_correction"]
         return out

@@ -82,7 +82,7 @@ def run_split_tables(run_dir, split: str = "test", check_hash: bool = True):
         path = Path(entry.get("resolved_path", entry["path"]))
         if not path.is_file():
             path = Path(entry["path"])
-        table = load_table(path, sha256=check_hash)
+        table = load_table(path, sha256=check_hash, labels=entry.get("labels", "reference"))
         if check_hash and table.sha256 != entry["sha256"]:
             print(f"warning: {path} changed since training (sha256 differs); using the saved frame ids",
                   file=sys.stderr)
@@ -266,7 +266,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     if energy_trained and refit_frames > 0:
         from .offsets import refit_energy_offsets
         datasets = [(t.path, d["train"][:refit_frames]) for t, d in zip(tables, split["datasets"])]
-        offset_refit = refit_energy_offsets(model, datasets, charge=int(tables[0].charge))
+        offset_refit = refit_energy_offsets(model, datasets, charge=int(tables[0].charge),
+                                            labels=[d.get("labels", "reference") for d in split["datasets"]])
         print(f"energy offsets refit on {offset_refit['frames']} training frames "
               f"({offset_refit['outliers']} outliers left out): mean residual "
               f"{offset_refit['residual_mean_mev_before']:+.2f} -> {offset_refit['residual_mean_mev_after']:+.2f}"
@@ -285,7 +286,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
                 continue
             m = evaluate_model(model, [table], [r], batch_size=batch_size)
             if energy_trained:
-                m.update(energy_force_errors(model, table.path, d["test"], charge=table.charge))
+                m.update(energy_force_errors(model, table.path, d["test"], charge=table.charge,
+                                             labels=d.get("labels", "reference")))
             by_dataset[Path(d["path"]).name] = m
             print(format_metrics(m, f"test split of {Path(d['path']).name} ({m['n_structures']} structures):"))
         test_metrics = by_dataset[Path(split["datasets"][0]["path"]).name]
@@ -302,6 +304,13 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     if energy_trained:
         card["energy_path"] = {"name": energy_path, "formula": ENERGY_PATH_FORMULAS[energy_path]}
     card["charge"] = int(tables[0].charge)
+    high = [d for d in split["datasets"] if d.get("labels") == "high"]
+    if energy_trained and high:
+        # transfer learning: energies and forces are trained on a second level of theory, F is not
+        card["energy_level_of_theory"] = dict(tables[split["datasets"].index(high[0])].metadata.get("energy_level", {}))
+        card["hamiltonian_level_of_theory"] = dict(card["level_of_theory"])
+    else:
+        card["energy_level_of_theory"] = dict(card["level_of_theory"])
     if offset_refit is not None:
         card["training"]["energy_offset_refit"] = offset_refit
     stages = training_stages(run_dir)

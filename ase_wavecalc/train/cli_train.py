@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_cli_arguments", "cli_main"]
+__all__ = ["add_cli_arguments", "cli_main", "run_training"]
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,13 +28,20 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args) -> int:
     from .config import ConfigError, load_config
-    from .trainer import Trainer, TrainingError
 
     try:
         config = load_config(args.config)
     except (ConfigError, OSError) as exc:
         print(f"wavecalc train: error: {exc}", file=sys.stderr)
         return 1
+    return run_training(config, args, "train")
+
+
+def run_training(config, args, command: str) -> int:
+    """Apply the command-line overrides to ``config`` and train (shared with ``wavecalc finetune``)."""
+    from .config import ConfigError
+    from .trainer import Trainer, TrainingError
+
     for name in ("max_time_min", "max_epochs", "max_steps", "threads"):
         value = getattr(args, name)
         if value is not None:
@@ -45,7 +52,7 @@ def cli_main(args) -> int:
     try:
         result = Trainer(config, run_dir, resume=args.resume).fit()
     except (TrainingError, ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"wavecalc train: error: {exc}", file=sys.stderr)
+        print(f"wavecalc {command}: error: {exc}", file=sys.stderr)
         return 1
     best = (f"best val loss {result.best_val_loss:.4e} at epoch {result.best_epoch}"
             if result.best_epoch >= 0 else "no epoch completed yet")

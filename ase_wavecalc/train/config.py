@@ -11,6 +11,8 @@ path = "data/water_pbe_def2svp.db"     # relative: to the working directory, els
 train = 800                            # frame counts drawn without overlap; the rest is unused
 val = 100
 test = 100
+labels = "reference"                   # or "high": train on the high-level labels (ase_wavecalc.labels)
+test_frames_from = ""                  # model/run directory whose test frames of this file are the test split
 
 [model]                                # passed to ase_wavecalc.model.build_model as is; "basis" and
                                        # "elements" default to the datasets' basis and elements
@@ -53,6 +55,9 @@ deterministic = true                   # torch.use_deterministic_algorithms: wit
                                        # last bit between runs (resume is then exact only with 1 thread)
 init_weights = ""                      # start from trained weights: a run directory (its best EMA
                                        # weights) or an exported model directory; same architecture
+refit_energy_offsets = false           # with init_weights: shift e0 to the datasets' energy level first
+transfer_alpha = 0.0                   # trainable = "transfer_head": ridge strength of its closed-form start
+                                       # (0: chosen by the validation energy error)
 ```
 """
 from __future__ import annotations
@@ -107,8 +112,17 @@ class DatasetSpec:
     train: int
     val: int = 0
     test: int = 0
+    # "reference": train on the dataset's own energies and forces; "high": on its high-level labels
+    # (ase_wavecalc.labels: only the labeled frames; the low-level forces stay as ``low_gradient`` for the
+    # ``forces_low`` term)
+    labels: str = "reference"
+    # a model or run directory: the test split is this dataset's test frames there (the ones available),
+    # and train/val never use them, so that a fine-tuned model is tested on frames no stage trained on
+    test_frames_from: str = ""
 
     def __post_init__(self):
+        if self.labels not in ("reference", "high"):
+            raise ConfigError(f"dataset {self.path}: labels must be 'reference' or 'high', got {self.labels!r}")
         for name in ("train", "val", "test"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -181,6 +195,15 @@ class RunConfig:
     threads: int = 0
     progress: bool = True
     init_weights: str = ""
+    # with init_weights: shift the per-element energy offsets e0 (least squares over the training frames)
+    # so that the loaded model's energies match the datasets' on average before the first step; for
+    # training on another level of theory (`wavecalc finetune`), whose energies differ by a large,
+    # nearly per-element constant
+    refit_energy_offsets: bool = False
+    # trainable = "transfer_head": before the first step its weights are fitted in closed form (ridge
+    # regression of the energy residuals on the element-pooled standardized invariants); the ridge strength,
+    # 0: chosen from a grid by the validation energy error
+    transfer_alpha: float = 0.0
     trainable: str = "all"        # "all"; "energy_head": only the core-correction head, e0 and the
                                   # per-atom correction learn; "energy_correction": only e0 and the
                                   # per-atom correction (with its trunk) learn; "energy_readout": only
@@ -188,9 +211,9 @@ class RunConfig:
     deterministic: bool = True
 
     def __post_init__(self):
-        if self.trainable not in ("all", "energy_head", "energy_correction", "energy_readout"):
-            raise ConfigError("run.trainable must be 'all', 'energy_head', 'energy_correction' or "
-                              f"'energy_readout', got {self.trainable!r}")
+        if self.trainable not in ("all", "energy_head", "energy_correction", "energy_readout", "transfer_head"):
+            raise ConfigError("run.trainable must be 'all', 'energy_head', 'energy_correction', 'energy_readout' "
+                              f"or 'transfer_head', got {self.trainable!r}")
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"run.precision must be 'float32' or 'float64', got {self.precision!r}")
         if self.batch_size < 1:

@@ -13,7 +13,8 @@ stacked ``(B, nao, nao)`` Fock tensor.
 | fock, overlap | (B, nao, nao) | Hartree, 1 |
 | mo_energy | (B, nao) | Hartree, eigenvalues of the reference (F, S) |
 | e_tot | (B,) | Hartree, always float64 (only when loaded) |
-| gradient | (B, n, 3) | Hartree/Bohr (only when loaded) |
+| gradient | (B, n, 3) | Hartree/Bohr (only when loaded; NaN rows: no forces for that structure) |
+| low_gradient | (B, n, 3) | Hartree/Bohr: the low-level gradient when the table trains on high-level labels |
 | hcore | (B, nao, nao) | Hartree (only when loaded) |
 | base_energy, base_gradient | (B,), (B, n, 3) | Hartree, Hartree/Bohr: energy and gradient of a frozen Hamiltonian, computed once (``run.trainable = "energy_correction"``), always float64 |
 | frame | (B,) | frame ids of the dataset file |
@@ -37,7 +38,7 @@ __all__ = ["FrameTable", "Batch", "load_table", "file_sha256", "split_frames", "
            "iterate_batches", "read_frame_ids", "BASE_KEYS", "ENERGY_KEYS"]
 
 BASE_KEYS = ("fock", "overlap")
-ENERGY_KEYS = ("e_tot", "gradient", "hcore")
+ENERGY_KEYS = ("e_tot", "gradient", "hcore", "low_gradient")
 BASE_ENERGY_KEYS = ("base_energy", "base_gradient")   # set by the trainer, not read from files
 
 
@@ -65,6 +66,7 @@ class Batch:
     e_tot: torch.Tensor | None = None
     gradient: torch.Tensor | None = None
     hcore: torch.Tensor | None = None
+    low_gradient: torch.Tensor | None = None
     base_energy: torch.Tensor | None = None
     base_gradient: torch.Tensor | None = None
     basis: str = ""
@@ -155,24 +157,38 @@ class FrameTable:
         )
 
 
-def load_table(path, keys: Sequence[str] = BASE_KEYS, sha256: bool = True) -> FrameTable:
+def load_table(path, keys: Sequence[str] = BASE_KEYS, sha256: bool = True, labels: str = "reference") -> FrameTable:
     """Read a dataset file (``dataset.read_dataset``) into a FrameTable.
 
     ``.db`` files are the project's dataset format. A ``.npz`` with the arrays of ``read_dataset`` (plus
-    a ``metadata`` JSON string) is accepted too, for quick experiments.
+    a ``metadata`` JSON string) is accepted too, for quick experiments. ``labels="high"``: only the frames
+    with a high-level label; ``e_tot``/``gradient`` are then the high-level ones and the dataset's own
+    gradient becomes ``low_gradient``.
     """
     from ..electronic import solve_fock
 
     path = Path(path)
-    keys = list(dict.fromkeys([*BASE_KEYS, *keys]))
+    keys = [k for k in dict.fromkeys([*BASE_KEYS, *keys]) if k != "low_gradient"]
     if path.suffix == ".npz":
+        if labels != "reference":
+            raise ValueError(f"{path}: high-level labels need a .db dataset")
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(str(arrays.pop("metadata", "{}")))
     else:
         from .. import dataset
-        arrays = dataset.read_dataset(path, keys=keys)
+        if labels == "high":
+            low = [k for k in keys if k in ("gradient",)]
+            arrays = dataset.read_dataset(path, keys=[*keys, "high_e_tot", "high_gradient"] + (
+                [] if low else ["gradient"]))
+            arrays["low_gradient"] = arrays["gradient"]
+            arrays["e_tot"], arrays["gradient"] = arrays.pop("high_e_tot"), arrays.pop("high_gradient")
+            keys = [*keys, "low_gradient"]
+        else:
+            arrays = dataset.read_dataset(path, keys=keys)
         meta = dataset.metadata(path)
+        if labels == "high":
+            meta = {**meta, "energy_level": meta.get("high_level", {})}
     missing = [k for k in ("numbers", "positions_bohr", "frame", *keys) if k not in arrays]
     if missing:
         raise KeyError(f"{path}: no {missing} arrays")

@@ -14,7 +14,8 @@ New terms plug in with :func:`register_loss_term`; a term that needs d/dR declar
 | fock_orth_mse | all elements of X^T F X, X = S^-1/2 (F in an orthonormal basis) | Hartree^2 |
 | orbital_energy | occupied eigenvalues of (F_pred, S) vs (F_ref, S), mean squared | Hartree^2 |
 | energy | total energy: ``outputs["energy"]`` (energy_path "readout"), else ``ase_wavecalc.energy.total_energy`` (eigh density); mean squared | Hartree^2 |
-| forces | its gradient w.r.t. positions vs the reference gradient, mean squared | (Hartree/Bohr)^2 |
+| forces | its gradient w.r.t. positions vs the reference gradient, mean squared (structures without forces left out) | (Hartree/Bohr)^2 |
+| forces_low | the same against the low-level gradient of a table trained on high-level labels | (Hartree/Bohr)^2 |
 
 PhiSNet trains on MSE + MAE of F; the orbital-energy term sharpens the occupied spectrum, which errors
 of F weigh unevenly. ``fock_orth_mse`` is the smooth alternative: an element error of F along a
@@ -210,18 +211,42 @@ def energy(outputs, batch, cache):
     return _gated_mean(err.square(), gate).to(_model_dtype(outputs))
 
 
+def predicted_gradient(outputs, batch, cache) -> torch.Tensor:
+    """(B, n, 3) dE/dR of the predicted energies in Hartree/Bohr (cached per evaluation)."""
+    if "gradient" not in cache:
+        if not batch.positions_bohr.requires_grad:
+            raise RuntimeError("the forces loss needs positions_bohr.requires_grad before the model runs")
+        e = predicted_energy(outputs, batch, cache)
+        (grad,) = torch.autograd.grad(e.sum(), batch.positions_bohr, create_graph=torch.is_grad_enabled())
+        grad = grad.reshape(batch.n_structures, batch.n_atoms, 3).double()
+        if batch.base_gradient is not None:
+            grad = grad + torch.nan_to_num(batch.base_gradient, nan=0.0)
+        cache["gradient"] = grad
+    return cache["gradient"]
+
+
+def _gradient_error(outputs, batch, cache, reference):
+    """Mean squared gradient error over the gated structures that have a reference (NaN rows: none)."""
+    gate = energy_gate(outputs, batch, cache)
+    ref = reference.double().reshape(batch.n_structures, -1)
+    has = torch.isfinite(ref).all(dim=-1)
+    err = predicted_gradient(outputs, batch, cache).reshape(batch.n_structures, -1) - torch.nan_to_num(ref)
+    return _gated_mean(err.square(), gate & has).to(_model_dtype(outputs))
+
+
 @register_loss_term("forces", unit="(Hartree/Bohr)^2", needs_positions_grad=True, dataset_keys=("gradient",))
 def forces(outputs, batch, cache):
-    if not batch.positions_bohr.requires_grad:
-        raise RuntimeError("the forces loss needs positions_bohr.requires_grad before the model runs")
-    gate = energy_gate(outputs, batch, cache)
-    e = predicted_energy(outputs, batch, cache)
-    (grad,) = torch.autograd.grad(e.sum(), batch.positions_bohr, create_graph=torch.is_grad_enabled())
-    grad = grad.reshape(batch.gradient.shape).double()
-    if batch.base_gradient is not None:
-        grad = grad + torch.nan_to_num(batch.base_gradient, nan=0.0)
-    err = grad - batch.gradient.double()
-    return _gated_mean(err.reshape(batch.n_structures, -1).square(), gate).to(_model_dtype(outputs))
+    return _gradient_error(outputs, batch, cache, batch.gradient)
+
+
+@register_loss_term("forces_low", unit="(Hartree/Bohr)^2", needs_positions_grad=True, dataset_keys=("gradient",))
+def forces_low(outputs, batch, cache):
+    """Low-fidelity force term of transfer learning: the gradient against the dataset's own (low-level)
+    forces on frames trained on high-level labels (multi-fidelity: high-level energies fix the energy
+    scale, the low-level forces the shape of the surface where no high-level forces exist)."""
+    if batch.low_gradient is None:
+        raise RuntimeError("the forces_low term needs a dataset with labels = 'high' (low-level gradients)")
+    return _gradient_error(outputs, batch, cache, batch.low_gradient)
 
 
 class WeightedLoss:

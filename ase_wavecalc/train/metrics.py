@@ -179,13 +179,14 @@ def format_metrics(summary: dict, title: str = "") -> str:
 
 
 def model_energy_predictions(model: torch.nn.Module, dataset_path, frame_ids, charge: int = 0,
-                             gradient: bool = True) -> dict:
+                             gradient: bool = True, labels: str = "reference") -> dict:
     """The model's energies (and gradients) on some frames of a dataset file, next to the reference.
 
     The model runs in float64 through :class:`~ase_wavecalc.model_provider.ModelProvider` (the
     calculator's path: degeneracy-safe density response, exact S and h_core derivatives). Returns
     numpy arrays in atomic units: ``energy`` (F,), ``e_ref`` (F,), ``numbers`` (n,) and, with
-    ``gradient``, ``gradient`` and ``gradient_ref`` (F, n, 3).
+    ``gradient``, ``gradient`` and ``gradient_ref`` (F, n, 3). ``labels="high"``: the references are the
+    frames' high-level labels (``ase_wavecalc.labels``).
     """
     import copy
 
@@ -193,7 +194,12 @@ def model_energy_predictions(model: torch.nn.Module, dataset_path, frame_ids, ch
     from ..model_provider import ModelProvider
 
     keys = ("e_tot", "gradient") if gradient else ("e_tot",)
-    data = read_dataset(dataset_path, keys=keys)
+    if labels == "high":   # the high-level labels are the reference (NaN gradient: no forces computed)
+        data = read_dataset(dataset_path, keys=["high_" + k for k in keys])
+        for k in keys:
+            data[k] = data.pop("high_" + k)
+    else:
+        data = read_dataset(dataset_path, keys=keys)
     where = {int(f): i for i, f in enumerate(data["frame"])}
     missing = [int(f) for f in frame_ids if int(f) not in where]
     if missing:
@@ -211,18 +217,25 @@ def model_energy_predictions(model: torch.nn.Module, dataset_path, frame_ids, ch
     return out
 
 
-def energy_force_errors(model: torch.nn.Module, dataset_path, frame_ids, charge: int = 0) -> dict:
-    """Energy and force errors of an energy-head model on the given frames of a dataset file.
+def energy_force_errors(model: torch.nn.Module, dataset_path, frame_ids, charge: int = 0,
+                        labels: str = "reference") -> dict:
+    """Energy and force errors of an energy model on the given frames of a dataset file.
 
     Evaluated by :func:`model_energy_predictions` (float64, the calculator's path). Returns
-    ``energy_mae_mev`` (meV per molecule), ``energy_max_mev``, ``force_mae_mev_a`` (meV/Angstrom, per
-    component), ``force_max_mev_a``, ``n_energy_structures``.
+    ``energy_mae_mev`` (meV per molecule), ``energy_max_mev``, ``energy_mae_offset_removed_mev`` (after
+    removing the mean error), ``force_mae_mev_a`` (meV/Angstrom, per component; NaN when the frames
+    have no reference forces), ``force_max_mev_a``, ``n_energy_structures``, ``n_force_structures``.
+    ``labels="high"``: against the high-level labels.
     """
     from ..units import HARTREE, HARTREE_PER_BOHR
 
-    pred = model_energy_predictions(model, dataset_path, frame_ids, charge=charge)
-    de = np.abs(pred["energy"] - pred["e_ref"]) * HARTREE * 1e3
-    df = np.abs(pred["gradient"] - pred["gradient_ref"]).reshape(-1) * HARTREE_PER_BOHR * 1e3
+    pred = model_energy_predictions(model, dataset_path, frame_ids, charge=charge, labels=labels)
+    err = (pred["energy"] - pred["e_ref"]) * HARTREE * 1e3
+    de = np.abs(err)
+    has = np.isfinite(pred["gradient_ref"]).all(axis=(1, 2))
+    df = np.abs(pred["gradient"][has] - pred["gradient_ref"][has]).reshape(-1) * HARTREE_PER_BOHR * 1e3
     return {"energy_mae_mev": float(de.mean()), "energy_max_mev": float(de.max()),
-            "force_mae_mev_a": float(df.mean()), "force_max_mev_a": float(df.max()),
-            "n_energy_structures": int(len(de))}
+            "energy_mae_offset_removed_mev": float(np.abs(err - err.mean()).mean()),
+            "force_mae_mev_a": float(df.mean()) if len(df) else float("nan"),
+            "force_max_mev_a": float(df.max()) if len(df) else float("nan"),
+            "n_energy_structures": int(len(de)), "n_force_structures": int(has.sum())}

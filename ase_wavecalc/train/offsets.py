@@ -57,11 +57,13 @@ def inlier_frames(counts: np.ndarray, residuals: np.ndarray, n_mads: float = OUT
     return out
 
 
-def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], charge: int = 0) -> dict:
+def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], charge: int = 0,
+                         labels: Sequence[str] | None = None) -> dict:
     """Shift ``model.atom_energy_offsets`` in place by the least-squares correction over the inlier
     frames (:func:`inlier_frames`); returns a summary.
 
-    datasets: ``(path, frame_ids)`` pairs (training frames). The model runs in float64 through
+    datasets: ``(path, frame_ids)`` pairs (training frames); ``labels``: per dataset, "reference" or
+    "high" (its high-level labels). The model runs in float64 through
     :class:`~ase_wavecalc.model_provider.ModelProvider`, the calculator's path. Summary: frames evaluated
     and those left out as outliers, the correction per element (Hartree), and the residual mean and RMS
     over the inliers before and after (meV).
@@ -73,8 +75,9 @@ def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], char
         raise ValueError("the model has no per-element energy offsets (energy_head = false?)")
     column = {int(z): k for k, z in enumerate(model.config["elements"])}
     counts, residuals = [], []
-    for path, frame_ids in datasets:
-        pred = model_energy_predictions(model, path, frame_ids, charge=charge, gradient=False)
+    for k, (path, frame_ids) in enumerate(datasets):
+        pred = model_energy_predictions(model, path, frame_ids, charge=charge, gradient=False,
+                                        labels="reference" if labels is None else labels[k])
         n = np.zeros(len(column))
         for z in pred["numbers"].reshape(-1):
             n[column[int(z)]] += 1

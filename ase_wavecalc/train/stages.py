@@ -9,7 +9,7 @@ import torch
 from .config import TrainingError
 
 __all__ = ["ENERGY_CORRECTION_PREFIXES", "freeze_hamiltonian", "freeze_all_but_energy_correction",
-           "freeze_all_but_energy_readout", "parameter_groups", "adapt_readout_heads"]
+           "freeze_all_but_energy_readout", "freeze_all_but_transfer_head", "parameter_groups", "adapt_readout_heads"]
 
 
 def freeze_hamiltonian(model: torch.nn.Module) -> int:
@@ -48,7 +48,7 @@ def freeze_hamiltonian(model: torch.nn.Module) -> int:
 
 #: parameter-name prefixes of the energy correction (a later stage may add them to earlier weights)
 ENERGY_CORRECTION_PREFIXES = ("atom_energy_mlp.", "energy_embedding", "energy_interactions.", "readout_mlp.",
-                              "readout_norm.")
+                              "readout_norm.", "transfer_weight")
 
 
 def _unfreeze_energy_correction(model: torch.nn.Module) -> int:
@@ -84,6 +84,19 @@ def freeze_all_but_energy_readout(model: torch.nn.Module) -> int:
     for p in model.parameters():
         p.requires_grad_(False)
     return _unfreeze_energy_correction(model)
+
+
+def freeze_all_but_transfer_head(model: torch.nn.Module) -> int:
+    """Transfer learning with the linear head (``transfer_head``): only its weights and e0 learn; the
+    network the level below was trained with, its energy readout included, stays as it is. Returns the
+    number of trainable entries."""
+    if getattr(model, "transfer_weight", None) is None:
+        raise TrainingError("run.trainable = 'transfer_head' needs [model] transfer_head = true")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.transfer_weight.requires_grad_(True)
+    model.atom_energy_offsets.requires_grad_(True)
+    return model.transfer_weight.numel() + model.atom_energy_offsets.numel()
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, lr_by_prefix: dict) -> list[dict]:

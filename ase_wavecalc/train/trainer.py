@@ -42,7 +42,8 @@ import torch
 
 from .config import RUN_OVERRIDABLE, TrainConfig, TrainingError, as_plain, config_differences, load_config
 from .stages import (ENERGY_CORRECTION_PREFIXES, adapt_readout_heads, freeze_all_but_energy_correction,
-                     freeze_all_but_energy_readout, freeze_hamiltonian, parameter_groups)
+                     freeze_all_but_energy_readout, freeze_all_but_transfer_head, freeze_hamiltonian,
+                     parameter_groups)
 from .data import FrameTable, epoch_plan, load_table, split_frames
 from .losses import WeightedLoss, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
@@ -365,6 +366,33 @@ def reference_atom_energies(tables, row_sets, elements, hamiltonian: bool = True
     return torch.linalg.pinv(a) @ b
 
 
+def held_out_split(table, spec, source, seed: int) -> dict[str, list[int]]:
+    """Split whose test frames are the frames of ``table`` that ``source`` (a model directory with
+    model.json, or a run directory with split.json) held out as test frames of the same dataset file
+    (matched by file name); train and val are drawn (``seed``) from the other frames. Used when a model
+    is trained further on another level of theory: its test frames stay untouched by every stage."""
+    source = Path(source)
+    if (source / "model.json").is_file():
+        entries = json.loads((source / "model.json").read_text())["split"]["datasets"]
+    elif (source / "split.json").is_file():
+        entries = json.loads((source / "split.json").read_text())["datasets"]
+    else:
+        raise TrainingError(f"test_frames_from = {str(source)!r}: neither a model (model.json) nor a run "
+                            "directory (split.json)")
+    name = Path(table.path).name
+    match = [e for e in entries if Path(e.get("name") or e.get("path", "")).name == name]
+    if not match:
+        raise TrainingError(f"test_frames_from = {str(source)!r} has no split of {name}")
+    held = set(int(f) for f in match[0]["test_frames" if "test_frames" in match[0] else "test"])
+    test = sorted(int(f) for f in table.frame if int(f) in held)
+    if spec.test:
+        test = sorted(np.random.default_rng(seed).choice(test, size=min(spec.test, len(test)), replace=False).tolist())
+    rest = [int(f) for f in table.frame if int(f) not in held]
+    ids = split_frames(rest, spec.train, spec.val, 0, seed)
+    ids["test"] = [int(f) for f in test]
+    return ids
+
+
 class Trainer:
     """Train a Hamiltonian model as configured; ``fit()`` runs until a stop criterion.
 
@@ -427,7 +455,7 @@ class Trainer:
         self.rows = {"train": [], "val": [], "test": []}
         for i, spec in enumerate(self.config.data.datasets):
             path = self.config.resolve_path(spec.path)
-            table = load_table(path, keys=keys)
+            table = load_table(path, keys=keys, labels=spec.labels)
             if saved_split is not None:
                 entry = saved_split["datasets"][i]
                 if entry["sha256"] != table.sha256:
@@ -435,10 +463,17 @@ class Trainer:
                              "keeping the saved frame ids")
                 ids = {k: entry[k] for k in ("train", "val", "test")}
             else:
-                ids = split_frames(table.frame, spec.train, spec.val, spec.test, self.config.data.seed)
+                held = {}
+                if spec.test_frames_from:
+                    ids = held_out_split(table, spec, self.config.resolve_path(spec.test_frames_from),
+                                         self.config.data.seed)
+                    held = {"test_frames_from": str(spec.test_frames_from)}
+                else:
+                    ids = split_frames(table.frame, spec.train, spec.val, spec.test, self.config.data.seed)
                 entry = {"path": str(spec.path), "resolved_path": str(path), "sha256": table.sha256,
                          "n_frames": table.n_frames, "formula": _formula(table.numbers),
-                         "counts": {"train": spec.train, "val": spec.val, "test": spec.test}, **ids}
+                         "counts": {"train": spec.train, "val": spec.val, "test": len(ids["test"])},
+                         "labels": spec.labels, **held, **ids}
             split_info["datasets"].append(entry)
             for k in self.rows:
                 self.rows[k].append(table.rows_of_frames(ids[k]))
@@ -459,6 +494,7 @@ class Trainer:
         # the resolved config (every key, defaults filled in) is what rebuilds this architecture
         self.model_config = as_plain(dict(getattr(self.model, "config", self.model_config)))
         self.model.train()
+        loaded_norm = False
         if checkpoint is None and run.init_weights:
             path = self.config.resolve_path(run.init_weights)
             state = initial_weights(path)
@@ -491,6 +527,7 @@ class Trainer:
             if bad:
                 raise TrainingError(f"run.init_weights {path}: the weights do not fit the [model] "
                                     f"architecture: {'unexpected' if unexpected else 'missing'} {bad[:4]}")
+            loaded_norm = any(k.startswith("readout_norm.") for k in state)
             self.log(f"initial weights from {path}"
                      + (f"; new, freshly initialized: {len(missing)} tensors of the per-atom energy "
                         "correction" if missing else ""))
@@ -509,8 +546,10 @@ class Trainer:
                 self.model.atom_energy_offsets.copy_(e0)
             self.log("per-element energy offsets from the reference energies: "
                      + ", ".join(f"Z={z}: {float(v):.6f} Ha" for z, v in zip(elements, e0)))
-        if checkpoint is None and getattr(self.model, "readout_norm", None) is not None:
-            self._standardize_readout()
+        if checkpoint is None and getattr(self.model, "readout_norm", None) is not None and not loaded_norm:
+            self._standardize_readout()   # (a readout trained before keeps the statistics it learned with)
+        if checkpoint is None and run.init_weights and run.refit_energy_offsets:
+            self._shift_energy_offsets()
         if run.trainable == "energy_head":
             n = freeze_hamiltonian(self.model)
             self.log(f"training the energy head only ({n} parameters); the Hamiltonian (F) is frozen")
@@ -518,6 +557,15 @@ class Trainer:
             n = freeze_all_but_energy_readout(self.model)
             self.log(f"training the energy readout only ({n} parameters: e0, the readout MLP and the energy "
                      "trunk); F is frozen")
+        elif run.trainable == "transfer_head":
+            n = freeze_all_but_transfer_head(self.model)
+            self.log(f"training the linear transfer head only ({n} parameters); the network is frozen")
+            if checkpoint is None:
+                from .transfer import fit_transfer_head
+                with _one_thread():
+                    self.transfer_fit = fit_transfer_head(self.model, self.tables, self.rows["train"],
+                                                          self.rows["val"], alpha=run.transfer_alpha, log=self.log)
+                _atomic_write_text(self.run_dir / "transfer_fit.json", json.dumps(self.transfer_fit, indent=1))
         elif run.trainable == "energy_correction":
             n = freeze_all_but_energy_correction(self.model)
             self.log(f"training the energy correction only ({n} parameters); F and the core correction "
@@ -564,6 +612,33 @@ class Trainer:
                 done += len(take)
         self.model.readout_norm.set_statistics(torch.cat(xs))
         self.log(f"readout inputs standardized on the atoms of {done} training frames")
+
+    def _shift_energy_offsets(self) -> None:
+        """``run.refit_energy_offsets``: e0 += least-squares per-element fit of (E_ref - E_model) over the
+        training frames (minimum norm where compositions do not separate the elements)."""
+        if self.model_config.get("energy_path") != "readout":
+            raise TrainingError("run.refit_energy_offsets needs a model with energy_path = 'readout'")
+        elements = [int(z) for z in self.model_config["elements"]]
+        counts, residuals = [], []
+        with torch.no_grad():
+            for t, rows in enumerate(self.rows["train"]):
+                table = self.tables[t]
+                n = torch.zeros(len(elements), dtype=torch.float64)
+                for z in table.numbers.tolist():
+                    n[elements.index(int(z))] += 1
+                for i in range(0, len(rows), 32):
+                    batch = table.batch(rows[i:i + 32], dtype=self.dtype, table=t)
+                    e = self.model(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)["energy"]
+                    residuals.append(batch.e_tot - e.double())
+                    counts.append(n.expand(len(e), -1))
+        r = torch.cat(residuals)
+        shift = torch.linalg.pinv(torch.cat(counts)) @ r
+        with torch.no_grad():
+            self.model.atom_energy_offsets.add_(shift.to(self.model.atom_energy_offsets.dtype))
+        spread = float((r - torch.cat(counts) @ shift).abs().mean()) * 27211.386
+        self.log("per-element energy offsets shifted to the datasets' level: "
+                 + ", ".join(f"Z={z}: {float(v):+.6f} Ha" for z, v in zip(elements, shift))
+                 + f"; remaining mean |error| {spread:.2f} meV per structure")
 
     def _checkpoint_state(self) -> dict:
         return {

@@ -1,0 +1,252 @@
+"""Transfer learning to a higher level of theory: correlated labels, their storage, `wavecalc finetune`."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_train import TINY_MODEL, quiet, water_db, write_tiny_config  # noqa: F401  (fixture)
+
+from ase_wavecalc import dataset
+from ase_wavecalc.correlated import run_correlated
+from ase_wavecalc.labels import import_label_npz, label_frames
+
+WATER = np.array([[0.0, 0.0, 0.2217], [0.0, 1.4309, -0.8867], [0.0, -1.4309, -0.8867]])  # Bohr
+
+
+def _central_difference(method, positions, atom, axis, step=1e-3):
+    e = []
+    for sign in (1, -1):
+        p = positions.copy()
+        p[atom, axis] += sign * step
+        e.append(float(run_correlated([8, 1, 1], p, method, "sto-3g", gradient=False)["e_tot"]))
+    return (e[0] - e[1]) / (2 * step)
+
+
+@pytest.mark.parametrize("method", ["ccsd(t)", "mp2"])
+def test_correlated_gradient_is_the_derivative_of_the_energy(method):
+    """CCSD(T) forces come from the (T)-lambda amplitudes: PySCF's default (the CCSD lambda amplitudes)
+    is off by ~1e-5 Ha/Bohr here, far above the difference quotient's error."""
+    pos = WATER + np.random.default_rng(1).normal(scale=0.05, size=WATER.shape)
+    r = run_correlated([8, 1, 1], pos, method, "sto-3g")
+    for atom, axis in [(0, 2), (1, 1), (2, 0)]:
+        assert abs(r["gradient"][atom, axis] - _central_difference(method, pos, atom, axis)) < 2e-7
+    e_only = run_correlated([8, 1, 1], pos, method, "sto-3g", gradient=False)
+    assert np.isnan(e_only["gradient"]).all() and float(e_only["e_tot"]) == pytest.approx(float(r["e_tot"]), abs=1e-9)
+    if method == "ccsd(t)":   # the pitfall the (T)-lambda step avoids is real at this geometry
+        from pyscf import cc, grad, scf  # noqa: F401
+
+        from ase_wavecalc.integrals import make_mol
+        mf = scf.RHF(make_mol([8, 1, 1], pos, "sto-3g")).run(conv_tol=1e-12, verbose=0)
+        mycc = cc.CCSD(mf).run(conv_tol=1e-10, verbose=0)
+        mycc.ccsd_t()
+        naive = mycc.nuc_grad_method().kernel()   # CCSD lambda: not dE(CCSD(T))/dR
+        assert np.abs(naive - r["gradient"]).max() > 1e-6
+
+
+def test_correlated_labels_refuse_open_shells_and_unknown_methods():
+    with pytest.raises(ValueError, match="closed shell"):
+        run_correlated([8, 1], WATER[:2], "ccsd(t)", "sto-3g")
+    with pytest.raises(ValueError, match="not a correlated method"):
+        run_correlated([8, 1, 1], WATER, "ccsdt", "sto-3g")
+
+
+def _imported_water(tmp_path, n=4):
+    from pathlib import Path
+    part = Path(__file__).resolve().parents[1] / "data" / "water_pbe_def2svp" / "part-000.npz"
+    db = tmp_path / "water.db"
+    dataset.import_npz(db, [part], max_frames=n, progress=False)
+    return db, part
+
+
+def _label_npz(path, part, frames, energies, method="CCSD(T)", basis="cc-pVTZ", shift=0.0):
+    with np.load(part) as d:
+        positions = d["positions"][frames] + shift
+        numbers = d["numbers"]
+    np.savez(path, numbers=numbers, positions=positions, e_tot=np.asarray(energies, dtype=float),
+             gradient=np.full((len(frames), 3, 3), np.nan), source_part=np.array([part.name] * len(frames)),
+             source_frame=np.asarray(frames), source_set=part.parent.name, method=method, basis=basis,
+             frozen_core=False, reference="RHF", forces="none", pyscf_version="2.14.0")
+    return path
+
+
+def test_label_parts_land_on_the_frames_they_name(tmp_path):
+    """Labels name their frame by source part and index (in any order); only labeled frames are read with
+    them; another level, other positions or an unknown frame are refused with the reason."""
+    db, part = _imported_water(tmp_path)
+    frames = [3, 0, 2]   # frame 1 stays unlabeled
+    npz = _label_npz(tmp_path / "labels.npz", part, frames, [-76.3, -76.0, -76.2])
+    s = import_label_npz(db, [npz], progress=False)
+    assert s["written"] == 3 and import_label_npz(db, [npz], progress=False)["skipped"] == 3
+    d = dataset.read_dataset(db, keys=["e_tot", "high_e_tot", "high_gradient"])
+    with np.load(part) as p:
+        for k, frame in enumerate(d["frame"]):
+            src = frames.index(int(frame))   # imported frames 0..3 are the part's first four
+            assert np.allclose(d["positions_bohr"][k] * dataset.BOHR, p["positions"][frame], atol=1e-8)
+            assert d["high_e_tot"][k] == [-76.3, -76.0, -76.2][src]
+            assert d["e_tot"][k] == p["e_tot"][frame]
+    assert sorted(d["frame"].tolist()) == [0, 2, 3] and np.isnan(d["high_gradient"]).all()
+    assert len(dataset.read_dataset(db, keys=["e_tot"])["frame"]) == 4
+    assert dataset.metadata(db)["high_level"]["method"] == "CCSD(T)"
+
+    with pytest.raises(dataset.DatasetError, match="basis"):
+        import_label_npz(db, [_label_npz(tmp_path / "b.npz", part, [1], [-76.1], basis="cc-pVDZ")], progress=False)
+    with pytest.raises(dataset.DatasetError, match="other positions"):
+        import_label_npz(db, [_label_npz(tmp_path / "p.npz", part, [1], [-76.1], shift=1e-3)], progress=False)
+    with pytest.raises(dataset.DatasetError, match="not in"):
+        import_label_npz(db, [_label_npz(tmp_path / "u.npz", part, [7], [-76.1])], progress=False)
+
+
+@pytest.fixture(scope="module")
+def labeled_water(water_db, tmp_path_factory):  # noqa: F811
+    """The trainer's tiny water set (RHF/STO-3G) with MP2/STO-3G energies and forces on 20 of its frames,
+    computed by the `wavecalc generate --method mp2` code path."""
+    from pyscf import lib
+
+    path = tmp_path_factory.mktemp("labels") / "water_mp2.db"
+    shutil.copy(water_db, path)
+    frames = sorted(dataset.read_dataset(path, keys=())["frame"].tolist())[:20]
+    with lib.with_omp_threads(1):
+        s = label_frames(path, "mp2", "sto-3g", frames=set(frames), progress=False, log=quiet)
+    assert s["computed"] == 20 and not s["failed"]
+    with lib.with_omp_threads(1):   # a re-run finds nothing left to do
+        assert label_frames(path, "mp2", "sto-3g", progress=False, log=quiet, max_frames=0)["computed"] == 0
+    return path
+
+
+def _energies(model, table, rows):
+    batch = table.batch(rows, dtype=torch.float64)
+    with torch.no_grad():
+        return model.double()(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)["energy"]
+
+
+def test_finetune_learns_the_high_level_and_keeps_the_hamiltonian(labeled_water, tmp_path):
+    """`wavecalc finetune`: from a tiny readout model trained on RHF energies, a run on MP2 labels lowers the
+    MP2 energy and force error on test frames that neither stage trained on; F is unchanged; the split and
+    the card record both levels."""
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.train.cli_export import load_run_model
+    from ase_wavecalc.train.data import load_table
+
+    model = 'energy_path = "readout"\nreadout_hidden = 16\nenergy_layers = 1\nenergy_channels = 8'
+    base_cfg = write_tiny_config(tmp_path / "base.toml", labeled_water, model=model,
+                                 loss="energy = 100.0\nforces = 100.0", optimizer="lr = 5e-3\nema_decay = 0.0",
+                                 max_epochs=3)
+    assert main(["train", str(base_cfg), "--out", str(tmp_path / "base")]) == 0
+    (tmp_path / "ft.toml").write_text(f"""[data]
+seed = 1
+[[data.datasets]]
+path = "{labeled_water}"
+labels = "high"
+train = 14
+val = 2
+test_frames_from = "{tmp_path / 'base'}"
+[loss]
+energy = 100.0
+forces = 100.0
+[optimizer]
+lr = 3e-3
+ema_decay = 0.0
+[run]
+batch_size = 4
+max_epochs = 12
+progress = false
+threads = 1
+""")
+    assert main(["finetune", str(tmp_path / "base"), str(tmp_path / "ft.toml"), "--out", str(tmp_path / "ft")]) == 0
+    split = json.loads((tmp_path / "ft" / "split.json").read_text())["datasets"][0]
+    base_split = json.loads((tmp_path / "base" / "split.json").read_text())["datasets"][0]
+    assert split["test"] and set(split["test"]) <= set(base_split["test"])
+    assert not set(split["train"] + split["val"]) & set(base_split["test"])
+
+    base, _ = load_run_model(tmp_path / "base", "best")   # what init_weights takes from a run directory
+    tuned, _ = load_run_model(tmp_path / "ft", "last")
+    table = load_table(labeled_water, keys=("e_tot", "gradient"), labels="high", sha256=False)
+    rows = table.rows_of_frames(split["test"])
+    high = table.extra["e_tot"][rows]
+    err = {name: _energies(m, table, rows) - high for name, m in (("base", base), ("tuned", tuned))}
+    # the base model's error to MP2 minus its mean (e0 is refitted first) vs the tuned model's
+    base_mae = float((err["base"] - err["base"].mean()).abs().mean())
+    assert float(err["tuned"].abs().mean()) < 0.5 * base_mae
+    batch = table.batch(rows[:2], dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(base(batch.numbers, batch.positions_bohr, batch.batch)["fock"],
+                           tuned(batch.numbers, batch.positions_bohr, batch.batch)["fock"])
+
+    out = tmp_path / "models" / "water-mp2-tiny"
+    assert main(["export", str(tmp_path / "ft"), str(out), "--test"]) == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["energy_level_of_theory"]["method"] == "MP2"
+    assert card["level_of_theory"]["method"] == "rhf"
+    assert np.isfinite(card["test_metrics"]["energy_mae_mev"])
+
+
+def test_finetune_refuses_configs_without_high_level_labels(water_db, tmp_path):  # noqa: F811
+    from ase_wavecalc.cli import main
+
+    cfg = write_tiny_config(tmp_path / "c.toml", water_db, model='energy_path = "readout"', loss="energy = 1.0")
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model.json").write_text("{}")
+    assert main(["finetune", str(tmp_path / "base"), str(cfg), "--out", str(tmp_path / "r")]) == 1
+
+
+def test_linear_transfer_head_fits_in_closed_form_and_its_forces_are_exact(labeled_water, tmp_path):
+    """trainable = "transfer_head": the ridge fit before the first step lowers the validation error to the
+    high level; the head is smooth in the geometry, its forces are the exact gradient (central differences),
+    and a rotated molecule gets the same energy."""
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.model import build_model, default_config
+    from ase_wavecalc.train.cli_export import load_run_model
+
+    with pytest.raises(ValueError, match="transfer_head"):   # it needs the readout path with standardization
+        build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1, transfer_head=True))
+    model = 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true'
+    base_cfg = write_tiny_config(tmp_path / "base.toml", labeled_water, model=model,
+                                 loss="energy = 100.0\nforces = 100.0", optimizer="lr = 5e-3\nema_decay = 0.0",
+                                 max_epochs=2)
+    assert main(["train", str(base_cfg), "--out", str(tmp_path / "base")]) == 0
+    (tmp_path / "tr.toml").write_text(f"""[data]
+seed = 1
+[[data.datasets]]
+path = "{labeled_water}"
+labels = "high"
+train = 12
+val = 4
+test_frames_from = "{tmp_path / 'base'}"
+[model]
+transfer_head = true
+[loss]
+energy = 1.0
+[run]
+precision = "float64"
+max_epochs = 0
+progress = false
+threads = 1
+trainable = "transfer_head"
+""")
+    assert main(["finetune", str(tmp_path / "base"), str(tmp_path / "tr.toml"), "--out", str(tmp_path / "tr")]) == 0
+    fit = json.loads((tmp_path / "tr" / "transfer_fit.json").read_text())
+    assert fit["val_mae_mev"] < fit["val_mae_mev_before"]
+    tuned, _ = load_run_model(tmp_path / "tr", "last")
+    tuned = tuned.double()
+    assert float(tuned.transfer_weight.detach().abs().sum()) > 0
+
+    z = torch.tensor([8, 1, 1])
+    pos = torch.as_tensor(WATER + np.random.default_rng(2).normal(scale=0.05, size=WATER.shape)).requires_grad_(True)
+    batch = torch.zeros(3, dtype=torch.long)
+    out = tuned(z, pos, batch, energy_only=True)
+    assert float(out["transfer_correction"].abs().sum()) > 0
+    (grad,) = torch.autograd.grad(out["energy"].sum(), pos)
+    step = 1e-4
+    for atom, axis in [(0, 2), (1, 0), (2, 1)]:
+        e = []
+        for sign in (1, -1):
+            p = pos.detach().clone()
+            p[atom, axis] += sign * step
+            with torch.no_grad():
+                e.append(float(tuned(z, p, batch, energy_only=True)["energy"]))
+        assert abs(float(grad[atom, axis]) - (e[0] - e[1]) / (2 * step)) < 1e-7
+    rot = torch.as_tensor(np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0])
+    with torch.no_grad():
+        assert float(tuned(z, pos.detach() @ rot.T, batch, energy_only=True)["energy"]) == pytest.approx(
+            float(out["energy"]), abs=1e-9)
