@@ -34,7 +34,9 @@ Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf"
 ``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``), with
 ``dtype``, ``out_of_domain`` ("raise", the default: geometries outside the model's training domain raise
 ``InputError``; "reference": they are computed with PySCF at the model's level of theory instead, see
-``fallback.py``) and ``reference_log`` (an ASE trajectory collecting those geometries). A
+``fallback.py``), ``reference_log`` (an ASE trajectory collecting those geometries) and ``refine``
+("scf": every result is PySCF's converged SCF at the model's level, started from the model's density,
+``refine.py``; ``calc.scf_cycles`` gives the cycles it took). A
 ready-made provider object may be passed as ``provider=`` instead (then method/basis/... do not apply).
 """
 from __future__ import annotations
@@ -52,7 +54,7 @@ __all__ = ["WaveCalculator"]
 # parameters that configure the PySCF provider (they do not apply to a model or a given provider)
 _PYSCF_KEYS = ("method", "basis", "conv_tol", "grid_level", "max_cycle", "grid_response")
 # parameters that configure a model provider
-_MODEL_KEYS = ("model", "dtype", "out_of_domain", "reference_log")
+_MODEL_KEYS = ("model", "dtype", "out_of_domain", "reference_log", "refine")
 _OUT_OF_DOMAIN = ("raise", "reference")
 
 
@@ -85,6 +87,7 @@ class WaveCalculator(Calculator):
         "dtype": "float64",   # network precision with model= (the electronic structure is always float64)
         "out_of_domain": "raise",   # with model=: "raise" or "reference" (PySCF for refused geometries)
         "reference_log": None,      # with out_of_domain="reference": ASE trajectory collecting those geometries
+        "refine": None,             # with model=: "scf" = PySCF SCF at the model's level from its density
     }
     discard_results_on_any_change = True
 
@@ -138,6 +141,11 @@ class WaveCalculator(Calculator):
         if p.get("reference_log") is not None and p.get("out_of_domain") != "reference":
             raise InputError("reference_log collects the geometries computed with out_of_domain='reference'; "
                              "set that too")
+        if p.get("refine") not in (None, "scf"):
+            raise InputError(f"refine must be None or 'scf', got {p['refine']!r}")
+        if p.get("refine") is not None and (p.get("model") is None or p.get("out_of_domain") != "raise"):
+            raise InputError("refine='scf' starts PySCF from a model's density: it needs model=, and replaces "
+                             "out_of_domain='reference' (every geometry is then computed with PySCF)")
         if p.get("model") is not None:
             try:
                 model_provider = providers.ModelProvider
@@ -150,6 +158,13 @@ class WaveCalculator(Calculator):
             except Exception as exc:  # unknown name, bad directory, wrong charge, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "
                                  f"{exc}") from exc
+            if p.get("refine") == "scf":
+                from .refine import SCFRefinedProvider
+
+                try:
+                    return SCFRefinedProvider(provider, conv_tol=p["conv_tol"], max_cycle=p["max_cycle"])
+                except ValueError as exc:
+                    raise InputError(f"refine='scf' with model {p['model']!r}: {exc}") from exc
             if p.get("out_of_domain") == "reference":
                 from .fallback import ReferenceFallback
 
@@ -298,6 +313,13 @@ class WaveCalculator(Calculator):
             raise PropertyNotImplementedError(f"{self.provider!r} has no Hessian")
         h = hessian(atoms.numbers.copy(), atoms.positions / BOHR)
         return np.asarray(h, dtype=float) * HARTREE / BOHR ** 2
+
+    @property
+    def scf_cycles(self) -> int | None:
+        """SCF cycles of the last calculation (PySCF, or ``refine="scf"`` from the model's density); None
+        when no SCF ran (a model's prediction)."""
+        info = getattr(self._result, "info", None) or {}
+        return info.get("scf_cycles")
 
     @property
     def levels_of_theory(self) -> dict[str, str]:

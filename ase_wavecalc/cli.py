@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "evaluate": ("ase_wavecalc.train.cli_evaluate", "evaluate a model on a dataset (Hamiltonian metrics)"),
     "export": ("ase_wavecalc.train.cli_export", "export a training checkpoint as a shipped model"),
     "md": ("ase_wavecalc.md", "run molecular dynamics with WaveCalculator"),
+    "ir": ("ase_wavecalc.ir", "infrared spectrum: harmonic (ase Infrared) and from MD dipoles"),
 }
 
 

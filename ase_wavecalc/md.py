@@ -48,8 +48,11 @@ def make_calculator(args):
 
 
 def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=200, friction=0.01,
-           seed=0, trajectory=None, interval=1, log=sys.stdout, progress=True):
+           seed=0, trajectory=None, interval=1, log=sys.stdout, progress=True, properties=()):
     """Run MD on ``atoms`` with ``calc``; returns a dict with times (fs) and energies (eV) per frame.
+
+    ``properties=("dipole",)`` also records the dipole (e*Angstrom, (T, 3) under "dipole") of every frame
+    and writes it to the trajectory (a readout model computes its density for it each step).
 
     Velocities start from a Maxwell-Boltzmann distribution at ``temperature`` with zero total momentum
     and angular momentum; ``seed`` makes the run reproducible. Langevin keeps the centre of mass fixed
@@ -83,9 +86,16 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
     else:
         raise ValueError(f"unknown ensemble {ensemble!r}: use 'nve' or 'langevin'")
 
+    unknown = [p for p in properties if p != "dipole"]
+    if unknown:
+        raise ValueError(f"run_md records the dipole besides the energies; not {unknown}")
     record = {"time_fs": [], "epot_eV": [], "ekin_eV": [], "etot_eV": [], "temperature_K": []}
+    if "dipole" in properties:
+        record["dipole"] = []
 
     def observe():
+        if "dipole" in properties:
+            record["dipole"].append(atoms.get_dipole_moment())
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
         record["time_fs"].append(dyn.get_time() / units.fs)

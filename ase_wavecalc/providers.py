@@ -206,8 +206,13 @@ class PySCFProvider(HamiltonianProvider):
                 "geometry, or raise max_cycle / loosen conv_tol")
         return mf
 
-    def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
-        """SCF (and gradient if ``want_gradient``) at ``positions_bohr`` (n, 3) -> HamiltonianResult."""
+    def compute(self, numbers, positions_bohr, want_gradient: bool = False, dm0=None,
+                guess_name: str = "given density") -> HamiltonianResult:
+        """SCF (and gradient if ``want_gradient``) at ``positions_bohr`` (n, 3) -> HamiltonianResult.
+
+        ``dm0``: (nao, nao) initial density matrix (e.g. a model's prediction, ``refine.py``); default:
+        the previous call's density (``reuse_density``) or PySCF's default guess (minao). ``guess_name``
+        labels it in ``info["initial_guess"]``."""
         from .integrals import make_mol
 
         numbers = tuple(int(z) for z in np.asarray(numbers).reshape(-1))
@@ -223,10 +228,10 @@ class PySCFProvider(HamiltonianProvider):
                        verbose=self.verbose)
         if mol.nelectron % 2:
             raise CalculationFailed(f"{self._label()}: closed shell only, but {mol.nelectron} electrons")
-        dm0 = None
-        if (self.reuse_density and self._key is not None and self._key[0] == numbers
+        guess = guess_name if dm0 is not None else "default"
+        if (dm0 is None and self.reuse_density and self._key is not None and self._key[0] == numbers
                 and self._mf is not None and self._mf.mol.nao_nr() == mol.nao_nr()):
-            dm0 = self._result.dm
+            dm0, guess = self._result.dm, "previous density"
         mf = self._run_scf(mol, dm0)
         self.n_calls += 1
 
@@ -237,7 +242,7 @@ class PySCFProvider(HamiltonianProvider):
         mo_energy, mo_coeff = mf.eig(fock, overlap)        # the orbitals of exactly this F
         mo_occ = mf.get_occ(mo_energy, mo_coeff)
         info = {"scf_cycles": int(getattr(mf, "cycles", -1)), "converged": True,
-                "initial_guess": "previous density" if dm0 is not None else "default",
+                "initial_guess": guess,
                 "scf_seconds": time.perf_counter() - t0}
         result = HamiltonianResult(
             fock=np.asarray(fock), overlap=np.asarray(overlap), energy=float(mf.e_tot),

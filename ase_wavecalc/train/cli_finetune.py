@@ -51,7 +51,7 @@ def finetune_config(config, base: str | Path, raw: dict):
     if set_run.get("init_weights") and Path(config.resolve_path(set_run["init_weights"])).resolve() != base.resolve():
         raise ConfigError(f"run.init_weights = {set_run['init_weights']!r} in the config contradicts "
                           f"BASE_MODEL {str(base)!r}; leave it out")
-    config.run.init_weights = str(base.resolve())
+    config.run.init_weights = str(base)   # as given: relative paths stay relative in the card
     if "refit_energy_offsets" not in set_run:
         config.run.refit_energy_offsets = True
     if "trainable" not in set_run:

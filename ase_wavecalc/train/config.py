@@ -114,15 +114,15 @@ class DatasetSpec:
     test: int = 0
     # "reference": train on the dataset's own energies and forces; "high": on its high-level labels
     # (ase_wavecalc.labels: only the labeled frames; the low-level forces stay as ``low_gradient`` for the
-    # ``forces_low`` term)
+    # ``forces_low`` term); "delta": on high minus reference (Delta-learning baselines)
     labels: str = "reference"
     # a model or run directory: the test split is this dataset's test frames there (the ones available),
     # and train/val never use them, so that a fine-tuned model is tested on frames no stage trained on
     test_frames_from: str = ""
 
     def __post_init__(self):
-        if self.labels not in ("reference", "high"):
-            raise ConfigError(f"dataset {self.path}: labels must be 'reference' or 'high', got {self.labels!r}")
+        if self.labels not in ("reference", "high", "delta"):
+            raise ConfigError(f"dataset {self.path}: labels must be 'reference', 'high' or 'delta', got {self.labels!r}")
         for name in ("train", "val", "test"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

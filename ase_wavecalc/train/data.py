@@ -163,7 +163,8 @@ def load_table(path, keys: Sequence[str] = BASE_KEYS, sha256: bool = True, label
     ``.db`` files are the project's dataset format. A ``.npz`` with the arrays of ``read_dataset`` (plus
     a ``metadata`` JSON string) is accepted too, for quick experiments. ``labels="high"``: only the frames
     with a high-level label; ``e_tot``/``gradient`` are then the high-level ones and the dataset's own
-    gradient becomes ``low_gradient``.
+    gradient becomes ``low_gradient``; ``labels="delta"``: the same frames, ``e_tot``/``gradient`` the high
+    minus the dataset's own.
     """
     from ..electronic import solve_fock
 
@@ -171,24 +172,28 @@ def load_table(path, keys: Sequence[str] = BASE_KEYS, sha256: bool = True, label
     keys = [k for k in dict.fromkeys([*BASE_KEYS, *keys]) if k != "low_gradient"]
     if path.suffix == ".npz":
         if labels != "reference":
-            raise ValueError(f"{path}: high-level labels need a .db dataset")
+            raise ValueError(f"{path}: labels = {labels!r} needs a .db dataset")
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(str(arrays.pop("metadata", "{}")))
     else:
         from .. import dataset
-        if labels == "high":
-            low = [k for k in keys if k in ("gradient",)]
-            arrays = dataset.read_dataset(path, keys=[*keys, "high_e_tot", "high_gradient"] + (
-                [] if low else ["gradient"]))
+        if labels in ("high", "delta"):
+            extra_keys = [k for k in ("e_tot", "gradient") if k not in keys]
+            arrays = dataset.read_dataset(path, keys=[*keys, *extra_keys, "high_e_tot", "high_gradient"])
             arrays["low_gradient"] = arrays["gradient"]
-            arrays["e_tot"], arrays["gradient"] = arrays.pop("high_e_tot"), arrays.pop("high_gradient")
+            high_e, high_g = arrays.pop("high_e_tot"), arrays.pop("high_gradient")
+            if labels == "delta":   # the difference the level above adds (NaN gradient: no high forces)
+                high_e, high_g = high_e - arrays["e_tot"], high_g - arrays["gradient"]
+            arrays["e_tot"], arrays["gradient"] = high_e, high_g
             keys = [*keys, "low_gradient"]
         else:
             arrays = dataset.read_dataset(path, keys=keys)
         meta = dataset.metadata(path)
         if labels == "high":
             meta = {**meta, "energy_level": meta.get("high_level", {})}
+        elif labels == "delta":
+            meta = {**meta, "energy_level": {**meta.get("high_level", {}), "delta_from": meta.get("xc") or meta.get("method")}}
     missing = [k for k in ("numbers", "positions_bohr", "frame", *keys) if k not in arrays]
     if missing:
         raise KeyError(f"{path}: no {missing} arrays")

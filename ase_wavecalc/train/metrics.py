@@ -194,10 +194,11 @@ def model_energy_predictions(model: torch.nn.Module, dataset_path, frame_ids, ch
     from ..model_provider import ModelProvider
 
     keys = ("e_tot", "gradient") if gradient else ("e_tot",)
-    if labels == "high":   # the high-level labels are the reference (NaN gradient: no forces computed)
-        data = read_dataset(dataset_path, keys=["high_" + k for k in keys])
+    if labels in ("high", "delta"):   # the high-level labels are the reference (NaN gradient: no forces)
+        data = read_dataset(dataset_path, keys=[*keys, *["high_" + k for k in keys]])
         for k in keys:
-            data[k] = data.pop("high_" + k)
+            high = data.pop("high_" + k)
+            data[k] = high - data[k] if labels == "delta" else high
     else:
         data = read_dataset(dataset_path, keys=keys)
     where = {int(f): i for i, f in enumerate(data["frame"])}

@@ -1,0 +1,98 @@
+"""SCF cycles from the model's predicted density against PySCF's own initial guesses (issue #13).
+
+On held-out test frames of a shipped model, one run each of PySCF's SCF at the model's level of theory
+(PySCF's default convergence threshold, conv_tol 1e-9; the card's grid) started from: the model's density
+(the aufbau density of the predicted F, what ``WaveCalculator(model=..., refine="scf")`` does) and PySCF's
+guesses minao (the default), atom, huckel, vsap and 1e. Per guess: mean SCF cycles, their ratio to minao's,
+mean wall time (the model's forward pass included in its own), and the energy error of the first cycle
+(|E[P0] - E_converged|, E[P0] the energy functional at the initial density). Prints a table, writes JSON.
+
+    python benchmarks/scf_guess.py --molecule water --frames 20
+    python benchmarks/scf_guess.py --molecule ethanol --frames 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine_info, table, write_result  # noqa: E402
+
+GUESSES = ("model", "minao", "atom", "huckel", "vsap", "1e")
+HARTREE_MEV = 27211.386245988
+
+
+def _scf(mol, level, guess, dm0=None):
+    from pyscf import dft
+
+    mf = dft.RKS(mol)
+    mf.xc = level["xc"]
+    mf.grids.level = int(level.get("grid_level", 3))
+    mf.verbose = 0
+    if dm0 is None:
+        mf.init_guess = guess
+        dm0 = mf.get_init_guess(mol, guess)
+    e_first = float(mf.energy_tot(dm=dm0))
+    mf.kernel(dm0=dm0)
+    return mf, e_first
+
+
+def run(molecule: str, n_frames: int, log=print) -> dict:
+    from ase_wavecalc.dataset import read_dataset
+    from ase_wavecalc.integrals import make_mol
+    from ase_wavecalc.model_provider import ModelProvider
+
+    name = f"{molecule}-pbe-def2svp"
+    card = json.loads((ROOT / "models" / name / "model.json").read_text())
+    level = card["level_of_theory"]
+    test = card["split"]["datasets"][0]["test_frames"][:n_frames]
+    data = read_dataset(ROOT / "data" / f"{molecule}_pbe_def2svp.db", keys=())
+    where = {int(f): i for i, f in enumerate(data["frame"])}
+    model = ModelProvider(str(ROOT / "models" / name))
+    per = {g: {"cycles": [], "seconds": [], "first_error_mev": [], "converged": []} for g in GUESSES}
+    for f in test:
+        pos = data["positions_bohr"][where[int(f)]]
+        mol = make_mol(data["numbers"], pos, level["basis"])
+        e_conv = None
+        for g in GUESSES:
+            t0 = time.perf_counter()
+            dm0 = model.compute(data["numbers"], pos).dm if g == "model" else None
+            mf, e_first = _scf(mol, level, g, dm0)
+            per[g]["seconds"].append(time.perf_counter() - t0)
+            per[g]["cycles"].append(int(mf.cycles))
+            per[g]["converged"].append(bool(mf.converged))
+            e_conv = float(mf.e_tot) if e_conv is None else e_conv
+            per[g]["first_error_mev"].append(abs(e_first - float(mf.e_tot)) * HARTREE_MEV)
+        log(f"frame {f}: " + ", ".join(f"{g} {per[g]['cycles'][-1]}" for g in GUESSES))
+    minao = np.mean(per["minao"]["cycles"])
+    summary = {g: {"mean_cycles": float(np.mean(v["cycles"])), "ratio_to_minao": float(np.mean(v["cycles"]) / minao),
+                   "mean_seconds": float(np.mean(v["seconds"])),
+                   "median_first_cycle_error_mev": float(np.median(v["first_error_mev"])),
+                   "all_converged": all(v["converged"]), **v} for g, v in per.items()}
+    return {"model": name, "level_of_theory": level, "conv_tol": 1e-9, "test_frames": test, "guesses": summary}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--molecule", choices=("water", "ethanol"), required=True)
+    p.add_argument("--frames", type=int, default=10, help="held-out test frames (default 10)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    res = run(args.molecule, args.frames)
+    rows = [[g, f"{s['mean_cycles']:.1f}", f"{s['ratio_to_minao']:.2f}", f"{s['mean_seconds']:.2f}",
+             f"{s['median_first_cycle_error_mev']:.3g}", "yes" if s["all_converged"] else "NO"]
+            for g, s in res["guesses"].items()]
+    print(f"\n{res['model']}: SCF from each initial guess on {len(res['test_frames'])} held-out frames")
+    print(table(["guess", "cycles", "/ minao", "seconds", "first-cycle |dE| (meV)", "converged"], rows))
+    path = write_result(f"scf_guess_{args.molecule}", {"machine": machine_info(), **res}, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""More from the predicted wavefunction: exact SCF from the model's density (refine="scf") and IR spectra."""
+import csv
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.calculator import InputError
+
+from ase_wavecalc import WaveCalculator
+from ase_wavecalc.ir import dipole_spectrum, harmonic_ir
+
+
+@pytest.fixture(scope="module")
+def water():
+    atoms = molecule("H2O")
+    atoms.rattle(0.02, seed=3)
+    return atoms
+
+
+def test_refine_scf_returns_pyscf_in_fewer_cycles(water):
+    """refine="scf" gives PySCF's converged energy, forces and dipole at the model's level, started from
+    the model's density: fewer cycles than PySCF's default (minao) guess."""
+    refined = water.copy()
+    refined.calc = WaveCalculator(model="water-pbe-def2svp", refine="scf")
+    exact = water.copy()
+    exact.calc = WaveCalculator(method="pbe", basis="def2-svp", conv_tol=1e-10)
+    assert refined.get_potential_energy() == pytest.approx(exact.get_potential_energy(), abs=1e-6)
+    assert np.abs(refined.get_forces() - exact.get_forces()).max() < 1e-4
+    assert np.abs(refined.get_dipole_moment() - exact.get_dipole_moment()).max() < 1e-5
+    assert refined.calc._result.info["initial_guess"] == "model density"
+    assert exact.calc._result.info["initial_guess"] == "default"
+    assert refined.calc.scf_cycles < exact.calc.scf_cycles
+    model_only = water.copy()
+    model_only.calc = WaveCalculator(model="water-pbe-def2svp")
+    model_only.get_potential_energy()
+    assert model_only.calc.scf_cycles is None
+
+
+def test_refine_refuses_what_it_cannot_do(water):
+    with pytest.raises(InputError, match="needs model="):
+        WaveCalculator(refine="scf").get_potential_energy(water)
+    with pytest.raises(InputError, match="refine must be"):
+        WaveCalculator(model="water-pbe-def2svp", refine="newton").get_potential_energy(water)
+    with pytest.raises(InputError, match="mix two potential energy surfaces"):   # CCSD(T) energies, PBE F
+        WaveCalculator(model="water-ccsdt-transfer", refine="scf").get_potential_energy(water)
+
+
+def test_dipole_spectrum_finds_the_frequency_of_an_oscillating_dipole():
+    dt = 0.5                                           # fs
+    t = np.arange(8000) * dt
+    nu = 1650.0 * 2.99792458e-5                        # cm^-1 -> 1/fs
+    mu = np.stack([0.1 * np.cos(2 * np.pi * nu * t), 0.02 * np.sin(2 * np.pi * 2.2 * nu * t), np.ones_like(t)], 1)
+    freq, inten = dipole_spectrum(mu, dt)
+    assert abs(freq[np.argmax(inten)] - 1650.0) < 5.0
+    second = inten[np.abs(freq - 2.2 * 1650.0) < 10].max()
+    assert 0.05 < second < 0.5                          # weaker amplitude, but x omega^2 in the rate
+    with pytest.raises(ValueError, match="NaN"):
+        dipole_spectrum(np.full((20, 3), np.nan), dt)
+
+
+def test_harmonic_ir_of_water_from_the_model():
+    """ase.vibrations.Infrared on the model: three vibrations, at the frequencies of the analytic Hessian,
+    with water's intensity pattern (the bend strongest, the symmetric stretch weakest)."""
+    from ase.optimize import BFGS
+    from ase.vibrations import VibrationsData
+
+    atoms = molecule("H2O")
+    calc = WaveCalculator(model="water-pbe-def2svp")
+    atoms.calc = calc
+    BFGS(atoms, logfile=None).run(fmax=1e-4)
+    ir = harmonic_ir(atoms, calc)
+    assert len(ir["frequencies_cm"]) == 3
+    analytic = np.sort(np.real(VibrationsData.from_2d(atoms, calc.get_hessian(atoms)).get_frequencies()))[-3:]
+    assert np.abs(np.sort(ir["frequencies_cm"]) - analytic).max() < 3.0
+    bend, sym, asym = ir["intensities_km_mol"][np.argsort(ir["frequencies_cm"])]
+    assert bend > asym > sym > 0
+
+
+def test_wavecalc_ir_writes_spectrum_and_harmonic_bands(tmp_path):
+    from ase_wavecalc.cli import main
+
+    out = tmp_path / "water_ir"
+    assert main(["ir", "H2O", "--steps", "200", "--out", str(out)]) == 0
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["frequency_cm-1", "intensity_normalized"] and len(rows) > 5
+    with open(tmp_path / "water_ir_harmonic.csv") as f:
+        assert len(list(csv.reader(f))) == 4
+    assert out.with_suffix(".traj").is_file()
+    # re-reading the trajectory gives the same spectrum without MD
+    assert main(["ir", "H2O", "--trajectory", str(out.with_suffix(".traj")), "--out", str(tmp_path / "again")]) == 0
+    with open(tmp_path / "again.csv") as f:
+        assert list(csv.reader(f)) == rows
