@@ -8,6 +8,8 @@ Properties (``atoms.get_...``), computed from one Hamiltonian per geometry:
 | forces | (n, 3) | eV/Angstrom | minus the provider's analytic gradient |
 | dipole | (3,) | e*Angstrom | nuclei - Tr[P r], origin at (0, 0, 0) of the Atoms frame |
 | charges | (n,) | e | Mulliken charges of P |
+| energy_std | () | eV | committee spread of the energy (models with a committee; with every energy) |
+| forces_std | (n, 3) | eV/Angstrom | committee spread of the forces, per component (on request) |
 
 With a readout-energy model (model card ``energy_path = "readout"``) energy and forces do not need the
 Hamiltonian: dipole, charges and everything below are then computed on the first request at a geometry.
@@ -73,7 +75,7 @@ class WaveCalculator(Calculator):
     code (e.g. an SCF that does not converge) raise ``CalculationFailed``.
     """
 
-    implemented_properties = ("energy", "free_energy", "forces", "dipole", "charges")
+    implemented_properties = ("energy", "free_energy", "forces", "dipole", "charges", "energy_std", "forces_std")
     default_parameters = {
         "method": "pbe",
         "basis": "def2-svp",
@@ -210,7 +212,7 @@ class WaveCalculator(Calculator):
                              f"{charge}" + (" (a trained model computes the charge it was trained for)"
                                             if self.parameters.get("model") is not None else ""))
 
-        want_gradient = "forces" in properties
+        want_gradient = "forces" in properties or "forces_std" in properties
         numbers = self.atoms.numbers.copy()
         positions_bohr = self.atoms.positions / BOHR
         try:
@@ -235,6 +237,15 @@ class WaveCalculator(Calculator):
             self.results["energy"] = self.results["free_energy"] = hartree_to_ev(energy)
         if result.gradient is not None:
             self.results["forces"] = gradient_au_to_forces_ev(np.asarray(result.gradient, dtype=float))
+        info = getattr(result, "info", {}) or {}
+        if "energy_std" in info:   # a model with a committee: its spread comes with every energy
+            self.results["energy_std"] = hartree_to_ev(float(info["energy_std"]))
+        if "forces_std" in properties:
+            uncertainty = getattr(provider, "uncertainty", None)
+            if uncertainty is None:
+                raise PropertyNotImplementedError(f"{provider!r} has no uncertainty estimate")
+            spread = uncertainty(numbers, positions_bohr)
+            self.results["forces_std"] = np.asarray(spread["gradient_std"], dtype=float) * HARTREE / BOHR
         missing = [name for name in properties if name not in self.results]
         if missing:
             require_energy = getattr(provider, "require_energy", None)

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "import-npz": ("ase_wavecalc.dataset", "import pre-computed npz reference sets into a dataset file"),
     "train": ("ase_wavecalc.train.cli_train", "train a Hamiltonian model from a TOML config"),
     "finetune": ("ase_wavecalc.train.cli_finetune", "train a model further on high-level energies (transfer)"),
+    "committee": ("ase_wavecalc.train.cli_committee", "add an uncertainty committee (energy_std, forces_std) to a model"),
     "evaluate": ("ase_wavecalc.train.cli_evaluate", "evaluate a model on a dataset (Hamiltonian metrics)"),
     "export": ("ase_wavecalc.train.cli_export", "export a training checkpoint as a shipped model"),
     "md": ("ase_wavecalc.md", "run molecular dynamics with WaveCalculator"),

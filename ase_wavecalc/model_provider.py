@@ -19,8 +19,10 @@ from ase.calculators.calculator import InputError, PropertyNotImplementedError
 
 from . import energy as energy_mod
 from . import integrals
-from .units import BOHR
 from .providers import HamiltonianProvider, HamiltonianResult
+from .units import BOHR, HARTREE
+
+HARTREE_MEV = HARTREE * 1e3
 
 __all__ = ["ModelProvider", "OutOfDomainError"]
 
@@ -157,11 +159,52 @@ class ModelProvider(HamiltonianProvider):
         with torch.set_grad_enabled(want_gradient):
             out = self.model(z, pos64.to(self.dtype), None, energy_only=True)
             e_tot = out["energy"].reshape(-1)[0].to(torch.float64)
-            gradient = torch.autograd.grad(e_tot, pos64)[0].detach() if want_gradient else None
+            gradient = (torch.autograd.grad(e_tot, pos64, retain_graph="energy_committee" in out)[0].detach()
+                        if want_gradient else None)
         info = {"seconds": time.perf_counter() - start, "model": self.name, "energy_path": "readout"}
+        if "energy_committee" in out:
+            members = out["energy_committee"].reshape(-1).to(torch.float64)
+            info["energy_std"] = float(members.detach().std())
+            self._check_uncertainty(info["energy_std"])
+            if want_gradient:   # the members' forces, for forces_std on request, without another forward
+                info["_committee_forces"] = lambda: self._member_gradients(members, pos64)
         return DeferredHamiltonianResult(
             float(e_tot.detach()), None if gradient is None else gradient.numpy(), info,
             lambda: self._compute_hamiltonian(numbers, positions_bohr, False))
+
+    @staticmethod
+    def _member_gradients(members, pos64) -> np.ndarray:
+        """(K, n, 3) Hartree/Bohr gradients of the committee members' energies (one batched backward)."""
+        eye = torch.eye(len(members), dtype=members.dtype)
+        (grads,) = torch.autograd.grad(members, pos64, grad_outputs=eye, is_grads_batched=True)
+        return grads.detach().numpy()
+
+    def uncertainty(self, numbers, positions_bohr) -> dict:
+        """Committee spread at a geometry: {"energy_std": Hartree, "gradient_std": (n, 3) Hartree/Bohr}
+        (the standard deviation over the members, per component). Needs a model with a committee."""
+        if self.model.config.get("committee_size", 0) < 2:
+            raise PropertyNotImplementedError(f"model {self.name!r} has no committee: no uncertainty "
+                                              "(add one with `wavecalc committee`)")
+        result = self.compute(numbers, positions_bohr, want_gradient=True)
+        if "_grad_std" not in result.info:
+            result.info["_grad_std"] = result.info.pop("_committee_forces")().std(axis=0, ddof=1)
+        return {"energy_std": result.info["energy_std"], "gradient_std": result.info["_grad_std"]}
+
+    def _check_uncertainty(self, energy_std: float) -> None:
+        """Early warning of the out-of-domain policy: energy_std above the card's threshold (calibrated on
+        validation frames, train/committee.py) warns once and is counted in ``n_uncertain``."""
+        limit = (self.card.get("committee") or {}).get("energy_std_warning_mev")
+        if limit is None or energy_std * HARTREE_MEV <= float(limit):
+            return
+        self.n_uncertain = getattr(self, "n_uncertain", 0) + 1
+        if not getattr(self, "_uncertainty_warned", False):
+            import warnings
+
+            self._uncertainty_warned = True
+            warnings.warn(f"model {self.name!r}: committee energy spread {energy_std * HARTREE_MEV:.1f} meV is above "
+                          f"{float(limit):.1f} meV (3x the 99th percentile on validation frames): the geometry is "
+                          "leaving the training data (warned once; count in calc.provider.n_uncertain)",
+                          UserWarning, stacklevel=4)
 
     def hessian(self, numbers, positions_bohr) -> np.ndarray:
         """(3n, 3n) second derivatives of the energy, Hartree/Bohr^2, by double autograd through the

@@ -250,3 +250,62 @@ trainable = "transfer_head"
     with torch.no_grad():
         assert float(tuned(z, pos.detach() @ rot.T, batch, energy_only=True)["energy"]) == pytest.approx(
             float(out["energy"]), abs=1e-9)
+
+
+def test_committee_adds_an_uncertainty_without_changing_the_model(labeled_water, tmp_path):
+    """`wavecalc committee`: the model's energy and forces are unchanged; energy_std comes with every energy
+    and forces_std on request (the spread of the members' own forces); passing the card's threshold warns
+    once and is counted. (Whether the spread tracks the error is measured on the shipped models:
+    benchmarks/uncertainty.py.)"""
+    import warnings
+
+    from ase import Atoms
+
+    from ase_wavecalc import WaveCalculator
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.units import BOHR
+
+    model = 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true'
+    cfg = write_tiny_config(tmp_path / "m.toml", labeled_water, model=model, loss="energy = 100.0\nforces = 100.0",
+                            optimizer="lr = 5e-3\nema_decay = 0.0", max_epochs=2)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "plain"), "--refit-frames", "0"]) == 0
+    assert main(["committee", str(tmp_path / "plain"), str(labeled_water), "--out", str(tmp_path / "comm"),
+                 "--size", "4"]) == 0
+    card = json.loads((tmp_path / "comm" / "model.json").read_text())
+    assert card["committee"]["size"] == 4 and card["committee"]["energy_std_warning_mev"] > 0
+
+    atoms = Atoms("OH2", positions=WATER * BOHR)
+    plain, comm = atoms.copy(), atoms.copy()
+    plain.calc = WaveCalculator(model=str(tmp_path / "plain"))
+    comm.calc = WaveCalculator(model=str(tmp_path / "comm"))
+    assert comm.get_potential_energy() == plain.get_potential_energy()
+    assert np.array_equal(comm.get_forces(), plain.get_forces())
+    near = comm.calc.results["energy_std"]
+    assert near > 0 and "energy_std" not in plain.calc.results
+    std_f = comm.calc.get_property("forces_std", comm)
+    assert std_f.shape == (3, 3) and np.all(std_f >= 0) and std_f.max() > 0
+    from ase.calculators.calculator import PropertyNotImplementedError
+    with pytest.raises(PropertyNotImplementedError, match="committee"):
+        plain.calc.get_property("forces_std", plain)
+
+    far = comm.copy()
+    far.positions[1] += [0.0, 0.25, 0.1]     # an O-H bond stretched well past the training frames
+    far.calc = WaveCalculator(model=str(tmp_path / "comm"))
+    far_std = far.calc.get_property("energy_std", far)
+    assert far_std != near
+    # the policy: above the card's threshold (set here between the two spreads) it warns once and counts
+    low, high = (comm, far) if near < far_std else (far, comm)
+    calc = WaveCalculator(model=str(tmp_path / "comm"))
+    test = low.copy()
+    test.calc = calc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        test.get_potential_energy()
+        calc.provider.card["committee"]["energy_std_warning_mev"] = 1e3 * 0.5 * (near + far_std)
+        test.positions[0, 0] += 1e-6
+        test.get_potential_energy()
+        assert not caught and getattr(calc.provider, "n_uncertain", 0) == 0
+        test.positions[:] = high.positions
+        test.get_potential_energy()
+    assert any("committee energy spread" in str(w.message) for w in caught) and calc.provider.n_uncertain == 1

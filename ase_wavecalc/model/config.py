@@ -44,6 +44,8 @@ DEFAULT_CONFIG = {
                                    # "readout": e0 + an MLP of the Fock trunk's invariants (no eigh)
     "readout_hidden": 64,        # hidden width of the "readout" energy MLP
     "readout_standardize": False,  # shift and scale each invariant by training-set statistics (fixed buffers)
+    "committee_size": 0,         # readout models: extra readout MLPs on the same invariants whose spread is the
+                                 # uncertainty (energy_std, forces_std); fitted after training (train.committee)
     "transfer_head": False,      # readout models: + sum_A w[Z_A] . (standardized invariants of A), a linear
                                  # correction for a second level of theory (transfer learning, zero at start)
 }
@@ -122,6 +124,9 @@ def _resolve_config(config: dict) -> dict:
                              "trunk beside it)")
         if cfg["num_layers"] < 1:
             raise ValueError("energy_path = 'readout' needs num_layers >= 1")
+    cfg["committee_size"] = int(cfg["committee_size"])
+    if cfg["committee_size"] and (cfg["energy_path"] != "readout" or cfg["committee_size"] < 2):
+        raise ValueError("committee_size needs energy_path = 'readout' and at least 2 members (0: none)")
     cfg["transfer_head"] = bool(cfg["transfer_head"])
     if cfg["transfer_head"] and (cfg["energy_path"] != "readout" or not cfg["readout_standardize"]):
         raise ValueError("transfer_head = true needs energy_path = 'readout' with readout_standardize = true "

@@ -278,7 +278,7 @@ class HamiltonianModel(nn.Module):
             nn.init.zeros_(self.atom_energy_mlp[-1].bias)
         else:
             self.atom_energy_mlp = None
-        self.readout_mlp = self.readout_norm = self.transfer_weight = None
+        self.readout_mlp = self.readout_norm = self.transfer_weight = self.committee_mlps = None
         if cfg["energy_path"] == "readout":
             # per-atom energy from the invariants of every interaction block's output: the 0e channels and
             # the squared norm of each (irrep, channel); the last layer starts at zero (E = sum e0)
@@ -295,6 +295,11 @@ class HamiltonianModel(nn.Module):
             self.readout_norm = Standardize(n_in - n_el) if cfg["readout_standardize"] else None
             nn.init.zeros_(self.readout_mlp[-1].weight)
             nn.init.zeros_(self.readout_mlp[-1].bias)
+            # uncertainty: a committee of readout MLPs on the same inputs (train.committee fits them)
+            self.committee_mlps = (nn.ModuleList(
+                [nn.Sequential(nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                               nn.Linear(width, 1)) for _ in range(cfg["committee_size"])])
+                if cfg["committee_size"] else None)
             # transfer learning: a linear, per-element function of the same standardized invariants (Hartree),
             # zero until fitted (train.transfer)
             self.transfer_weight = (nn.Parameter(torch.zeros(n_el, n_in - n_el, dtype=torch.get_default_dtype()))
@@ -415,7 +420,8 @@ class HamiltonianModel(nn.Module):
         """energy_path = "readout": out["energy"] (B,) Hartree = sum_A e0[Z_A] + MLP(invariants of A): those
         of every Fock-trunk block and, with ``energy_layers``, of every energy-trunk block; with
         ``transfer_head`` + sum_A w[Z_A] . x_A (x: the standardized invariants), also as
-        out["transfer_correction"] (B,)."""
+        out["transfer_correction"] (B,); with ``committee_size`` K, out["energy_committee"] (B, K): the
+        energies of K more readout MLPs on the same inputs (their spread is the uncertainty)."""
         e0 = self.atom_energy_offsets[ix.elem]
         inv = [atom_invariants(layers, self.irrep_of_component, self.layout.n_irreps)]
         if self.energy_interactions is not None:
@@ -425,8 +431,14 @@ class HamiltonianModel(nn.Module):
         out["readout_inputs"] = inv.detach()
         if self.readout_norm is not None:
             inv = self.readout_norm(inv)
-        per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(torch.cat([inv, onehot], 1))[:, 0]
+        x = torch.cat([inv, onehot], 1)
+        per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(x)[:, 0]
         zero = onehot.new_zeros(ix.n_mol)
+        if self.committee_mlps is not None:   # (B, K) energies of the committee members
+            members = READOUT_ENERGY_SCALE * torch.cat([m(x) for m in self.committee_mlps], 1)
+            base = zero.index_add(0, ix.batch, e0)
+            out["energy_committee"] = base[:, None] + onehot.new_zeros(ix.n_mol, members.shape[1]).index_add(
+                0, ix.batch, members)
         if self.transfer_weight is not None:
             transfer = (self.transfer_weight[ix.elem] * inv).sum(-1)
             out["transfer_correction"] = zero.index_add(0, ix.batch, transfer)
