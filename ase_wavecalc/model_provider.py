@@ -226,9 +226,14 @@ class ModelProvider(HamiltonianProvider):
                 derivative_order=2)
         (grad,) = torch.autograd.grad(e_tot, pos, create_graph=True)
         grad = grad.reshape(-1)
-        rows = [torch.autograd.grad(grad[i], pos, retain_graph=i + 1 < len(grad))[0].reshape(-1)
-                for i in range(len(grad))]
-        hess = torch.stack(rows).detach().numpy()
+        try:   # all 3n rows in one batched (vmapped) backward pass
+            eye = torch.eye(len(grad), dtype=grad.dtype)
+            (hess,) = torch.autograd.grad(grad, pos, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
+            hess = hess.reshape(len(grad), -1).detach().numpy()
+        except RuntimeError:   # an operation without a batching rule: one row at a time
+            rows = [torch.autograd.grad(grad[i], pos, retain_graph=i + 1 < len(grad))[0].reshape(-1)
+                    for i in range(len(grad))]
+            hess = torch.stack(rows).detach().numpy()
         return 0.5 * (hess + hess.T)
 
     def require_hamiltonian(self):

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from ase_wavecalc.train.checkpoint import load_checkpoint
 from ase_wavecalc.train.config import ConfigError, parse_config
 from ase_wavecalc.train.data import load_table, split_frames
 from ase_wavecalc.train.metrics import evaluate_model, orbital_errors
-from ase_wavecalc.train.trainer import Trainer, load_checkpoint
+from ase_wavecalc.train.trainer import Trainer
 
 N_FRAMES = 24
 BASIS = "sto-3g"
@@ -155,7 +156,7 @@ def test_energy_and_forces_terms_plug_in(water_db):
     total.backward()
     assert torch.isfinite(fock.grad).all() and fock.grad.abs().max() > 0
     # ... so the per-element offsets fitted to the reference energies vanish for HF
-    from ase_wavecalc.train.trainer import reference_atom_energies
+    from ase_wavecalc.train.setup import reference_atom_energies
     table = load_table(water_db, keys=("e_tot", "hcore"), sha256=False)
     e0 = reference_atom_energies([table], [np.arange(table.n_frames)], [1, 8])
     assert float(e0.abs().max()) < 1e-7
@@ -386,7 +387,7 @@ threads = 1
 def test_freeze_hamiltonian_trains_only_the_energy_head():
     """Stage 2 (run.trainable = 'energy_head'): the Fock matrix cannot change, the core correction can."""
     from ase_wavecalc.model.network import build_model, default_config
-    from ase_wavecalc.train.trainer import freeze_hamiltonian
+    from ase_wavecalc.train.stages import freeze_hamiltonian
 
     torch.manual_seed(0)
     model = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1,
@@ -577,7 +578,8 @@ def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(
 def test_checkpoints_of_the_old_so2_basis_are_refused(tmp_path):
     """Checkpoints and model files written before the canonical SO(2) path basis hold weights for a
     machine-dependent basis: resuming, init_weights and export refuse them with a clear message."""
-    from ase_wavecalc.train.trainer import TrainingError, initial_weights, load_best
+    from ase_wavecalc.train.checkpoint import initial_weights, load_best
+    from ase_wavecalc.train.config import TrainingError
 
     run = tmp_path / "old_run"
     run.mkdir()

@@ -8,7 +8,12 @@ train`` / ``evaluate`` / ``export`` commands.
 | ``losses`` | loss terms registered by name (F MSE/MAE, orbital energies, energy, forces), weighted sum |
 | ``metrics`` | F, orbital-energy, orbital, density-matrix errors; ``evaluate_model`` |
 | ``stages`` | which weights learn (``run.trainable``), per-prefix learning rates, readout init from older weights |
-| ``trainer`` | AdamW + ReduceLROnPlateau + EMA, atomic checkpoints, bit-for-bit resume, time limits |
+| ``trainer`` | the ``Trainer``: AdamW + ReduceLROnPlateau + EMA, bit-for-bit resume, time limits |
+| ``checkpoint`` | checkpoint format, atomic save/load, EMA weights, RNG states, ``initial_weights`` |
+| ``runtime`` | process state of a run: isolated RNG/threads, SIGINT/SIGTERM, the run-directory lock |
+| ``runlog`` | metrics.csv, learning_curve.png, atomic text writes, TOML dump |
+| ``setup`` | model config from the data, frame split, initial weights / offsets / readout statistics |
+| ``base_energies`` | the frozen Hamiltonian's energies for ``run.trainable = "energy_correction"`` |
 | ``cli_train``, ``cli_evaluate``, ``cli_export`` | the sub-commands |
 
 Heavy imports stay inside the sub-modules; ``from ase_wavecalc.train import Trainer`` loads them lazily.

@@ -50,7 +50,7 @@ def load_run_model(run_dir, weights: str = "best", build_model=None):
 
     ``info``: model_config, dtype, epoch/step of the weights, the checkpoint's progress dict and config.
     """
-    from .trainer import load_best, load_checkpoint
+    from .checkpoint import load_best, load_checkpoint
 
     if build_model is None:
         from ..model import build_model

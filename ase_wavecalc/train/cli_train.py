@@ -39,8 +39,8 @@ def cli_main(args) -> int:
 
 def run_training(config, args, command: str) -> int:
     """Apply the command-line overrides to ``config`` and train (shared with ``wavecalc finetune``)."""
-    from .config import ConfigError
-    from .trainer import Trainer, TrainingError
+    from .config import ConfigError, TrainingError
+    from .trainer import Trainer
 
     for name in ("max_time_min", "max_epochs", "max_steps", "threads"):
         value = getattr(args, name)

@@ -1,8 +1,9 @@
 """A committee of readout heads for an uncertainty signal (``[model] committee_size``), fitted after training.
 
 The members are K more readout MLPs on the inputs the model's own readout reads (standardized invariants of
-each atom's features in the frozen trunks, plus the element one-hot). Each is trained on the total energies
-of a bootstrap resample of the training frames, from its own random start; their spread at a geometry,
+each atom's features in the frozen trunks, plus the element one-hot). Each starts from the model's readout
+with a random perturbation and is trained on the total energies of a bootstrap resample of the training
+frames; their spread at a geometry,
 ``energy_std`` (and ``forces_std``, its force counterpart), grows where the features leave the region the
 training frames cover. The trunks are fixed, so the invariants of the training frames are computed once and
 each member trains in seconds on them (Adam on minibatches of 64 frames, early stopping on the
@@ -24,6 +25,8 @@ __all__ = ["WARN_FACTOR", "atom_inputs", "fit_committee"]
 
 #: energy_std above this multiple of the validation frames' 99th percentile warns (ModelProvider)
 WARN_FACTOR = 3.0
+#: relative size of the random perturbation of each member's start (x each tensor's mean |weight|)
+PERTURBATION = 0.1
 
 
 def atom_inputs(model: torch.nn.Module, table, rows, batch_size: int = 32):
@@ -48,7 +51,7 @@ def atom_inputs(model: torch.nn.Module, table, rows, batch_size: int = 32):
 
 
 def fit_committee(model: torch.nn.Module, tables: Sequence, train_rows: Sequence, val_rows: Sequence,
-                  seed: int = 0, max_steps: int = 1500, lr: float = 3e-3, log: Callable[[str], None] = print) -> dict:
+                  seed: int = 0, max_steps: int = 1500, lr: float = 1e-3, log: Callable[[str], None] = print) -> dict:
     """Train ``model.committee_mlps`` in place on the tables' energies (``extra["e_tot"]``); returns a summary
     with the validation energy MAE of each member and the energy_std calibration (meV)."""
     from ..model.network import READOUT_ENERGY_SCALE
@@ -72,11 +75,14 @@ def fit_committee(model: torch.nn.Module, tables: Sequence, train_rows: Sequence
     gen = torch.Generator().manual_seed(seed)
     member_mae = []
     for k, head in enumerate(model.committee_mlps):
-        torch.manual_seed(seed + 1000 + k)
-        for layer in head:
-            if isinstance(layer, torch.nn.Linear):
-                layer.reset_parameters()
+        # each member starts from the model's own readout, perturbed (so it starts as accurate as the model),
+        # then learns a bootstrap resample: members agree where the data pin the readout down
+        head.load_state_dict(model.readout_mlp.state_dict())
         head.float()
+        noise = torch.Generator().manual_seed(seed + 1000 + k)
+        with torch.no_grad():
+            for p in head.parameters():
+                p.add_(PERTURBATION * p.abs().mean().clamp_min(1e-3) * torch.randn(p.shape, generator=noise))
         boot = [torch.randint(len(y), (len(y),), generator=gen) for y in y_tr]
         opt = torch.optim.Adam(head.parameters(), lr=lr)
         best, best_state, since = np.inf, None, 0
