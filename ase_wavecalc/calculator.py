@@ -36,18 +36,20 @@ Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf"
 ``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``), with
 ``dtype``, ``out_of_domain`` ("raise", the default: geometries outside the model's training domain raise
 ``InputError``; "reference": they are computed with PySCF at the model's level of theory instead, see
-``fallback.py``), ``reference_log`` (an ASE trajectory collecting those geometries) and ``refine``
+``providers/fallback.py``), ``reference_log`` (an ASE trajectory collecting those geometries) and ``refine``
 ("scf": every result is PySCF's converged SCF at the model's level, started from the model's density,
-``refine.py``; ``calc.scf_cycles`` gives the cycles it took). A
+``providers/refine.py``; ``calc.scf_cycles`` gives the cycles it took). A
 ready-made provider object may be passed as ``provider=`` instead (then method/basis/... do not apply).
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 from ase.calculators.calculator import (CalculationFailed, Calculator, InputError,
                                          PropertyNotImplementedError, all_changes)
 
 from . import electronic
+from .reference import ReferenceNotConverged
 from .units import BOHR, HARTREE, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
 from .validation import charge_and_spin_of, check_atoms
 
@@ -58,6 +60,13 @@ _PYSCF_KEYS = ("method", "basis", "conv_tol", "grid_level", "max_cycle", "grid_r
 # parameters that configure a model provider
 _MODEL_KEYS = ("model", "dtype", "out_of_domain", "reference_log", "refine")
 _OUT_OF_DOMAIN = ("raise", "reference")
+# what a provider's compute may raise that the calculator reports as CalculationFailed: numerical failures of
+# the electronic-structure code (a singular or non-positive-definite matrix, a closed HOMO-LUMO gap, an SCF
+# that does not converge). InputError (OutOfDomainError included), CalculationFailed and
+# PropertyNotImplementedError pass through as they are; anything else (TypeError, AttributeError, KeyError,
+# a RuntimeError from torch, ...) is a bug and propagates unchanged.
+_NUMERICAL_FAILURES = (np.linalg.LinAlgError, torch.linalg.LinAlgError, electronic.ClosedGapError,
+                       ReferenceNotConverged)
 
 
 class WaveCalculator(Calculator):
@@ -68,11 +77,13 @@ class WaveCalculator(Calculator):
     >>> WaveCalculator()                                  # exact PBE/def2-SVP with PySCF
     >>> WaveCalculator(method="hf", basis="sto-3g")
     >>> WaveCalculator(model="ethanol-pbe-def2svp")       # trained network (providers.ModelProvider)
-    >>> WaveCalculator(provider=my_provider)              # any object with the providers.py interface
+    >>> WaveCalculator(provider=my_provider)              # any object with the providers/base.py interface
 
     Bad input (periodic cells, unsupported elements, open shells, NaN or overlapping atoms, unknown
-    parameters) raises ``ase.calculators.calculator.InputError``; failures of the electronic-structure
-    code (e.g. an SCF that does not converge) raise ``CalculationFailed``.
+    parameters, a model that cannot be loaded) raises ``ase.calculators.calculator.InputError``; numerical
+    failures of the electronic-structure code (an SCF that does not converge, a singular overlap matrix,
+    a closed HOMO-LUMO gap) raise ``CalculationFailed``; any other exception is a bug and propagates as
+    itself.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "dipole", "charges", "energy_std", "forces_std")
@@ -149,29 +160,23 @@ class WaveCalculator(Calculator):
             raise InputError("refine='scf' starts PySCF from a model's density: it needs model=, and replaces "
                              "out_of_domain='reference' (every geometry is then computed with PySCF)")
         if p.get("model") is not None:
+            from .model.io import ModelFileError
+
             try:
-                model_provider = providers.ModelProvider
-            except (AttributeError, ImportError) as exc:
-                raise InputError(f"model={p['model']!r} needs ase_wavecalc.providers.ModelProvider, "
-                                 f"which cannot be imported here ({exc}); use method=/basis= for the "
-                                 "exact PySCF Hamiltonian") from exc
-            try:
-                provider = model_provider(p["model"], charge=int(p["charge"]), dtype=p["dtype"])
-            except Exception as exc:  # unknown name, bad directory, wrong charge, ...
+                provider = providers.ModelProvider(p["model"], charge=int(p["charge"]), dtype=p["dtype"])
+            except (FileNotFoundError, ValueError, KeyError, OSError, ModelFileError) as exc:
+                # unknown name, missing or corrupt model files, wrong charge or dtype, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "
                                  f"{exc}") from exc
             if p.get("refine") == "scf":
-                from .refine import SCFRefinedProvider
-
                 try:
-                    return SCFRefinedProvider(provider, conv_tol=p["conv_tol"], max_cycle=p["max_cycle"])
+                    return providers.SCFRefinedProvider(provider, conv_tol=p["conv_tol"],
+                                                        max_cycle=p["max_cycle"])
                 except ValueError as exc:
                     raise InputError(f"refine='scf' with model {p['model']!r}: {exc}") from exc
             if p.get("out_of_domain") == "reference":
-                from .fallback import ReferenceFallback
-
                 try:
-                    provider = ReferenceFallback(provider, log=p.get("reference_log"))
+                    provider = providers.ReferenceFallback(provider, log=p.get("reference_log"))
                 except (ValueError, TypeError) as exc:   # no level_of_theory, a Hamiltonian-only model
                     raise InputError(f"out_of_domain='reference' for model {p['model']!r}: {exc}") from exc
             return provider
@@ -217,9 +222,9 @@ class WaveCalculator(Calculator):
         positions_bohr = self.atoms.positions / BOHR
         try:
             result = provider.compute(numbers, positions_bohr, want_gradient)
-        except (InputError, CalculationFailed):
+        except (InputError, CalculationFailed, PropertyNotImplementedError):
             raise
-        except Exception as exc:  # anything the electronic-structure code throws
+        except _NUMERICAL_FAILURES as exc:   # anything else propagates unchanged (module-level comment)
             raise CalculationFailed(f"{provider!r} failed: {type(exc).__name__}: {exc}") from exc
         self._result = result
 

@@ -48,7 +48,7 @@ def make_calculator(args):
 
 
 def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=200, friction=0.01,
-           seed=0, trajectory=None, interval=1, log=sys.stdout, progress=True, properties=()):
+           seed=0, trajectory=None, interval=1, log="stdout", progress=True, properties=()):
     """Run MD on ``atoms`` with ``calc``; returns a dict with times (fs) and energies (eV) per frame.
 
     ``properties=("dipole",)`` also records the dipole (e*Angstrom, (T, 3) under "dipole") of every frame
@@ -86,6 +86,8 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
     else:
         raise ValueError(f"unknown ensemble {ensemble!r}: use 'nve' or 'langevin'")
 
+    if log == "stdout":   # looked up at call time: a stream captured when the module was imported may be closed
+        log = sys.stdout
     unknown = [p for p in properties if p != "dipole"]
     if unknown:
         raise ValueError(f"run_md records the dipole besides the energies; not {unknown}")

@@ -76,7 +76,7 @@ def model_calc(spec: str, dtype: str):
     except InputError as exc:
         if "dtype" not in str(exc):
             raise
-        from ase_wavecalc.model_provider import ModelProvider
+        from ase_wavecalc.providers import ModelProvider
 
         return WaveCalculator(provider=ModelProvider(spec, dtype=dtype))
 
@@ -171,7 +171,7 @@ def evaluate(calc, dataset: Path, frame_ids: list[int], xtb: bool) -> dict:
 def reference_check(dataset: Path, frames: list[int], card: dict) -> dict:
     """The pipeline with PySCF itself in place of the model: F, eps, E and force errors must be ~0."""
     from ase_wavecalc import WaveCalculator
-    from ase_wavecalc.fallback import reference_provider_for
+    from ase_wavecalc.providers import reference_provider_for
 
     reference = reference_provider_for(card)          # PySCF at the card's level of theory
     method = reference.method

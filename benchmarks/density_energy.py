@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from ase_wavecalc import WaveCalculator, electronic, integrals
     from ase_wavecalc.dataset import read_dataset
     from ase_wavecalc.energy import n_occupied, one_electron_matrices
-    from ase_wavecalc.fallback import reference_provider_for
+    from ase_wavecalc.providers import reference_provider_for
     from ase_wavecalc.model.io import load_model
     from ase_wavecalc.reference import functional_energy, run_reference
     from ase_wavecalc.units import BOHR, HARTREE

@@ -54,7 +54,7 @@ def test_frames(card: dict, dataset: Path) -> list[int]:
 
 def accuracy(model: str, card: dict, data: dict, frames: list[int]) -> dict:
     """Errors on the given frames (float64 network; the calculator's provider)."""
-    from ase_wavecalc.model_provider import ModelProvider
+    from ase_wavecalc.providers import ModelProvider
     from ase_wavecalc.units import HARTREE, HARTREE_PER_BOHR
 
     provider = ModelProvider(model)

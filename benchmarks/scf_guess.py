@@ -45,7 +45,7 @@ def _scf(mol, level, guess, dm0=None):
 def run(molecule: str, n_frames: int, log=print) -> dict:
     from ase_wavecalc.dataset import read_dataset
     from ase_wavecalc.integrals import make_mol
-    from ase_wavecalc.model_provider import ModelProvider
+    from ase_wavecalc.providers import ModelProvider
 
     name = f"{molecule}-pbe-def2svp"
     card = json.loads((ROOT / "models" / name / "model.json").read_text())

@@ -41,7 +41,7 @@ def model_calc(spec, dtype):
     except InputError as exc:   # a calculator without the dtype parameter: pass the provider
         if "dtype" not in str(exc):
             raise
-        from ase_wavecalc.model_provider import ModelProvider
+        from ase_wavecalc.providers import ModelProvider
 
         return WaveCalculator(provider=ModelProvider(spec, dtype=dtype))
 

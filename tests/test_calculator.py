@@ -1,6 +1,7 @@
 """WaveCalculator through ASE: forces, PySCF agreement, optimization, vibrations, caching, bad input."""
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import CalculationFailed, InputError, PropertyNotImplementedError
@@ -178,14 +179,18 @@ def test_model_hook(monkeypatch):
         """Stands in for the trained network: same interface."""
 
         def __init__(self, name, charge=0, dtype="float64"):
+            if name == "buggy-model":
+                raise TypeError("bug in the loader")
             if name != "fake-model":
                 raise FileNotFoundError(f"no model {name!r}")
             super().__init__(method="hf", basis="sto-3g", charge=charge)
             self.name, self.elements = name, frozenset({1, 8})
 
-    monkeypatch.setattr(providers, "ModelProvider", FakeModelProvider, raising=False)
+    monkeypatch.setattr(providers, "ModelProvider", FakeModelProvider)
     with pytest.raises(InputError, match="could not load model 'unknown'"):
         WaveCalculator(model="unknown").get_potential_energy(_water())
+    with pytest.raises(TypeError, match="bug in the loader"):   # a bug, not bad input: not an InputError
+        WaveCalculator(model="buggy-model").get_potential_energy(_water())
     calc = WaveCalculator(model="fake-model")
     assert calc.get_potential_energy(_water()) < 0
     assert calc.provider.name == "fake-model"
@@ -284,6 +289,38 @@ def test_scf_failure_raises_calculation_failed():
     atoms.calc = WaveCalculator(method="pbe", basis="sto-3g", max_cycle=1)
     with pytest.raises(CalculationFailed, match="did not converge"):
         atoms.get_potential_energy()
+
+
+class _RaisingProvider(providers.HamiltonianProvider):
+    """A provider whose compute raises the given exception."""
+
+    basis = "sto-3g"
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def compute(self, numbers, positions_bohr, want_gradient=False):
+        raise self.exc
+
+
+def test_programming_errors_in_a_provider_surface_as_themselves():
+    """A bug in a provider (TypeError, KeyError, ...) is not disguised as CalculationFailed."""
+    for exc in (TypeError("bug"), KeyError("missing"), AttributeError("no such thing")):
+        atoms = _water()
+        atoms.calc = WaveCalculator(provider=_RaisingProvider(exc))
+        with pytest.raises(type(exc)) as info:
+            atoms.get_potential_energy()
+        assert info.value is exc and not isinstance(info.value, CalculationFailed)
+
+
+@pytest.mark.parametrize("exc", [np.linalg.LinAlgError("S is not positive definite"),
+                                 torch.linalg.LinAlgError("eigh failed to converge")])
+def test_numerical_failures_in_a_provider_raise_calculation_failed(exc):
+    atoms = _water()
+    atoms.calc = WaveCalculator(provider=_RaisingProvider(exc))
+    with pytest.raises(CalculationFailed, match="failed: .*LinAlgError") as info:
+        atoms.get_potential_energy()
+    assert info.value.__cause__ is exc
 
 
 def _hf_energy(atoms, charge):

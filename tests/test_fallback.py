@@ -7,9 +7,8 @@ from ase.calculators.calculator import InputError
 from ase.io import read
 
 from ase_wavecalc import WaveCalculator
-from ase_wavecalc.fallback import ReferenceFallback
 from ase_wavecalc.model.network import build_model, default_config
-from ase_wavecalc.model_provider import ModelProvider, OutOfDomainError
+from ase_wavecalc.providers import ModelProvider, OutOfDomainError, ReferenceFallback
 
 CARD = {"name": "random-guarded", "level_of_theory": {"method": "rks", "xc": "pbe", "basis": "sto-3g",
                                                       "grid_level": 3},

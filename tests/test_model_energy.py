@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from ase_wavecalc import WaveCalculator, integrals
 from ase_wavecalc.model.network import build_model, default_config
-from ase_wavecalc.model_provider import ModelProvider
+from ase_wavecalc.providers import ModelProvider
 
 BASIS = "sto-3g"
 

@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from ase_wavecalc import WaveCalculator
 from ase_wavecalc.model.network import build_model, default_config
-from ase_wavecalc.model_provider import ModelProvider
+from ase_wavecalc.providers import ModelProvider
 from ase_wavecalc.units import BOHR
 
 from _finite_differences import fd_hessian

@@ -439,7 +439,7 @@ def test_orthonormal_fock_loss_bounds_every_orbital_energy(water_db):
 def test_energy_offset_refit_removes_mean_residual_and_keeps_forces(water_db):
     """The least-squares offset refit shifts every energy by one constant and leaves forces alone."""
     from ase_wavecalc.model.network import build_model, default_config
-    from ase_wavecalc.model_provider import ModelProvider
+    from ase_wavecalc.providers import ModelProvider
     from ase_wavecalc.train.offsets import refit_energy_offsets
 
     torch.manual_seed(0)
@@ -538,7 +538,7 @@ def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(
     # force errors as the full model's path
     import copy
 
-    from ase_wavecalc.model_provider import ModelProvider
+    from ase_wavecalc.providers import ModelProvider
     from ase_wavecalc.train.losses import WeightedLoss
     model = m2.double()
     etable = load_table(water_db, keys=("e_tot", "gradient", "hcore"), sha256=False)

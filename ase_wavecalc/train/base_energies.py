@@ -29,7 +29,7 @@ def prepare_base_energies(trainer) -> None:
     import hashlib
 
     from ..electronic import ClosedGapError
-    from ..model_provider import ModelProvider
+    from ..providers import ModelProvider
 
     bad = [k for k, w in trainer.loss_fn.weights.items() if k not in ("energy", "forces")]
     if bad:

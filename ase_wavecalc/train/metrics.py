@@ -182,7 +182,7 @@ def model_energy_predictions(model: torch.nn.Module, dataset_path, frame_ids, ch
                              gradient: bool = True, labels: str = "reference") -> dict:
     """The model's energies (and gradients) on some frames of a dataset file, next to the reference.
 
-    The model runs in float64 through :class:`~ase_wavecalc.model_provider.ModelProvider` (the
+    The model runs in float64 through :class:`~ase_wavecalc.providers.ModelProvider` (the
     calculator's path: degeneracy-safe density response, exact S and h_core derivatives). Returns
     numpy arrays in atomic units: ``energy`` (F,), ``e_ref`` (F,), ``numbers`` (n,) and, with
     ``gradient``, ``gradient`` and ``gradient_ref`` (F, n, 3). ``labels="high"``: the references are the
@@ -191,7 +191,7 @@ def model_energy_predictions(model: torch.nn.Module, dataset_path, frame_ids, ch
     import copy
 
     from ..dataset import read_dataset
-    from ..model_provider import ModelProvider
+    from ..providers import ModelProvider
 
     keys = ("e_tot", "gradient") if gradient else ("e_tot",)
     if labels in ("high", "delta"):   # the high-level labels are the reference (NaN gradient: no forces)

@@ -64,7 +64,7 @@ def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], char
 
     datasets: ``(path, frame_ids)`` pairs (training frames); ``labels``: per dataset, "reference" or
     "high" (its high-level labels). The model runs in float64 through
-    :class:`~ase_wavecalc.model_provider.ModelProvider`, the calculator's path. Summary: frames evaluated
+    :class:`~ase_wavecalc.providers.ModelProvider`, the calculator's path. Summary: frames evaluated
     and those left out as outliers, the correction per element (Hartree), and the residual mean and RMS
     over the inliers before and after (meV).
     """

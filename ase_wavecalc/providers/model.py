@@ -1,7 +1,7 @@
 """The trained network as a Hamiltonian provider for :class:`~ase_wavecalc.WaveCalculator`.
 
 ``ModelProvider(model)`` loads a shipped model (name) or a model directory and implements the provider
-interface of :mod:`ase_wavecalc.providers`: F from the network, S from PySCF integrals, orbitals and
+interface of :mod:`ase_wavecalc.providers.base`: F from the network, S from PySCF integrals, orbitals and
 density from F C = S C eps, and, for models trained with an energy head, the total energy of
 :mod:`ase_wavecalc.energy` with its exact gradient (autograd through the network, PySCF's analytic
 derivatives of S and h_core, and the degeneracy-safe density-matrix response).
@@ -15,23 +15,16 @@ import time
 
 import numpy as np
 import torch
-from ase.calculators.calculator import InputError, PropertyNotImplementedError
+from ase.calculators.calculator import PropertyNotImplementedError
 
-from . import energy as energy_mod
-from . import integrals
-from .providers import HamiltonianProvider, HamiltonianResult
-from .units import BOHR, HARTREE
+from .. import energy as energy_mod
+from .. import integrals
+from ..units import BOHR, HARTREE
+from .base import HamiltonianProvider, HamiltonianResult, OutOfDomainError
 
 HARTREE_MEV = HARTREE * 1e3
 
-__all__ = ["ModelProvider", "OutOfDomainError"]
-
-
-class OutOfDomainError(InputError):
-    """The geometry is outside what the model was trained on (an atom pair far closer than in any training
-    frame, or a predicted HOMO-LUMO gap far below every training gap): no model number is returned.
-    An ``InputError``, so ASE code that catches those catches it; ``out_of_domain="reference"`` of
-    :class:`~ase_wavecalc.WaveCalculator` computes such geometries with the reference method instead."""
+__all__ = ["ModelProvider", "DeferredHamiltonianResult", "OutOfDomainError"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -48,7 +41,7 @@ class ModelProvider(HamiltonianProvider):
     """
 
     def __init__(self, model, dtype: str = "float64", charge: int = 0, card: dict | None = None):
-        from .model.io import load_model
+        from ..model.io import load_model
 
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
@@ -90,8 +83,8 @@ class ModelProvider(HamiltonianProvider):
         has never seen anything like it, and its Hamiltonian (hence energy and forces) can be arbitrarily
         wrong (a diverging optimizer is the usual way to get there). Closer than the training minimum
         minus ``EXTRAPOLATION_WARNING`` Angstrom warns once per provider. ``strict``: any pair closer than
-        the training minimum raises (what :mod:`~ase_wavecalc.fallback` uses to hand such geometries to
-        the reference before the model's extrapolation can accelerate the atoms).
+        the training minimum raises (what :mod:`~ase_wavecalc.providers.fallback` uses to hand such
+        geometries to the reference before the model's extrapolation can accelerate the atoms).
         """
         from ase.data import chemical_symbols
 
@@ -283,7 +276,7 @@ class ModelProvider(HamiltonianProvider):
         of the training data (card's ``training_domain.min_homo_lumo_gap_eV``; models without it are not
         checked). A virtual level falling towards the occupied ones is how a network Hamiltonian fails
         outside its data; the density response (forces) then diverges, so no number is returned."""
-        from .units import HARTREE
+        from ..units import HARTREE
 
         smallest = (self.card.get("training_domain") or {}).get("min_homo_lumo_gap_eV")
         if smallest is None or not 0 < n_occ < len(mo_energy):

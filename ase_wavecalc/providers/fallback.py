@@ -24,8 +24,8 @@ import warnings
 
 import numpy as np
 
-from .model_provider import OutOfDomainError
-from .providers import HamiltonianProvider, HamiltonianResult, PySCFProvider
+from .base import HamiltonianProvider, HamiltonianResult, OutOfDomainError
+from .pyscf_provider import PySCFProvider
 
 __all__ = ["ReferenceFallback", "reference_provider_for"]
 
@@ -55,7 +55,7 @@ class ReferenceFallback(HamiltonianProvider):
 
     Parameters
     ----------
-    model: a :class:`~ase_wavecalc.model_provider.ModelProvider`.
+    model: a :class:`~ase_wavecalc.providers.ModelProvider`.
     reference: the provider for refused geometries (default: PySCF at the model card's level of theory).
     log: an ASE trajectory file; each geometry computed by the reference is appended (positions in
         Angstrom, reference energy in eV and forces in eV/Angstrom); an existing file grows.
@@ -119,7 +119,7 @@ class ReferenceFallback(HamiltonianProvider):
         from ase.calculators.singlepoint import SinglePointCalculator
         from ase.io import Trajectory
 
-        from .units import bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
+        from ..units import bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
 
         atoms = Atoms(numbers=np.asarray(numbers).reshape(-1),
                       positions=bohr_to_angstrom(np.asarray(positions_bohr, dtype=float).reshape(-1, 3)))

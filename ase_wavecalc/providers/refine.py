@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import time
 
-from .providers import HamiltonianProvider, HamiltonianResult
+from .base import HamiltonianProvider, HamiltonianResult
+from .fallback import reference_provider_for
 
 __all__ = ["SCFRefinedProvider"]
 
@@ -25,14 +26,12 @@ class SCFRefinedProvider(HamiltonianProvider):
 
     Parameters
     ----------
-    model: a :class:`~ase_wavecalc.model_provider.ModelProvider` whose F was trained (``fock_trained``).
+    model: a :class:`~ase_wavecalc.providers.ModelProvider` whose F was trained (``fock_trained``).
     conv_tol: SCF energy tolerance in Hartree (default: the model card's, else 1e-10).
     max_cycle: SCF iterations before ``CalculationFailed``.
     """
 
     def __init__(self, model, conv_tol: float | None = None, max_cycle: int = 100):
-        from .fallback import reference_provider_for
-
         if not getattr(model, "card", {}).get("fock_trained", True):
             raise ValueError(f"model {model.name!r} was not trained on F (an energy-only network): it has no "
                              "density to start an SCF from")

@@ -1,0 +1,124 @@
+"""The Hamiltonian provider interface: where the Fock matrix (and the energy and its gradient) come from.
+
+A provider is a small object with this interface (atomic units inside, PySCF spherical AO order)::
+
+    provider.basis      str           basis set name, e.g. "def2-svp"
+    provider.elements   frozenset[int] | None   atomic numbers it can handle (None: any the basis has)
+    provider.charge     int           total molecular charge it computes with
+    provider.compute(numbers (n,), positions_bohr (n, 3), want_gradient: bool) -> HamiltonianResult
+    provider.describe() -> dict      JSON-serializable settings (method, basis, ...)
+
+``compute`` may raise ``ase.calculators.calculator.CalculationFailed`` (e.g. SCF not converged), and a
+model provider ``OutOfDomainError`` (an ``InputError``) for a geometry outside its training data.
+Calling it again with the positions of the previous call must be cheap (cached), so that a gradient
+asked for after an energy does not redo the SCF.
+
+| provider | source of F |
+|---|---|
+| PySCFProvider | exact closed-shell SCF (RHF or RKS with any xc functional) + analytic gradient
+  (``providers/pyscf_provider.py``) |
+| ModelProvider | a trained equivariant network (``providers/model.py``; same interface; energy is
+  NaN and gradient None for a Hamiltonian-only model, which then offers ``require_energy()`` raising
+  ``PropertyNotImplementedError``) |
+
+HamiltonianResult fields
+------------------------
+| field | shape | unit |
+|---|---|---|
+| fock | (nao, nao) | Hartree (F of the converged density; for a model: the prediction) |
+| overlap | (nao, nao) | - |
+| energy | () float | Hartree (total energy, nuclear repulsion included) |
+| mo_energy | (nmo,) | Hartree, ascending (eigenvalues of F C = S C eps) |
+| mo_coeff | (nao, nmo) | - (columns, C^T S C = 1) |
+| mo_occ | (nmo,) | electrons (2 or 0: closed shell) |
+| dm | (nao, nao) | - (P = C n C^T, trace(P S) = number of electrons) |
+| mol | pyscf.gto.Mole | Bohr (for integrals: dipole, density on a grid) |
+| hcore | (nao, nao) or None | Hartree |
+| gradient | (n, 3) or None | Hartree/Bohr (dE/dR; None when not asked for) |
+| info | dict | free-form diagnostics (scf_cycles, seconds, converged, ...) |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase.calculators.calculator import InputError
+
+__all__ = ["HamiltonianResult", "HamiltonianProvider", "OutOfDomainError"]
+
+
+class OutOfDomainError(InputError):
+    """The geometry is outside what the model was trained on (an atom pair far closer than in any training
+    frame, or a predicted HOMO-LUMO gap far below every training gap): no model number is returned.
+    An ``InputError``, so ASE code that catches those catches it; ``out_of_domain="reference"`` of
+    :class:`~ase_wavecalc.WaveCalculator` computes such geometries with the reference method instead."""
+
+
+@dataclass
+class HamiltonianResult:
+    """One Hamiltonian and what follows from it, atomic units, PySCF AO order (table in module doc)."""
+
+    fock: np.ndarray
+    overlap: np.ndarray
+    energy: float
+    mo_energy: np.ndarray
+    mo_coeff: np.ndarray
+    mo_occ: np.ndarray
+    dm: np.ndarray
+    mol: object
+    hcore: np.ndarray | None = None
+    gradient: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_occ(self) -> int:
+        """Number of doubly occupied orbitals."""
+        return int(np.count_nonzero(self.mo_occ > 0))
+
+    @classmethod
+    def from_fock(cls, mol, fock, overlap, energy, gradient=None, hcore=None, info=None):
+        """Fill in orbitals, occupations and density from F and S (closed shell, aufbau).
+
+        Convenience for providers that predict F (such as a trained network): solves F C = S C eps
+        with :func:`ase_wavecalc.electronic.solve_fock` and occupies the ``mol.nelectron // 2``
+        lowest orbitals. Inputs may be numpy arrays or torch tensors (they are detached).
+        """
+        import torch
+
+        from .. import electronic
+
+        def arr(x):
+            if x is None:
+                return None
+            if torch.is_tensor(x):
+                x = x.detach().cpu().numpy()
+            return np.asarray(x, dtype=np.float64)
+
+        fock, overlap = arr(fock), arr(overlap)
+        if mol.nelectron % 2:
+            raise ValueError(f"closed shell only: {mol.nelectron} electrons")
+        n_occ = mol.nelectron // 2
+        mo_energy, mo_coeff = electronic.solve_fock(torch.from_numpy(fock), torch.from_numpy(overlap))
+        mo_occ = electronic.occupations(mo_energy.shape[-1], n_occ)
+        dm = electronic.density_matrix(mo_coeff, mo_occ)
+        return cls(fock=fock, overlap=overlap, energy=float(arr(energy)), mo_energy=mo_energy.numpy(),
+                   mo_coeff=mo_coeff.numpy(), mo_occ=mo_occ.numpy(), dm=dm.numpy(), mol=mol,
+                   hcore=arr(hcore), gradient=arr(gradient), info=dict(info or {}))
+
+
+class HamiltonianProvider:
+    """Base class of providers (documents the interface; subclasses override ``compute``)."""
+
+    basis: str = ""
+    elements: frozenset | None = None
+    charge: int = 0
+
+    def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"provider": type(self).__name__, "basis": self.basis, "charge": self.charge}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "provider")
+        return f"{type(self).__name__}({args})"
