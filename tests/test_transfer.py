@@ -114,6 +114,15 @@ def labeled_water(water_db, tmp_path_factory):  # noqa: F811
     return path
 
 
+def _train_base(tmp_path, db, model: str, epochs: int = 2, out: str = "base"):
+    """A tiny readout model trained on the low-level energies and forces of ``db``, in tmp_path/out."""
+    from ase_wavecalc.cli import main
+
+    cfg = write_tiny_config(tmp_path / f"{out}.toml", db, model=model, loss="energy = 100.0\nforces = 100.0",
+                            optimizer="lr = 5e-3\nema_decay = 0.0", max_epochs=epochs)
+    assert main(["train", str(cfg), "--out", str(tmp_path / out)]) == 0
+
+
 def _energies(model, table, rows):
     batch = table.batch(rows, dtype=torch.float64)
     with torch.no_grad():
@@ -128,11 +137,8 @@ def test_finetune_learns_the_high_level_and_keeps_the_hamiltonian(labeled_water,
     from ase_wavecalc.train.cli_export import load_run_model
     from ase_wavecalc.train.data import load_table
 
-    model = 'energy_path = "readout"\nreadout_hidden = 16\nenergy_layers = 1\nenergy_channels = 8'
-    base_cfg = write_tiny_config(tmp_path / "base.toml", labeled_water, model=model,
-                                 loss="energy = 100.0\nforces = 100.0", optimizer="lr = 5e-3\nema_decay = 0.0",
-                                 max_epochs=3)
-    assert main(["train", str(base_cfg), "--out", str(tmp_path / "base")]) == 0
+    _train_base(tmp_path, labeled_water, 'energy_path = "readout"\nreadout_hidden = 16\nenergy_layers = 1\n'
+                'energy_channels = 8', epochs=3)
     (tmp_path / "ft.toml").write_text(f"""[data]
 seed = 1
 [[data.datasets]]
@@ -200,11 +206,7 @@ def test_linear_transfer_head_fits_in_closed_form_and_its_forces_are_exact(label
 
     with pytest.raises(ValueError, match="transfer_head"):   # it needs the readout path with standardization
         build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1, transfer_head=True))
-    model = 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true'
-    base_cfg = write_tiny_config(tmp_path / "base.toml", labeled_water, model=model,
-                                 loss="energy = 100.0\nforces = 100.0", optimizer="lr = 5e-3\nema_decay = 0.0",
-                                 max_epochs=2)
-    assert main(["train", str(base_cfg), "--out", str(tmp_path / "base")]) == 0
+    _train_base(tmp_path, labeled_water, 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true')
     (tmp_path / "tr.toml").write_text(f"""[data]
 seed = 1
 [[data.datasets]]
@@ -265,10 +267,8 @@ def test_committee_adds_an_uncertainty_without_changing_the_model(labeled_water,
     from ase_wavecalc.cli import main
     from ase_wavecalc.units import BOHR
 
-    model = 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true'
-    cfg = write_tiny_config(tmp_path / "m.toml", labeled_water, model=model, loss="energy = 100.0\nforces = 100.0",
-                            optimizer="lr = 5e-3\nema_decay = 0.0", max_epochs=2)
-    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    _train_base(tmp_path, labeled_water, 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true',
+                out="run")
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "plain"), "--refit-frames", "0"]) == 0
     assert main(["committee", str(tmp_path / "plain"), str(labeled_water), "--out", str(tmp_path / "comm"),
                  "--size", "4"]) == 0
