@@ -133,25 +133,33 @@ def _rows(path):
 
 
 def test_sigkill_then_resume(tmp_path):
-    """kill -9 the whole job once frames are being written; the same command finishes the set."""
+    """kill -9 the whole job again and again while frames are being written, restarting it each time; the
+    same command then finishes the set: no frame lost, none duplicated, none half-written."""
     out = tmp_path / "kill.db"
     n = 6
     cmd = [sys.executable, "-m", "ase_wavecalc.cli", "generate", "H2O", "--out", str(out), "--method", "pbe",
            "--basis", "sto-3g", "--grid-level", "1", "--n-frames", str(n), "--seed", "5", "--interval", "10",
            "--equilibration", "20", "--workers", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while _rows(out) < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()
-
-    with sqlite3.connect(out) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    partial = read_dataset(out)  # whole frames only, all arrays present
-    assert 1 <= len(partial["frame"]) < n
-    assert len(set(partial["frame"])) == len(partial["frame"])
+    partial = None
+    for target in (1, 3):      # kill once the file holds at least this many rows, then restart
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while _rows(out) < target and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            break
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()
+        with sqlite3.connect(out) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        now = read_dataset(out)  # whole frames only, all arrays present
+        assert len(set(now["frame"])) == len(now["frame"]) and len(now["frame"]) < n
+        if partial is not None:   # what an earlier run wrote is still there, unchanged
+            for i, frame in enumerate(partial["frame"]):
+                assert now["e_tot"][list(now["frame"]).index(frame)] == partial["e_tot"][i]
+        partial = now
+    assert partial is not None and len(partial["frame"]) >= 1
     candidates_before = read_candidates(connect(out))[1]
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -799,3 +799,49 @@ def test_readout_standardization_is_set_from_training_frames_and_saved(water_db,
     with torch.no_grad():
         again = loaded(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)
     assert torch.allclose(again["energy"], out["energy"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_sigkill_loop_loses_and_repeats_nothing(water_db, tmp_path):
+    """`wavecalc train` killed with SIGKILL at random moments, again and again, and restarted each time
+    (--resume once a checkpoint exists): the finished run has every epoch exactly once in metrics.csv, a
+    loadable checkpoint, no temporary files, and the same weights as a run never interrupted."""
+    import csv
+    import random
+
+    cfg = write_tiny_config(tmp_path / "k.toml", water_db, model='energy_path = "readout"\nreadout_hidden = 8',
+                            loss="fock_mae = 1.0\nenergy = 1.0", optimizer="lr = 5e-3\nema_decay = 0.5",
+                            run="checkpoint_every_min = 0.003\ndeterministic = true", max_epochs=8)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def command(run_dir, resume):
+        return [sys.executable, "-m", "ase_wavecalc.cli", "train", str(cfg), "--out", str(run_dir), "--threads", "1",
+                "--no-progress"] + (["--resume"] if resume else [])
+
+    reference = tmp_path / "straight"
+    assert subprocess.run(command(reference, False), env=env, capture_output=True, timeout=300).returncode == 0
+
+    run_dir = tmp_path / "killed"
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(6):
+        proc = subprocess.Popen(command(run_dir, (run_dir / "checkpoint.pt").is_file()), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.5, 5.0))     # start-up takes ~1-2 s; then epochs of a fraction of a second
+        if proc.poll() is not None:
+            break                             # finished before the kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    done = subprocess.run(command(run_dir, (run_dir / "checkpoint.pt").is_file()), env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert kills >= 2
+    with open(run_dir / "metrics.csv", newline="") as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == list(range(1, 9))
+    assert not [p for p in os.listdir(run_dir) if ".tmp" in p]
+    a, b = load_checkpoint(run_dir / "checkpoint.pt"), load_checkpoint(reference / "checkpoint.pt")
+    assert a["progress"]["step"] == b["progress"]["step"]
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
