@@ -81,7 +81,7 @@ CANDIDATE_TABLE = "wavecalc_candidates"
 
 __all__ = ["FRAME_KEYS", "LABEL_KEYS", "ARRAY_KEYS", "DatasetError", "connect", "frame_ids", "write_frame",
            "check_metadata", "update_metadata", "metadata", "read_dataset", "write_candidates", "read_candidates",
-           "import_npz"]
+           "import_npz", "formula"]
 
 
 class DatasetError(ValueError):
@@ -274,7 +274,7 @@ def read_dataset(path, keys=None, converged_only: bool = True) -> dict[str, np.n
                 numbers = np.array(row.numbers, dtype=np.int64)
             elif len(row.numbers) != len(numbers) or np.any(row.numbers != numbers):
                 raise DatasetError(f"{str(path)!r} mixes compositions ({row.formula} in frame {row.frame} vs "
-                                   f"{_formula(numbers)}); read_dataset stacks one composition per file")
+                                   f"{formula(numbers)}); read_dataset stacks one composition per file")
             frames.append(int(row.frame))
             positions.append(np.array(row.positions, dtype=float) / BOHR)
             for k in keys:
@@ -295,9 +295,10 @@ def read_dataset(path, keys=None, converged_only: bool = True) -> dict[str, np.n
     return out
 
 
-def _formula(numbers):
+def formula(numbers) -> str:
+    """Chemical formula (ASE's default order) of atomic numbers (n,)."""
     from ase import Atoms
-    return Atoms(numbers=numbers).get_chemical_formula()
+    return Atoms(numbers=[int(z) for z in numbers]).get_chemical_formula()
 
 
 # ----------------------------------------------------------------------------------------------------

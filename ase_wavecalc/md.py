@@ -20,21 +20,9 @@ import time
 
 import numpy as np
 
+from .sampling import langevin, load_structure, start_velocities
 
-def load_structure(spec: str):
-    """An ``ase.Atoms`` from a molecule name known to ``ase.build.molecule`` or a structure file."""
-    import os
-
-    from ase.build import molecule
-    from ase.collections import g2
-    from ase.io import read
-
-    if os.path.exists(spec):
-        return read(spec)
-    if spec in g2.names:
-        return molecule(spec)
-    raise ValueError(f"{spec!r} is neither a file nor a molecule name known to ase.build.molecule "
-                     f"(e.g. H2O, CH3CH2OH, CH4)")
+__all__ = ["load_structure", "make_calculator", "run_md", "add_cli_arguments", "cli_main"]
 
 
 def make_calculator(args):
@@ -55,34 +43,21 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
     and writes it to the trajectory (a readout model computes its density for it each step).
 
     Velocities start from a Maxwell-Boltzmann distribution at ``temperature`` with zero total momentum
-    and angular momentum; ``seed`` makes the run reproducible. Langevin keeps the centre of mass fixed
-    with the ``FixCom`` constraint unless the atoms carry constraints of their own (the reported temperature
-    then counts 3N - 3 degrees of freedom), not with
-    ``Langevin(fixcm=True)``: that older form removes the centre-of-mass part of the random kicks without
-    mass weighting, which heats light atoms (water at a 300 K bath ran at ~750-1100 K, ethanol ~25% hot).
+    and angular momentum; ``seed`` makes the run reproducible. Langevin is ``sampling.langevin`` (the centre
+    of mass fixed by ``FixCom``; the reported temperature then counts 3N - 3 degrees of freedom).
     """
-    from ase.constraints import FixCom
     from ase import units
     from ase.io import Trajectory
-    from ase.md.langevin import Langevin
-    from ase.md import velocitydistribution as vd
-    from ase.md.velocitydistribution import Stationary, ZeroRotation
     from ase.md.verlet import VelocityVerlet
 
     atoms = atoms.copy()
     atoms.calc = calc
     rng = np.random.default_rng(seed)
-    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution  # ASE 3.29 name
-    thermalize(atoms, temperature_K=temperature, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
+    start_velocities(atoms, temperature, rng)
     if ensemble == "nve":
         dyn = VelocityVerlet(atoms, timestep * units.fs)
     elif ensemble == "langevin":
-        if not atoms.constraints:   # the user's own constraints (e.g. FixAtoms) already pin the molecule
-            atoms.set_constraint(FixCom())
-        dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
-                       fixcm=False, rng=rng)
+        dyn = langevin(atoms, timestep, temperature, friction, rng)
     else:
         raise ValueError(f"unknown ensemble {ensemble!r}: use 'nve' or 'langevin'")
 

@@ -25,9 +25,34 @@ from ase.calculators.calculator import CalculationFailed, Calculator, all_change
 
 from .units import HARTREE, HARTREE_PER_BOHR, angstrom_to_bohr
 
-__all__ = ["load_structure", "make_driver", "PySCFDriver", "sample_geometries"]
+__all__ = ["load_structure", "make_driver", "PySCFDriver", "sample_geometries", "start_velocities", "langevin"]
 
 MAX_TEMPERATURE = 2000.0  # K; beyond this molecules fall apart within a few hundred fs
+
+
+def start_velocities(atoms, temperature: float, rng) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature`` (K) from ``rng``, without total momentum or rotation."""
+    from ase.md import velocitydistribution as vd
+
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution  # ASE 3.29 name
+    thermalize(atoms, temperature_K=temperature, rng=rng)
+    vd.Stationary(atoms)
+    vd.ZeroRotation(atoms)
+
+
+def langevin(atoms, timestep: float, temperature: float, friction: float, rng):
+    """ASE Langevin dynamics (``timestep`` fs, ``temperature`` K, ``friction`` 1/fs) with the centre of mass
+    fixed by the ``FixCom`` constraint (unless the atoms carry constraints of their own), not by
+    ``Langevin(fixcm=True)``: that older form removes the centre-of-mass part of the random kicks without mass
+    weighting, which heats light atoms (water at a 300 K bath ran at 750-1100 K, ethanol ~25% hot)."""
+    from ase import units
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+
+    if not atoms.constraints:
+        atoms.set_constraint(FixCom())
+    return Langevin(atoms, timestep=timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
+                    fixcm=False, rng=rng)
 
 
 def load_structure(spec) -> "ase.Atoms":  # noqa: F821
@@ -177,10 +202,6 @@ def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval
     numbers come from ``numpy.random.default_rng(seed)``, so a seed gives the same trajectory.
     ``info`` records every setting (stored as sampler metadata by ``wavecalc generate``).
     """
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md import velocitydistribution as vd
 
     n_frames, interval, equilibration = int(n_frames), int(interval), int(equilibration)
     if n_frames < 1 or interval < 1 or equilibration < 0:
@@ -195,14 +216,8 @@ def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval
     name, calc = make_driver(driver, charge=charge)
     atoms.calc = calc
     rng = np.random.default_rng(int(seed))
-    # Maxwell-Boltzmann momenta (thermalize_momenta from ASE 3.29, the older name before)
-    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
-    thermalize(atoms, temperature_K=temperature, rng=rng)
-    vd.Stationary(atoms)
-    vd.ZeroRotation(atoms)
-    atoms.set_constraint(FixCom())  # no centre-of-mass drift (ASE's recommended form of fixcm)
-    dyn = Langevin(atoms, timestep=timestep * units.fs, temperature_K=temperature,
-                   friction=friction / units.fs, fixcm=False, rng=rng)
+    start_velocities(atoms, temperature, rng)
+    dyn = langevin(atoms, timestep, temperature, friction, rng)
     bar = None
     stack = ExitStack()
     stack.enter_context(_single_threaded_openmp())

@@ -1,6 +1,6 @@
 """The run's metrics log and text outputs: metrics.csv (``CSV_COLUMNS``; append, truncate on resume),
 learning_curve.png (``plot_learning_curve``), atomic text writes, and small formatting helpers (``_hms``,
-``_formula``, ``_dump_toml`` for configs built in code).
+``_dump_toml`` for configs built in code).
 """
 from __future__ import annotations
 
@@ -109,11 +109,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _hms(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _formula(numbers) -> str:
-    from ase import Atoms
-    return Atoms(numbers=[int(z) for z in numbers]).get_chemical_formula()
 
 
 def _dump_toml(table: dict, prefix: str = "") -> str:

@@ -14,7 +14,8 @@ from .checkpoint import initial_weights
 from .config import TrainConfig, TrainingError
 from .data import FrameTable, load_table, split_frames
 from .offsets import offset_correction
-from .runlog import _atomic_write_text, _formula
+from ..dataset import formula as _formula
+from .runlog import _atomic_write_text
 from .stages import ENERGY_CORRECTION_PREFIXES, adapt_readout_heads
 from ..units import HARTREE
 
