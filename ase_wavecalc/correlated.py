@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from .reference import ReferenceNotConverged
+from .validation import n_occupied
 
 __all__ = ["CORRELATED_METHODS", "correlated_method", "correlated_settings", "run_correlated"]
 
@@ -66,9 +67,10 @@ def run_correlated(numbers, positions_bohr, method: str, basis: str, gradient: b
     if name is None:
         raise ValueError(f"{method!r} is not a correlated method; known: {sorted(set(CORRELATED_METHODS.values()))}")
     t0 = time.perf_counter()
-    n_elec = int(np.sum(numbers)) - int(charge)
-    if n_elec % 2:
-        raise ValueError(f"{n_elec} electrons: correlated labels need a closed shell (RHF reference)")
+    try:
+        n_occupied(numbers, charge)
+    except ValueError as exc:
+        raise ValueError(f"correlated labels need a closed shell (RHF reference): {exc}") from None
     mol = make_mol(numbers, positions_bohr, basis, charge=charge)
     mf = scf.RHF(mol)
     mf.conv_tol = CONV_TOL_SCF

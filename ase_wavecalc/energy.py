@@ -30,24 +30,13 @@ negative gradient. Two density-matrix back-ends give the same P:
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 
 from . import electronic, integrals
+from .validation import n_occupied   # one closed-shell check for the package (re-exported here)
 
 __all__ = ["electronic_energy", "density_from_eigh", "one_electron_matrices", "total_energy", "n_occupied"]
-
-
-def n_occupied(numbers: Sequence[int], charge: int = 0, mol=None) -> int:
-    """Number of doubly occupied orbitals of a closed-shell molecule; error for an odd electron count.
-
-    With a PySCF ``mol`` its electron count is used (it excludes electrons replaced by ECPs)."""
-    n_elec = int(mol.nelectron) if mol is not None else int(np.sum(numbers)) - int(charge)
-    if n_elec <= 0 or n_elec % 2:
-        raise ValueError(f"{n_elec} electrons: only closed-shell molecules (even electron count) are supported")
-    return n_elec // 2
 
 
 def electronic_energy(dm: torch.Tensor, fock: torch.Tensor, core: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from .units import angstrom_to_bohr
+from .validation import n_occupied
 
 __all__ = ["ReferenceNotConverged", "run_reference", "reference_settings", "normalize_method", "functional_energy"]
 
@@ -91,10 +92,10 @@ def run_reference(numbers, positions_angstrom, method: str = "pbe", basis: str =
     if spin != 0:
         raise ValueError(f"run_reference is closed-shell only (RHF/RKS): spin={spin} (2S) is not supported")
     numbers = np.asarray(numbers, dtype=int).reshape(-1)
-    n_electrons = int(numbers.sum()) - int(charge)
-    if n_electrons <= 0 or n_electrons % 2:
-        raise ValueError(f"run_reference is closed-shell only: {n_electrons} electrons "
-                         f"(sum Z = {numbers.sum()}, charge {charge}) is not an even positive number")
+    try:
+        n_occupied(numbers, charge)
+    except ValueError as exc:
+        raise ValueError(f"run_reference (RHF/RKS): {exc} (sum Z = {numbers.sum()}, charge {charge})") from None
     settings = reference_settings(method, basis, conv_tol, grid_level, conv_tol_grad)
     positions_bohr = angstrom_to_bohr(np.asarray(positions_angstrom, dtype=float).reshape(-1, 3))
     if not np.all(np.isfinite(positions_bohr)):

@@ -24,6 +24,7 @@ import numpy as np
 from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 
 from .units import HARTREE, HARTREE_PER_BOHR, angstrom_to_bohr
+from .validation import n_occupied
 
 __all__ = ["load_structure", "make_driver", "PySCFDriver", "sample_geometries", "start_velocities", "langevin"]
 
@@ -153,8 +154,10 @@ class PySCFDriver(Calculator):
         if self._scanner is None or not np.array_equal(numbers, self._numbers):
             kind, xc = normalize_method(self.parameters.method)
             mol = make_mol(numbers, positions_bohr, self.parameters.basis, charge=self.parameters.charge)
-            if mol.nelectron % 2:
-                raise CalculationFailed("the PySCF MD driver is closed-shell only (odd electron count)")
+            try:
+                n_occupied(None, mol=mol)
+            except ValueError as exc:
+                raise CalculationFailed(f"the PySCF MD driver is closed-shell only: {exc}") from None
             mf = scf.RHF(mol) if kind == "rhf" else dft.RKS(mol, xc=xc)
             mf.verbose = 0
             self._scanner = mf.nuc_grad_method().as_scanner()

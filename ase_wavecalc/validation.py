@@ -23,7 +23,7 @@ import numpy as np
 from ase.calculators.calculator import InputError
 from ase.data import chemical_symbols
 
-__all__ = ["check_atoms", "charge_and_spin_of", "MIN_DISTANCE"]
+__all__ = ["check_atoms", "charge_and_spin_of", "n_occupied", "MIN_DISTANCE"]
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
 
@@ -193,3 +193,13 @@ def charge_and_spin_of(atoms, charge=0, spin=0) -> tuple[int, int, str]:
             raise InputError(f"closed-shell molecules only: {name} gives 2S = {value} unpaired electrons; "
                              "ase-wavecalc computes closed-shell singlets (spin 0)")
     return charge, spin, source
+
+
+def n_occupied(numbers, charge: int = 0, mol=None) -> int:
+    """Number of doubly occupied orbitals of a closed-shell molecule; error for an odd electron count.
+
+    With a PySCF ``mol`` its electron count is used (it excludes electrons replaced by ECPs)."""
+    n_elec = int(mol.nelectron) if mol is not None else int(np.sum(numbers)) - int(charge)
+    if n_elec <= 0 or n_elec % 2:
+        raise ValueError(f"{n_elec} electrons: only closed-shell molecules (even electron count) are supported")
+    return n_elec // 2

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase.calculators.calculator import InputError
 
+from ..validation import n_occupied
+
 __all__ = ["HamiltonianResult", "HamiltonianProvider", "OutOfDomainError"]
 
 
@@ -95,9 +97,7 @@ class HamiltonianResult:
             return np.asarray(x, dtype=np.float64)
 
         fock, overlap = arr(fock), arr(overlap)
-        if mol.nelectron % 2:
-            raise ValueError(f"closed shell only: {mol.nelectron} electrons")
-        n_occ = mol.nelectron // 2
+        n_occ = n_occupied(None, mol=mol)
         mo_energy, mo_coeff = electronic.solve_fock(torch.from_numpy(fock), torch.from_numpy(overlap))
         mo_occ = electronic.occupations(mo_energy.shape[-1], n_occ)
         dm = electronic.density_matrix(mo_coeff, mo_occ)

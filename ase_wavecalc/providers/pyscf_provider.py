@@ -9,6 +9,8 @@ import time
 import numpy as np
 from ase.calculators.calculator import CalculationFailed
 
+from ..validation import n_occupied
+
 from .base import HamiltonianProvider, HamiltonianResult
 
 __all__ = ["PySCFProvider"]
@@ -115,8 +117,10 @@ class PySCFProvider(HamiltonianProvider):
         t0 = time.perf_counter()
         mol = make_mol(numbers, positions_bohr, self.basis, charge=self.charge, spin=0,
                        verbose=self.verbose)
-        if mol.nelectron % 2:
-            raise CalculationFailed(f"{self._label()}: closed shell only, but {mol.nelectron} electrons")
+        try:
+            n_occupied(None, mol=mol)
+        except ValueError as exc:
+            raise CalculationFailed(f"{self._label()}: {exc}") from None
         guess = guess_name if dm0 is not None else "default"
         if (dm0 is None and self.reuse_density and self._key is not None and self._key[0] == numbers
                 and self._mf is not None and self._mf.mol.nao_nr() == mol.nao_nr()):

@@ -13,7 +13,7 @@ import torch
 from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .config import TrainingError
 from .data import epoch_plan
-from .losses import predicted_fock
+from .losses import gap_is_open, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
 from .stages import ENERGY_CORRECTION_PREFIXES
 
@@ -79,7 +79,7 @@ def prepare_base_energies(trainer) -> None:
                     gated += 1
                     continue                  # NaN: left out of the energy and force terms
                 eps = np.asarray(res.mo_energy)
-                if eps[n] - eps[n - 1] <= gap_gate * float(ref_gap[r]):   # as energy_gate does
+                if not gap_is_open(float(eps[n] - eps[n - 1]), float(ref_gap[r]), gap_gate):
                     gated += 1
                     continue
                 energy[r] = float(res.energy)

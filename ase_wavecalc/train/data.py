@@ -114,10 +114,12 @@ class FrameTable:
 
     @property
     def n_occ(self) -> int:
-        n_elec = int(self.numbers.sum()) - self.charge
-        if n_elec % 2:
-            raise ValueError(f"{self.path}: {n_elec} electrons; training supports closed shells only")
-        return n_elec // 2
+        from ..validation import n_occupied
+
+        try:
+            return n_occupied(self.numbers.tolist(), self.charge)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: {exc}; training supports closed shells only") from None
 
     @property
     def ao_atom(self) -> torch.Tensor:

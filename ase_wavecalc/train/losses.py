@@ -125,6 +125,12 @@ GAP_GATE_FRACTION = 0.5
 LOSS_OPTIONS = {"gap_gate": GAP_GATE_FRACTION}
 
 
+def gap_is_open(gap, ref_gap, fraction: float = GAP_GATE_FRACTION):
+    """The gap gate of the energy and force terms (tensors or floats, Hartree): a predicted HOMO-LUMO gap
+    above ``fraction`` x the reference gap (0 lets everything through)."""
+    return gap > fraction * ref_gap
+
+
 def energy_gate(outputs, batch, cache) -> torch.Tensor:
     """(B,) bool: structures whose predicted spectrum is fit for the energy and force terms.
 
@@ -150,7 +156,7 @@ def energy_gate(outputs, batch, cache) -> torch.Tensor:
             gap = eps[..., n] - eps[..., n - 1]
             ref = batch.mo_energy.double()
             ref_gap = ref[..., n] - ref[..., n - 1]
-        cache["gate"] = gap > cache.get("gap_gate", GAP_GATE_FRACTION) * ref_gap
+        cache["gate"] = gap_is_open(gap, ref_gap, cache.get("gap_gate", GAP_GATE_FRACTION))
     return cache["gate"]
 
 
