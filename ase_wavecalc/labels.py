@@ -20,6 +20,7 @@ matched to rows by their ``source`` part and index), and ``wavecalc generate DAT
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,17 @@ def write_label(db, row_id: int, n_atoms: int, e_tot: float, gradient=None, conv
 # pre-computed label parts (shared/data/*_ccsdt_*/part-*.npz)
 
 
+@contextmanager
+def _ticker(total, desc: str, progress: bool):
+    """A progress bar's ``update(1)`` as a function (a no-op without ``progress``); closed on exit."""
+    bar = _progress(total=total, desc=desc, disable=not progress)
+    try:
+        yield (lambda: bar.update(1)) if bar is not None else (lambda: None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def is_label_npz(path) -> bool:
     """True for an npz of high-level labels (it names the frames of another set: ``source_part``)."""
     with np.load(path, allow_pickle=False) as npz:
@@ -100,8 +112,7 @@ def import_label_npz(out, parts, progress: bool = True) -> dict:
     done = labeled_frames(db)
     summary = {"written": 0, "skipped": 0, "seconds": 0.0}
     t0 = time.perf_counter()
-    bar = _progress(total=None, desc=f"labels {Path(out).name}", disable=not progress)
-    try:
+    with _ticker(None, f"labels {Path(out).name}", progress) as tick:
         for part in parts:
             with np.load(part, allow_pickle=False) as npz:
                 d = {k: npz[k] for k in npz.files}
@@ -128,11 +139,7 @@ def import_label_npz(out, parts, progress: bool = True) -> dict:
                     write_label(db, row_id, len(pos), d["e_tot"][i], d["gradient"][i])
                     done[frame] = True
                     summary["written"] += 1
-                    if bar is not None:
-                        bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                    tick()
     summary["seconds"] = time.perf_counter() - t0
     summary["labeled_in_file"] = sum(done.values())
     return summary
@@ -190,8 +197,7 @@ def label_frames(path, method: str, basis: str, gradient: bool = True, max_frame
         f"forces: {level['forces']})")
     options = {"method": method, "basis": basis, "gradient": gradient, "charge": charge, "max_cycle": max_cycle}
     t0 = time.perf_counter()
-    bar = _progress(total=len(todo), desc="labels", disable=not progress)
-    try:
+    with _ticker(len(todo), "labels", progress) as tick:
         if executor is None:
             results = (_label_task(f, z, r, options) for f, _, z, r in todo)
         else:
@@ -205,10 +211,6 @@ def label_frames(path, method: str, basis: str, gradient: bool = True, max_frame
             else:
                 write_label(db, ids[frame], n_atoms, float("nan"), None, converged=False)
                 summary["failed"].append(frame)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            tick()
     summary["seconds"] = time.perf_counter() - t0
     return summary
