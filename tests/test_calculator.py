@@ -384,3 +384,19 @@ def test_a_model_refuses_a_charge_it_was_not_trained_for():
     calc = WaveCalculator(model="water-pbe-def2svp")
     with pytest.raises(InputError, match="atoms.info\\['charge'\\] asks for charge 2"):
         calc.get_potential_energy(atoms)
+
+
+def test_model_provider_does_not_change_the_module_it_is_given():
+    """A module in float32 and train mode stays so (the provider works on a float64 eval copy); one already
+    in float64 eval mode is used as it is, so a change made to it in place is seen at once."""
+    import torch
+
+    from ase_wavecalc.model import build_model, default_config
+    from ase_wavecalc.providers import ModelProvider
+
+    net = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1)).float().train()
+    provider = ModelProvider(net, dtype="float64")
+    assert net.training and next(net.parameters()).dtype == torch.float32
+    assert provider.model is not net and next(provider.model.parameters()).dtype == torch.float64
+    ready = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1)).double().eval()
+    assert ModelProvider(ready, dtype="float64").model is ready

@@ -47,12 +47,19 @@ class ModelProvider(HamiltonianProvider):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         self.dtype = _DTYPES[dtype]
         if isinstance(model, torch.nn.Module):
-            self.model, self.card = model.to(self.dtype), dict(card or {})
+            # the caller's module is never changed: used as it is when it already has the dtype and is in
+            # eval mode (then changes made to it in place are seen, see the cache key), else a copy
+            dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+            if dtypes != {self.dtype} or model.training:
+                import copy
+
+                model = copy.deepcopy(model).to(self.dtype).eval()
+            self.model, self.card = model, dict(card or {})
             self.name = self.card.get("name", type(model).__name__)
         else:
             self.model, self.card = load_model(model, dtype=self.dtype)
             self.name = str(model)
-        self.model.eval()
+            self.model.eval()
         config = getattr(self.model, "config", None) or self.card.get("config", {})
         self.basis = str(config["basis"])
         self.elements = frozenset(int(z) for z in config["elements"])
