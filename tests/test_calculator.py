@@ -377,8 +377,7 @@ def test_spin_and_contradicting_charges_are_refused():
 def test_a_model_refuses_a_charge_it_was_not_trained_for():
     from ase_wavecalc.model.io import available_models
 
-    if "water-pbe-def2svp" not in available_models():
-        pytest.skip("shipped water model not installed")
+    assert "water-pbe-def2svp" in available_models()   # shipped with the package: its absence is a bug
     atoms = molecule("H2O")
     atoms.info["charge"] = 2
     calc = WaveCalculator(model="water-pbe-def2svp")

@@ -79,7 +79,12 @@ def test_generate_end_to_end_two_workers(tmp_path):
     np.testing.assert_allclose(d["gradient"][1], ref["gradient"], atol=1e-8)
     md = metadata(out)
     assert md["method"] == "rhf" and md["basis"] == "sto-3g" and md["sampler"]["seed"] == 2
-    assert md["sampler"]["driver"].startswith(("GFN2-xTB", "HF/STO-3G"))
+    try:   # GFN2-xTB when tblite is installed (the test extras install it), else the PySCF fallback
+        import tblite.ase  # noqa: F401
+        expected = "GFN2-xTB"
+    except ImportError:
+        expected = "HF/STO-3G"
+    assert md["sampler"]["driver"].startswith(expected)
 
     again = generate("H2O", out, n_frames=3, workers=2, seed=2, **FAST)  # nothing left to do
     assert again["computed"] == 0 and again["already_done"] == 3

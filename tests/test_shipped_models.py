@@ -20,8 +20,7 @@ CASES = {   # model: (molecule, energy tol meV, force MAE tol meV/A, F MAE tol u
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shipped_model_agrees_with_pyscf(name):
-    if name not in available_models():
-        pytest.skip(f"{name} is not installed")
+    assert name in available_models(), f"{name} is shipped with the package but not found"
     from pyscf import dft, gto
 
     formula, e_tol, f_tol, fock_tol = CASES[name]
