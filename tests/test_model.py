@@ -331,3 +331,36 @@ def test_shipped_model_output_does_not_depend_on_thread_count():
         assert res.returncode == 0, res.stderr
         outs.append([float(v) for v in res.stdout.split()])
     assert np.allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+
+
+def test_outputs_are_the_declared_keys_with_their_shapes():
+    """Every key a model returns is declared in model.config.OUTPUT_KEYS, with the shape declared there."""
+    from ase_wavecalc.model import OUTPUT_KEYS, build_model, default_config
+
+    z = torch.tensor([8, 1, 1, 8, 1, 1])
+    pos = torch.tensor([[0.0, 0.0, 0.2], [0.0, 1.4, -0.9], [0.0, -1.4, -0.9]], dtype=torch.float64)
+    pos = torch.cat([pos, pos + torch.tensor([0.0, 0.0, 6.0], dtype=torch.float64)])
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    configs = [dict(energy_head=True, atom_energy_hidden=8),
+               dict(energy_path="readout", readout_hidden=8, readout_standardize=True, committee_size=2,
+                    transfer_head=True, energy_layers=1, energy_channels=4)]
+    seen = set()
+    for extra in configs:
+        model = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1, **extra))
+        model = model.double()
+        for energy_only in (False, True):
+            if energy_only and extra.get("energy_path") != "readout":
+                continue
+            out = model(z, pos, batch, energy_only=energy_only)
+            assert set(out) <= set(OUTPUT_KEYS), set(out) - set(OUTPUT_KEYS)
+            for key, value in out.items():
+                seen.add(key)
+                if key in ("fock", "core_correction"):
+                    assert value.shape == (2, 7, 7)
+                elif key == "readout_inputs":
+                    assert value.shape[0] == 6
+                elif key == "energy_committee":
+                    assert value.shape == (2, 2)
+                else:
+                    assert value.shape == (2,), key
+    assert seen == set(OUTPUT_KEYS)

@@ -7,7 +7,8 @@ out = model(numbers, positions_bohr)        # out["fock"]: (1, nao, nao) Hartree
 ```
 """
 from .io import FORMAT_VERSION, ModelFileError, load_model, save_model
+from .config import OUTPUT_KEYS
 from .network import DEFAULT_CONFIG, MODEL_TYPE, HamiltonianModel, build_model, default_config
 
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE",
-           "save_model", "load_model", "ModelFileError", "FORMAT_VERSION"]
+           "save_model", "load_model", "ModelFileError", "FORMAT_VERSION", "OUTPUT_KEYS"]

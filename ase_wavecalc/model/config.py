@@ -10,7 +10,7 @@ import difflib
 
 from ..basis import BasisLayout
 
-__all__ = ["DEFAULT_CONFIG", "ENERGY_PATHS", "MODEL_TYPE", "default_config"]
+__all__ = ["DEFAULT_CONFIG", "ENERGY_PATHS", "MODEL_TYPE", "OUTPUT_KEYS", "default_config"]
 
 MODEL_TYPE = "wavecalc-so2-hamiltonian"
 #: how a model computes its total energy (config "energy_path"), see docs/design.md
@@ -48,6 +48,21 @@ DEFAULT_CONFIG = {
                                  # uncertainty (energy_std, forces_std); fitted after training (train.committee)
     "transfer_head": False,      # readout models: + sum_A w[Z_A] . (standardized invariants of A), a linear
                                  # correction for a second level of theory (transfer learning, zero at start)
+}
+
+
+#: Every key the network's forward may return: name -> (shape, unit, meaning), B molecules, N atoms. Declared
+#: once here; ``tests/test_model.py`` checks real outputs against it.
+OUTPUT_KEYS: dict[str, tuple[str, str, str]] = {
+    "fock": ("(B, nao, nao), or a list of (nao_b, nao_b) for mixed compositions", "Hartree",
+             "the predicted Fock/KS matrix, PySCF AO order"),
+    "core_correction": ("like fock", "Hartree", "Delta h, added to h_core (energy_head, energy_path hamiltonian)"),
+    "atom_energy": ("(B,)", "Hartree", "sum of e0[Z] plus atom_correction"),
+    "atom_correction": ("(B,)", "Hartree", "the learned per-atom part (correction MLP or readout MLP)"),
+    "energy": ("(B,)", "Hartree", "total energy (energy_path readout)"),
+    "readout_inputs": ("(N, n_inv)", "mixed", "the invariants the readout reads, before standardization"),
+    "energy_committee": ("(B, committee_size)", "Hartree", "total energies of the committee members"),
+    "transfer_correction": ("(B,)", "Hartree", "the linear transfer head's part of energy"),
 }
 
 

@@ -38,11 +38,10 @@ Inputs and outputs (atomic units, PySCF spherical AO order):
 | numbers | (N,) long | |
 | positions | (N, 3) | Bohr |
 | batch | (N,) long or None | molecule index 0..B-1 |
-| "fock" | (B, nao, nao), or list of (nao_b, nao_b) for mixed compositions | Hartree |
-| "core_correction" | like "fock" (only with ``energy_head``) | Hartree |
-| "atom_energy" | (B,) sum of per-element offsets e0[Z] (+ "atom_correction") | Hartree |
-| "atom_correction" | (B,) learned per-atom energy correction (``atom_energy_hidden``, or the readout) | Hartree |
-| "energy" | (B,) total energy (only with ``energy_path = "readout"``; equal to "atom_energy") | Hartree |
+
+The output dict's keys, with shape, unit and meaning, are declared once in ``config.OUTPUT_KEYS`` ("fock",
+"core_correction", "atom_energy", "atom_correction", "energy", "readout_inputs", "energy_committee",
+"transfer_correction").
 
 Energy paths (config ``energy_path``). "hamiltonian": the energy is computed from F outside the network
 (``ase_wavecalc.energy``), with the optional per-atom correction below. "readout": the network's own
