@@ -7,9 +7,10 @@ import pytest
 import scipy.linalg
 
 from ase_wavecalc import cli
-from ase_wavecalc.dataset import (FRAME_KEYS, DatasetError, connect, frame_ids, import_npz, metadata,
+from ase_wavecalc.dataset import (FRAME_KEYS, DatasetError, connect, frame_ids, metadata,
                                   read_candidates, read_dataset, update_metadata, write_candidates,
                                   write_frame)
+from ase_wavecalc.npz_import import import_npz
 from ase_wavecalc.integrals import make_mol
 from ase_wavecalc.units import BOHR, HARTREE, HARTREE_PER_BOHR
 

@@ -55,7 +55,9 @@ def _imported_water(tmp_path, n=4):
     from pathlib import Path
     part = Path(__file__).resolve().parents[1] / "data" / "water_pbe_def2svp" / "part-000.npz"
     db = tmp_path / "water.db"
-    dataset.import_npz(db, [part], max_frames=n, progress=False)
+    from ase_wavecalc.npz_import import import_npz
+
+    import_npz(db, [part], max_frames=n, progress=False)
     return db, part
 
 

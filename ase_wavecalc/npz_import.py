@@ -1,0 +1,165 @@
+"""Import of pre-computed npz sets (the ``shared/data`` format) into a dataset file: ``wavecalc import-npz``.
+
+Reference parts (``*_pbe_def2svp/part-*.npz``: positions, F, energies, gradients, orbital energies, dipoles)
+become frames of the dataset (``import_npz``; overlap and core Hamiltonian recomputed with PySCF); label parts
+(``*_ccsdt_*/part-*.npz``: high-level energies and forces naming their frames) go onto the rows they name
+(``labels.import_label_npz``). Re-runs skip what is already there.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import (UNITS, DatasetError, _progress, connect, frame_ids, read_candidates, update_metadata,
+                      write_frame)
+
+__all__ = ["import_npz", "add_cli_arguments", "cli_main"]
+
+
+
+_NPZ_ARRAYS = ("numbers", "positions", "fock", "e_tot", "gradient", "mo_energy", "dipole_au")
+
+
+def _source_name(part: Path) -> str:
+    return f"{part.parent.name}/{part.name}"
+
+
+def _npz_metadata(d, basis) -> dict:
+    return {
+        "method": "rks", "xc": str(d["xc"]), "basis": basis, "grid_level": int(d["grid_level"]),
+        "conv_tol": float(d["conv_tol"]), "pyscf_version": str(d["pyscf_version"]), "units": UNITS,
+        "sampler": {"description": str(d["sampler"])},
+    }
+
+
+def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
+               progress: bool = True) -> dict:
+    """Import pre-computed npz parts into the dataset file ``out``; returns a summary dict.
+
+    Overlap and core Hamiltonian are recomputed with PySCF (the npz files do not hold them). Frame
+    ids continue after the largest id in ``out``, in the order of ``parts``; each row remembers its
+    origin (key-value pairs ``source`` = "<folder>/<file>", ``source_index``, ``temperature``), and a
+    re-run skips frames whose origin is already there, so an interrupted import resumes. Frames are
+    written ``batch_size`` at a time, each batch one transaction of whole frames.
+    ``max_frames``: at most this many frames per part (tests, quick looks).
+
+    Positions: the npz references were run from Angstrom with PySCF's Bohr constant; the Bohr
+    positions PySCF used are kept exactly, the Angstrom positions of the rows follow from ASE's Bohr
+    (they differ from the npz by ~7e-10 relative).
+    """
+    from pyscf.data.nist import BOHR as PYSCF_BOHR
+
+    from .integrals import make_mol
+
+    parts = [Path(p) for p in parts]
+    for p in parts:
+        if not p.is_file():
+            raise FileNotFoundError(f"npz part {str(p)!r} does not exist")
+    db = connect(out, create=True)
+    if read_candidates(db) is not None:
+        raise DatasetError(f"{str(out)!r} is a `wavecalc generate` dataset (its frame ids belong to stored "
+                           "candidates); import into a separate file")
+    done = {}
+    next_frame = 0
+    for row in db.select(include_data=False):
+        if "frame" in row:
+            next_frame = max(next_frame, int(row.frame) + 1)
+            if "source" in row:
+                done.setdefault(row.source, set()).add(int(row.source_index))
+    summary = {"written": 0, "skipped": 0, "parts": len(parts), "seconds": 0.0}
+    t0 = time.perf_counter()
+    total = 0
+    for part in parts:
+        with np.load(part, allow_pickle=False) as npz:
+            n_part = len(npz["e_tot"]) if "e_tot" in npz.files else 0
+        total += n_part if max_frames is None else min(max_frames, n_part)
+    bar = _progress(total=total, desc=f"import {Path(out).name}", disable=not progress)
+    try:
+        for part in parts:
+            with np.load(part, allow_pickle=False) as npz:
+                d = {k: npz[k] for k in npz.files}
+            missing = [k for k in _NPZ_ARRAYS if k not in d]
+            if missing:
+                raise DatasetError(f"{str(part)!r} lacks arrays {missing}")
+            basis = str(d["basis"])
+            source = _source_name(part)
+            meta = update_metadata(db, _npz_metadata(d, basis))
+            sources = dict(meta.get("sources", {}))
+            n = len(d["positions"]) if max_frames is None else min(max_frames, len(d["positions"]))
+            todo = [i for i in range(n) if i not in done.get(source, set())]
+            summary["skipped"] += n - len(todo)
+            if bar is not None:
+                bar.update(n - len(todo))
+            numbers = np.asarray(d["numbers"], dtype=int)
+            mol = None
+            for start in range(0, len(todo), batch_size):
+                with db:  # one transaction per batch of whole frames
+                    for i in todo[start:start + batch_size]:
+                        positions_bohr = np.asarray(d["positions"][i], dtype=float) / PYSCF_BOHR
+                        if mol is None:
+                            mol = make_mol(numbers, positions_bohr, basis)
+                        else:  # same basis and atoms, new geometry: ~100x faster than a new build
+                            mol = mol.set_geom_(positions_bohr, unit="Bohr", inplace=False)
+                        arrays = {
+                            "fock": d["fock"][i], "overlap": mol.intor("int1e_ovlp"),
+                            "hcore": mol.intor("int1e_kin") + mol.intor("int1e_nuc"),
+                            "e_tot": d["e_tot"][i], "gradient": d["gradient"][i],
+                            "mo_energy": d["mo_energy"][i], "dipole": d["dipole_au"][i],
+                        }
+                        write_frame(db, next_frame, numbers, positions_bohr, arrays, converged=True,
+                                    source=source, source_index=int(i),
+                                    temperature=float(d.get("temperature_K", np.nan)))
+                        next_frame += 1
+                summary["written"] += len(todo[start:start + batch_size])
+                if bar is not None:
+                    bar.update(len(todo[start:start + batch_size]))
+            sources[source] = {"temperature_K": float(d.get("temperature_K", np.nan)),
+                               "seed": int(d.get("seed", -1)), "n_frames": int(len(d["positions"]))}
+            update_metadata(db, {"sources": sources})
+    finally:
+        if bar is not None:
+            bar.close()
+    summary["seconds"] = time.perf_counter() - t0
+    summary["frames_in_file"] = len(frame_ids(db, converged=True))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# command line: `wavecalc import-npz OUT.db PART.npz [PART.npz ...]`
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT.db", help="dataset file to create or extend (ASE SQLite db)")
+    parser.add_argument("parts", metavar="PART.npz", nargs="+",
+                        help="npz parts (shared/data format): reference frames, or high-level labels of frames "
+                             "already imported (parts with source_part/source_frame, e.g. *_ccsdt_*)")
+    parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per part")
+    parser.add_argument("--batch-size", type=int, default=50, help="frames per transaction (default 50)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cli_main(args) -> int:
+    from .labels import import_label_npz, is_label_npz
+
+    try:
+        kinds = {is_label_npz(p) for p in args.parts if Path(p).is_file()}
+        if kinds == {True}:   # high-level labels for frames already in OUT.db
+            s = import_label_npz(args.out, args.parts, progress=not args.quiet)
+            print(f"{args.out}: labeled {s['written']} frames, skipped {s['skipped']} already labeled, "
+                  f"{s['labeled_in_file']} labeled frames in file ({s['seconds']:.1f} s)")
+            return 0
+        if kinds == {True, False}:
+            raise DatasetError("import label parts (high-level energies) and reference parts in two calls: "
+                               "the reference frames first")
+        s = import_npz(args.out, args.parts, max_frames=args.max_frames, batch_size=args.batch_size,
+                       progress=not args.quiet)
+    except (DatasetError, FileNotFoundError) as exc:
+        print(f"wavecalc import-npz: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: wrote {s['written']} frames, skipped {s['skipped']} already present, "
+          f"{s['frames_in_file']} frames in file ({s['seconds']:.1f} s)")
+    return 0
