@@ -7,7 +7,11 @@ frame the actual energy error and force MAE against the reference, ``energy_std`
 set, and how many frames of each set pass the card's warning threshold (on the held-out set: false alarms).
 
     python benchmarks/uncertainty.py --model models/ethanol-pbe-def2svp --dataset data/ethanol_pbe_def2svp.db \
-        --extra /tmp/ethanol_900K.db
+        --extra /tmp/ethanol_900K.db [--md-temperature 1500 --md-seeds 1 2 --md-steps 2000]
+
+With ``--md-temperature`` it also runs Langevin MD hot enough to leave the training data and reports, per run,
+the step of the first warning against the step where the run stopped (the model refused a geometry or the
+bond graph changed).
 """
 from __future__ import annotations
 
@@ -56,11 +60,68 @@ def frame_errors(model, dataset, frames=None) -> dict:
     return out
 
 
+def md_warnings(model, molecule: str, temperature: float, seeds, steps: int, every: int = 5, out_dir=".") -> list:
+    """Langevin MD (0.5 fs, friction 0.01/fs) with the model at ``temperature`` per seed, until ``steps`` or a
+    stop (the model refuses a geometry, or the bond graph changes). Then energy_std on every ``every``-th frame:
+    the first step above the card's warning threshold, against the step of the stop."""
+    import warnings
+
+    from ase.build import molecule as build
+    from ase.calculators.calculator import CalculationFailed, InputError
+    from ase.io import read
+    from md_stability import first_broken_frame
+
+    from ase_wavecalc import WaveCalculator
+    from ase_wavecalc.md import run_md
+
+    limit = json.loads((Path(model) / "model.json").read_text())["committee"]["energy_std_warning_mev"]
+    runs = []
+    for seed in seeds:
+        traj = Path(out_dir) / f"uncertainty_md_T{temperature:g}_s{seed}.traj"
+        stop, reason = None, ""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                run_md(build(molecule), WaveCalculator(model=str(model)), ensemble="langevin", temperature=temperature,
+                       steps=steps, seed=seed, trajectory=str(traj), progress=False, log=None)
+            except (InputError, CalculationFailed) as exc:
+                reason = str(exc)
+            frames = read(traj, ":")
+            if reason:
+                stop = len(frames) - 1
+            broken = first_broken_frame(traj)
+            if broken is not None and (stop is None or broken < stop):
+                stop, reason = broken, f"bond graph changed at step {broken}"
+            calc = WaveCalculator(model=str(model))
+            spread = []
+            for k in range(0, len(frames) if stop is None else stop + 1, every):
+                a = frames[k].copy()
+                a.calc = calc
+                try:
+                    a.get_potential_energy()
+                    spread.append((k, calc.results["energy_std"] * 1e3))
+                except (InputError, CalculationFailed):
+                    break
+        first = next((k for k, v in spread if v > limit), None)
+        runs.append({"seed": seed, "steps": len(frames) - 1, "stopped_at": stop, "reason": reason[:200],
+                     "first_warning_step": first, "max_energy_std_mev": max(v for _, v in spread),
+                     "energy_std_mev": spread})
+        print(f"  {temperature:g} K seed {seed}: {'stopped at ' + str(stop) if stop is not None else 'completed'}"
+              f" ({reason[:80]}); first warning at step {first}; max energy_std "
+              f"{runs[-1]['max_energy_std_mev']:.1f} meV (threshold {limit:.1f})", flush=True)
+    return runs
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", required=True, help="the model's dataset (its test frames are used)")
     p.add_argument("--extra", nargs="*", default=[], help="datasets of frames the model never saw")
+    p.add_argument("--md-temperature", type=float, default=None,
+                   help="also run Langevin MD at this temperature (K) and see whether warnings precede stops")
+    p.add_argument("--md-seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--md-steps", type=int, default=2000)
+    p.add_argument("--md-molecule", default="CH3CH2OH")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     card = json.loads((Path(args.model) / "model.json").read_text())
@@ -86,6 +147,11 @@ def main(argv=None) -> int:
     print(f"\n{args.model}: committee of {card['committee']['size']}, warning above {limit:.1f} meV energy_std")
     print(table(["frames", "n", "median force MAE", "median energy_std (meV)", "median forces_std", "rho(E_std, F err)",
                  "rho(F_std, F err)", "warned"], rows))
+    if args.md_temperature is not None:
+        print(f"\nLangevin MD at {args.md_temperature:g} K, up to {args.md_steps} steps:")
+        result["md"] = {"temperature_K": args.md_temperature,
+                        "runs": md_warnings(args.model, args.md_molecule, args.md_temperature, args.md_seeds,
+                                            args.md_steps, out_dir=Path(args.out or ".").parent if args.out else ".")}
     path = write_result(f"uncertainty_{Path(args.model).name}", result, args.out)
     print(f"wrote {path}")
     return 0
