@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--molecule", choices=tuple(MOLECULES), required=True)
-    p.add_argument("--out", default=None)
+    p.add_argument("--json", default=None, help="JSON path (default: benchmarks/results/)")
     args = p.parse_args(argv)
     name, model, n_bands = MOLECULES[args.molecule]
     atoms = molecule(name)
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                                                                    / max(q["pyscf_km_mol"], 1e-9) for q in pairs]))}
     print(f"max |frequency error| {summary['max_abs_frequency_error_cm']:.1f} cm-1, mean relative intensity "
           f"error {100 * summary['mean_abs_relative_intensity_error']:.1f}%")
-    path = write_result(f"ir_harmonic_{args.molecule}", {"machine": machine_info(), "summary": summary, **res}, args.out)
+    path = write_result(f"ir_harmonic_{args.molecule}", {"machine": machine_info(), "summary": summary, **res}, args.json)
     print(f"wrote {path}")
     return 0
 

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--molecule", choices=("water", "ethanol"), required=True)
     p.add_argument("--frames", type=int, default=10, help="held-out test frames (default 10)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--json", default=None, help="JSON path (default: benchmarks/results/)")
     args = p.parse_args(argv)
     res = run(args.molecule, args.frames)
     rows = [[g, f"{s['mean_cycles']:.1f}", f"{s['ratio_to_minao']:.2f}", f"{s['mean_seconds']:.2f}",
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             for g, s in res["guesses"].items()]
     print(f"\n{res['model']}: SCF from each initial guess on {len(res['test_frames'])} held-out frames")
     print(table(["guess", "cycles", "/ minao", "seconds", "first-cycle |dE| (meV)", "converged"], rows))
-    path = write_result(f"scf_guess_{args.molecule}", {"machine": machine_info(), **res}, args.out)
+    path = write_result(f"scf_guess_{args.molecule}", {"machine": machine_info(), **res}, args.json)
     print(f"wrote {path}")
     return 0
 

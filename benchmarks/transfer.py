@@ -210,7 +210,7 @@ def main(argv=None) -> int:
                    help="water: leave out CCSD(T)/cc-pVTZ's own frequencies (the slow part)")
     p.add_argument("--reuse-ccsdt", default=None, metavar="JSON",
                    help="water: take CCSD(T)/cc-pVTZ's frequencies from an earlier result of this script")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/transfer_<molecule>.json)")
+    p.add_argument("--json", default=None, help="JSON path (default benchmarks/results/transfer_<molecule>.json)")
     args = p.parse_args(argv)
 
     result = {"machine": machine_info(), "accuracy": accuracy(args.molecule)}
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
                  f"{e['max_abs_dev_from_ccsdt_cm-1']:.1f}" if "max_abs_dev_from_ccsdt_cm-1" in e else ""]
                 for name, e in freqs.items()]
         print(table(["method", "bend", "sym. stretch", "antisym. stretch", "max |dev| from CCSD(T)"], rows))
-    path = write_result(f"transfer_{args.molecule}", result, args.out)
+    path = write_result(f"transfer_{args.molecule}", result, args.json)
     print(f"\nwrote {path}")
     return 0
 

@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--md-seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--md-steps", type=int, default=2000)
     p.add_argument("--md-molecule", default="CH3CH2OH")
-    p.add_argument("--out", default=None)
+    p.add_argument("--json", default=None, help="JSON path (default: benchmarks/results/)")
     args = p.parse_args(argv)
     card = json.loads((Path(args.model) / "model.json").read_text())
     if "committee" not in card:
@@ -151,8 +151,8 @@ def main(argv=None) -> int:
         print(f"\nLangevin MD at {args.md_temperature:g} K, up to {args.md_steps} steps:")
         result["md"] = {"temperature_K": args.md_temperature,
                         "runs": md_warnings(args.model, args.md_molecule, args.md_temperature, args.md_seeds,
-                                            args.md_steps, out_dir=Path(args.out or ".").parent if args.out else ".")}
-    path = write_result(f"uncertainty_{Path(args.model).name}", result, args.out)
+                                            args.md_steps, out_dir=Path(args.json or ".").parent if args.json else ".")}
+    path = write_result(f"uncertainty_{Path(args.model).name}", result, args.json)
     print(f"wrote {path}")
     return 0
 
