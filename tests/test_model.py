@@ -299,7 +299,7 @@ def test_so2_path_basis_does_not_depend_on_the_svd_gauge():
     """The path matrices must not depend on which null-space basis LAPACK returns (it varies with the
     thread count and CPU; trained weights are tied to the basis): any rotation or sign flip of the input
     rows gives the same canonical basis."""
-    from ase_wavecalc.model.layers import _canonical_basis
+    from ase_wavecalc.model.so2 import _canonical_basis
 
     gen = torch.Generator().manual_seed(0)
     for k in (1, 2, 3):

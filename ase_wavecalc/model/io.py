@@ -32,7 +32,7 @@ __all__ = ["save_model", "load_model", "ModelFileError", "FORMAT_VERSION", "WEIG
            "available_models"]
 
 FORMAT_VERSION = 2
-# 2: the SO(2) path matrices of layers.SO2Conv are a canonical basis (layers._canonical_basis); version-1
+# 2: the SO(2) path matrices of so2.SO2Conv are a canonical basis (so2._canonical_basis); version-1
 #    files hold weights for the basis LAPACK happened to return, which changes with thread count and CPU
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "model.json"

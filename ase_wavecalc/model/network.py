@@ -70,8 +70,9 @@ from torch import nn
 
 from ..basis import BasisLayout
 from .blocks import BlockReadout, MatrixIndex, build_matrix_index
-from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGate, NodeLinear, SO2Conv,
-                     WignerD, edge_frame, rotate_in, rotate_out, scale_edge)
+from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGate, NodeLinear, WignerD,
+                     edge_frame, rotate_in, rotate_out, scale_edge)
+from .so2 import SO2Conv
 from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
 from .config import DEFAULT_CONFIG, ENERGY_PATHS, MODEL_TYPE, _resolve_config, default_config
 from .readout import Standardize, atom_invariants
