@@ -25,10 +25,35 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import LABEL_KEYS, DatasetError, _progress, connect, update_metadata
+from .dataset import LABEL_KEYS, DatasetError, _progress, connect, read_dataset, update_metadata
 
-__all__ = ["LABEL_KEYS", "write_label", "labeled_frames", "check_level", "import_label_npz", "is_label_npz",
+__all__ = ["LABEL_KEYS", "LABEL_MODES", "read_labeled", "write_label", "labeled_frames", "check_level", "import_label_npz", "is_label_npz",
            "label_frames"]
+
+#: what a training or evaluation reads as its energy and forces: the dataset's own ("reference"), the high-level
+#: labels ("high"), or high minus own ("delta", for Delta-learning)
+LABEL_MODES = ("reference", "high", "delta")
+
+
+def read_labeled(path, keys, labels: str = "reference") -> dict:
+    """``read_dataset(path, keys)`` with ``e_tot`` and ``gradient`` taken from the labels (``LABEL_MODES``).
+
+    With "high" or "delta" only the frames with a converged label come, ``gradient`` is NaN where the label
+    has no forces, and the dataset's own gradient is returned as ``low_gradient`` too."""
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
+    keys = list(keys)
+    if labels == "reference":
+        return read_dataset(path, keys=keys)
+    own = [k for k in ("e_tot", "gradient") if k not in keys]
+    data = read_dataset(path, keys=[*keys, *own, "high_e_tot", "high_gradient"])
+    data["low_gradient"] = data["gradient"]
+    high_e, high_g = data.pop("high_e_tot"), data.pop("high_gradient")
+    if labels == "delta":
+        high_e, high_g = high_e - data["e_tot"], high_g - data["gradient"]
+    data["e_tot"], data["gradient"] = high_e, high_g
+    return data
+
 
 #: entries of ``high_level`` that must agree when labels are added to a file that already has some
 _LEVEL_KEYS = ("method", "basis", "reference", "frozen_core")
@@ -203,8 +228,8 @@ def label_frames(path, method: str, basis: str, gradient: bool = True, max_frame
         else:
             futs = [executor.submit(_label_task, f, z, r, options) for f, _, z, r in todo]
             results = (fut.result() for fut in futs)
+        n_atoms = len(todo[0][2]) if todo else 0
         for frame, status, value, grad in results:
-            n_atoms = len(todo[0][2])
             if status == "ok":
                 write_label(db, ids[frame], n_atoms, float(value), grad)
                 summary["computed"] += 1

@@ -125,6 +125,20 @@ def _train_base(tmp_path, db, model: str, epochs: int = 2, out: str = "base"):
     assert main(["train", str(cfg), "--out", str(tmp_path / out)]) == 0
 
 
+def _finetune_config(path, db, base, train: int, val: int, rest: str):
+    """A finetune config on the high-level labels of ``db``, tested on ``base``'s test frames; ``rest``: the
+    tables after [data]."""
+    path.write_text(f"""[data]
+seed = 1
+[[data.datasets]]
+path = "{db}"
+labels = "high"
+train = {train}
+val = {val}
+test_frames_from = "{base}"
+""" + rest)
+
+
 def _energies(model, table, rows):
     batch = table.batch(rows, dtype=torch.float64)
     with torch.no_grad():
@@ -141,15 +155,7 @@ def test_finetune_learns_the_high_level_and_keeps_the_hamiltonian(labeled_water,
 
     _train_base(tmp_path, labeled_water, 'energy_path = "readout"\nreadout_hidden = 16\nenergy_layers = 1\n'
                 'energy_channels = 8', epochs=3)
-    (tmp_path / "ft.toml").write_text(f"""[data]
-seed = 1
-[[data.datasets]]
-path = "{labeled_water}"
-labels = "high"
-train = 14
-val = 2
-test_frames_from = "{tmp_path / 'base'}"
-[loss]
+    _finetune_config(tmp_path / "ft.toml", labeled_water, tmp_path / "base", train=14, val=2, rest="""[loss]
 energy = 100.0
 forces = 100.0
 [optimizer]
@@ -209,15 +215,7 @@ def test_linear_transfer_head_fits_in_closed_form_and_its_forces_are_exact(label
     with pytest.raises(ValueError, match="transfer_head"):   # it needs the readout path with standardization
         build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1, transfer_head=True))
     _train_base(tmp_path, labeled_water, 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true')
-    (tmp_path / "tr.toml").write_text(f"""[data]
-seed = 1
-[[data.datasets]]
-path = "{labeled_water}"
-labels = "high"
-train = 12
-val = 4
-test_frames_from = "{tmp_path / 'base'}"
-[model]
+    _finetune_config(tmp_path / "tr.toml", labeled_water, tmp_path / "base", train=12, val=4, rest="""[model]
 transfer_head = true
 [loss]
 energy = 1.0

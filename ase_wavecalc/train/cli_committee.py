@@ -32,15 +32,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force: bool = False, log=print) -> dict:
     """Load ``model_name``, fit a committee of ``size`` on ``dataset``, save to ``out``; returns the card."""
     from ..model import build_model
-    from ..model.io import _resolve, load_model, save_model
+    from ..model.io import _read_card, _resolve, load_model, save_model
     from .committee import fit_committee
     from .data import load_table
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty (--force overwrites)")
-    _, card = load_model(model_name, dtype=torch.float64)
-    dtype = torch.float32 if card.get("dtype") == "float32" else torch.float64
+    source = _resolve(model_name)
+    # the stored precision, so that the weights are kept bit for bit
+    dtype = torch.float32 if _read_card(source).get("dtype") == "float32" else torch.float64
     base, card = load_model(model_name, dtype=dtype)
     if card.get("config", {}).get("energy_path") != "readout":
         raise ValueError(f"model {model_name!r} has no readout energy path: a committee needs one")
@@ -70,7 +71,7 @@ def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force:
     card["committee"] = {**summary, "dataset": name, "labels": labels, "frames": int(len(pool)), "seed": seed}
     card["name"] = out.name
     save_model(model, out, card)
-    for extra in _resolve(model_name).iterdir():   # training records (configs, metrics, curves) come along
+    for extra in source.iterdir():   # training records (configs, metrics, curves) come along
         if extra.name not in ("model.json", "weights.safetensors") and extra.is_file():
             (out / extra.name).write_bytes(extra.read_bytes())
     return card

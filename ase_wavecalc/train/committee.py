@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .features import readout_features
+
 __all__ = ["WARN_FACTOR", "atom_inputs", "fit_committee"]
 
 #: energy_std above this multiple of the validation frames' 99th percentile warns (ModelProvider)
@@ -29,25 +31,13 @@ WARN_FACTOR = 3.0
 PERTURBATION = 0.1
 
 
-def atom_inputs(model: torch.nn.Module, table, rows, batch_size: int = 32):
+def atom_inputs(model: torch.nn.Module, table, rows):
     """(inputs (F, n_atoms, n_in) float32: standardized invariants + one-hot, e0 sums (F,) Hartree) of the
-    frames ``rows`` of a FrameTable."""
-    m = copy.deepcopy(model).to(torch.float64).eval()
-    xs, e0s = [], []
-    n_at = len(table.numbers)
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            batch = table.batch(np.asarray(rows)[i:i + batch_size], dtype=torch.float64)
-            out = m(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)
-            inv = out["readout_inputs"]
-            if m.readout_norm is not None:
-                inv = m.readout_norm(inv)
-            elements = [int(z) for z in m.config["elements"]]
-            col = torch.as_tensor([elements.index(int(z)) for z in batch.numbers.tolist()])
-            onehot = torch.nn.functional.one_hot(col, len(elements)).to(inv.dtype)
-            xs.append(torch.cat([inv, onehot], 1).reshape(batch.n_structures, n_at, -1).float())
-            e0s.append(m.atom_energy_offsets[col].reshape(batch.n_structures, n_at).sum(1))
-    return torch.cat(xs), torch.cat(e0s)
+    frames ``rows`` of a FrameTable: what the readout MLP reads."""
+    f = readout_features(model, table, rows)
+    onehot = torch.nn.functional.one_hot(f["element"], len(model.config["elements"])).to(f["x"].dtype)
+    onehot = onehot.expand(f["x"].shape[0], -1, -1)
+    return torch.cat([f["x"], onehot], 2).float(), f["e0"]
 
 
 def fit_committee(model: torch.nn.Module, tables: Sequence, train_rows: Sequence, val_rows: Sequence,
@@ -105,9 +95,8 @@ def fit_committee(model: torch.nn.Module, tables: Sequence, train_rows: Sequence
                         break
         head.load_state_dict(best_state)
         member_mae.append(best * READOUT_ENERGY_SCALE * HARTREE * 1e3)
-    model.committee_mlps.to(model.readout_mlp[0].weight.dtype)
-    with torch.no_grad():
-        members = torch.stack([torch.cat([h.float()(x).squeeze(-1).sum(1) for x in x_va]) for h in model.committee_mlps])
+    with torch.no_grad():   # the heads are still float32, as the inputs
+        members = torch.stack([torch.cat([h(x).squeeze(-1).sum(1) for x in x_va]) for h in model.committee_mlps])
     model.committee_mlps.to(model.readout_mlp[0].weight.dtype)
     std_mev = members.double().std(0).numpy() * READOUT_ENERGY_SCALE * HARTREE * 1e3
     p99 = float(np.percentile(std_mev, 99))

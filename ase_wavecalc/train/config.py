@@ -121,8 +121,10 @@ class DatasetSpec:
     test_frames_from: str = ""
 
     def __post_init__(self):
-        if self.labels not in ("reference", "high", "delta"):
-            raise ConfigError(f"dataset {self.path}: labels must be 'reference', 'high' or 'delta', got {self.labels!r}")
+        from ..labels import LABEL_MODES
+
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"dataset {self.path}: labels must be one of {LABEL_MODES}, got {self.labels!r}")
         for name in ("train", "val", "test"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

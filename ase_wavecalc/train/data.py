@@ -180,17 +180,11 @@ def load_table(path, keys: Sequence[str] = BASE_KEYS, sha256: bool = True, label
         meta = json.loads(str(arrays.pop("metadata", "{}")))
     else:
         from .. import dataset
-        if labels in ("high", "delta"):
-            extra_keys = [k for k in ("e_tot", "gradient") if k not in keys]
-            arrays = dataset.read_dataset(path, keys=[*keys, *extra_keys, "high_e_tot", "high_gradient"])
-            arrays["low_gradient"] = arrays["gradient"]
-            high_e, high_g = arrays.pop("high_e_tot"), arrays.pop("high_gradient")
-            if labels == "delta":   # the difference the level above adds (NaN gradient: no high forces)
-                high_e, high_g = high_e - arrays["e_tot"], high_g - arrays["gradient"]
-            arrays["e_tot"], arrays["gradient"] = high_e, high_g
+        from ..labels import read_labeled
+
+        arrays = read_labeled(path, keys, labels)
+        if labels != "reference":
             keys = [*keys, "low_gradient"]
-        else:
-            arrays = dataset.read_dataset(path, keys=keys)
         meta = dataset.metadata(path)
         if labels == "high":
             meta = {**meta, "energy_level": meta.get("high_level", {})}

@@ -190,17 +190,11 @@ def model_energy_predictions(model: torch.nn.Module, dataset_path, frame_ids, ch
     """
     import copy
 
-    from ..dataset import read_dataset
+    from ..labels import read_labeled
     from ..providers import ModelProvider
 
     keys = ("e_tot", "gradient") if gradient else ("e_tot",)
-    if labels in ("high", "delta"):   # the high-level labels are the reference (NaN gradient: no forces)
-        data = read_dataset(dataset_path, keys=[*keys, *["high_" + k for k in keys]])
-        for k in keys:
-            high = data.pop("high_" + k)
-            data[k] = high - data[k] if labels == "delta" else high
-    else:
-        data = read_dataset(dataset_path, keys=keys)
+    data = read_labeled(dataset_path, keys, labels)   # NaN gradient: no forces at that level
     where = {int(f): i for i, f in enumerate(data["frame"])}
     missing = [int(f) for f in frame_ids if int(f) not in where]
     if missing:

@@ -17,11 +17,12 @@ linear map far better than a network of 10^5 weights.
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from .features import readout_features
 
 __all__ = ["ALPHA_GRID", "pooled_invariants", "fit_transfer_head"]
 
@@ -29,25 +30,15 @@ __all__ = ["ALPHA_GRID", "pooled_invariants", "fit_transfer_head"]
 ALPHA_GRID = (1e-2, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4)
 
 
-def pooled_invariants(model: torch.nn.Module, table, rows, batch_size: int = 16):
+def pooled_invariants(model: torch.nn.Module, table, rows):
     """(X (F, n_el * n_inv), energies without the transfer head (F,), element counts (F, n_el)) of the
     frames ``rows`` of a FrameTable, in float64."""
-    m = copy.deepcopy(model).to(torch.float64).eval()
-    elements = [int(z) for z in m.config["elements"]]
-    col = torch.as_tensor([elements.index(int(z)) for z in table.numbers.tolist()])
-    n_el, n_at = len(elements), len(col)
-    feats, energies = [], []
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            batch = table.batch(np.asarray(rows)[i:i + batch_size], dtype=torch.float64)
-            out = m(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)
-            x = m.readout_norm(out["readout_inputs"]).reshape(batch.n_structures, n_at, -1)
-            pooled = x.new_zeros(batch.n_structures, n_el, x.shape[-1]).index_add(1, col, x)
-            feats.append(pooled.reshape(batch.n_structures, -1))
-            energies.append(out["energy"] - out.get("transfer_correction", 0.0))
-    counts = torch.zeros(len(rows), n_el, dtype=torch.float64)
-    counts += torch.bincount(col, minlength=n_el).to(torch.float64)
-    return torch.cat(feats).numpy(), torch.cat(energies).numpy(), counts.numpy()
+    f = readout_features(model, table, rows)
+    x, element = f["x"], f["element"]
+    n_el = len(model.config["elements"])
+    pooled = x.new_zeros(x.shape[0], n_el, x.shape[-1]).index_add(1, element, x)
+    counts = torch.bincount(element, minlength=n_el).to(torch.float64).expand(x.shape[0], -1)
+    return pooled.reshape(x.shape[0], -1).numpy(), f["energy"].numpy(), counts.numpy()
 
 
 def _ridge(xs: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
