@@ -238,7 +238,7 @@ class WaveCalculator(Calculator):
                                                   mol.atom_charges())
             self.results.update(dipole=bohr_to_angstrom(dipole.numpy()), charges=charges.numpy())
         energy = float(result.energy)
-        if np.isfinite(energy):   # NaN: a Hamiltonian-only model (no energy head)
+        if np.isfinite(energy):   # NaN: a Hamiltonian-only model (no energy trained)
             self.results["energy"] = self.results["free_energy"] = hartree_to_ev(energy)
         if result.gradient is not None:
             self.results["forces"] = gradient_au_to_forces_ev(np.asarray(result.gradient, dtype=float))

@@ -81,13 +81,16 @@ def one_electron_matrices(numbers, positions_bohr: torch.Tensor, basis: str, der
 
 
 def total_energy(numbers, positions_bohr: torch.Tensor, fock: torch.Tensor, basis: str,
-                 core_correction: torch.Tensor | None = None, atom_energy: torch.Tensor | float = 0.0,
+                 delta_hcore: torch.Tensor | None = None, atomic_energy_sum: torch.Tensor | float = 0.0,
                  charge: int = 0, density: str = "projector", derivative_order: int = 1, mol=None
                  ) -> tuple[torch.Tensor, dict]:
     """Total energy (Hartree, 0-dim tensor) of one molecule and the intermediate matrices.
 
-    ``positions_bohr`` (n, 3) should require grad when forces are wanted; ``fock`` and
-    ``core_correction`` (nao, nao) are the network outputs at those positions (PySCF AO order).
+    E = E_nn + 1/2 Tr[P (F + h + Delta h)] + ``atomic_energy_sum``. ``positions_bohr`` (n, 3) should
+    require grad when forces are wanted; ``fock`` and ``delta_hcore`` (the correction Delta h to the core
+    Hamiltonian h), (nao, nao) Hartree, are the network outputs at those positions (PySCF AO order);
+    ``atomic_energy_sum`` (Hartree, 0-dim): the network output of that name (sum_A e0[Z_A] plus the
+    learned per-atom correction).
     Everything is evaluated in float64 (inputs of lower precision are promoted): total energies are
     hundreds of Hartree and are wanted to micro-Hartree. ``derivative_order``: see
     :func:`one_electron_matrices`; ``mol``: an optional PySCF Mole at these positions (reused).
@@ -97,14 +100,14 @@ def total_energy(numbers, positions_bohr: torch.Tensor, fock: torch.Tensor, basi
     numbers = np.asarray(numbers, dtype=int).reshape(-1)
     positions = positions_bohr.to(torch.float64)
     fock = fock.to(torch.float64)
-    if core_correction is not None:
-        core_correction = core_correction.to(torch.float64)
-    if torch.is_tensor(atom_energy):
-        atom_energy = atom_energy.to(torch.float64)
+    if delta_hcore is not None:
+        delta_hcore = delta_hcore.to(torch.float64)
+    if torch.is_tensor(atomic_energy_sum):
+        atomic_energy_sum = atomic_energy_sum.to(torch.float64)
     if mol is None:
         mol = integrals.make_mol(numbers, positions.detach().cpu().numpy(), basis, charge=charge)
     overlap, hcore = one_electron_matrices(numbers, positions, basis, derivative_order, mol=mol)
-    core = hcore if core_correction is None else hcore + core_correction
+    core = hcore if delta_hcore is None else hcore + delta_hcore
     n_occ = n_occupied(numbers, charge, mol=mol)
     if density == "projector":
         dm = electronic.closed_shell_density(fock, overlap, n_occ)
@@ -114,5 +117,5 @@ def total_energy(numbers, positions_bohr: torch.Tensor, fock: torch.Tensor, basi
         raise ValueError(f"density must be 'projector' or 'eigh', got {density!r}")
     e_nuc = integrals.nuclear_repulsion(numbers, positions)
     e_elec = electronic_energy(dm, fock, core)
-    e_tot = e_nuc + e_elec + atom_energy
+    e_tot = e_nuc + e_elec + atomic_energy_sum
     return e_tot, {"dm": dm, "overlap": overlap, "hcore": hcore, "e_nuc": e_nuc, "e_elec": e_elec}

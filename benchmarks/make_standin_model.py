@@ -1,4 +1,4 @@
-"""Write a small random (untrained) model with an energy head: a stand-in for the shipped models.
+"""Write a small random (untrained) model with a Delta h head: a stand-in for the shipped models.
 
 Only for exercising the examples and benchmarks before trained models exist; its numbers mean nothing.
 The card lists a random "test split" of both datasets so that ``accuracy.py`` runs on it::
@@ -73,11 +73,11 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     if args.full_size:
-        config = default_config(energy_head=True, elements=[1, 6, 8], basis="def2-svp")
+        config = default_config(delta_hcore_head=True, elements=[1, 6, 8], basis="def2-svp")
     else:
-        config = default_config(energy_head=True, elements=[1, 6, 8], basis="def2-svp", channels=args.channels,
-                                pair_channels=args.channels, num_layers=args.num_layers, radial_hidden=16,
-                                pair_hidden=16)
+        config = default_config(delta_hcore_head=True, elements=[1, 6, 8], basis="def2-svp",
+                                channels=args.channels, pair_channels=args.channels,
+                                num_layers=args.num_layers, radial_hidden=16, pair_hidden=16)
     model = build_model(config).double()
     _tame(model, args.data, args.weight_scale)
     rng = np.random.default_rng(args.seed)

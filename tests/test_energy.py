@@ -42,7 +42,7 @@ def _model_fock(numbers, pos, basis):
 def _energy(numbers, pos, basis, density):
     fock = _model_fock(numbers, pos, basis)
     delta_h = 0.05 * integrals.overlap_torch(numbers, pos, basis) ** 2
-    e, _ = energy.total_energy(numbers, pos, fock, basis, core_correction=delta_h, atom_energy=-0.5,
+    e, _ = energy.total_energy(numbers, pos, fock, basis, delta_hcore=delta_h, atomic_energy_sum=-0.5,
                                density=density)
     return e
 

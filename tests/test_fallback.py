@@ -19,7 +19,7 @@ CARD = {"name": "random-guarded", "level_of_theory": {"method": "rks", "xc": "pb
 def model():
     torch.manual_seed(0)
     return build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1, pair_channels=4,
-                                      radial_hidden=8, pair_hidden=8, energy_head=True)).double()
+                                      radial_hidden=8, pair_hidden=8, delta_hcore_head=True)).double()
 
 
 def water(r_oh):

@@ -14,7 +14,7 @@ from ase_wavecalc.model.layers import WignerD, edge_frame
 from ase_wavecalc.units import BOHR
 
 SMALL = dict(channels=6, pair_channels=6, num_layers=2, radial_hidden=8, pair_hidden=16, pair_layers=1,
-             energy_head=True)
+             delta_hcore_head=True)
 CASES = [("def2-svp", "H2O"), ("def2-svp", "CH3CH2OH"), ("cc-pvdz", "H2O"), ("6-31g", "CH3CH2OH")]
 
 
@@ -59,14 +59,14 @@ def test_rotation_and_inversion_equivariance(basis, name):
     Rt = torch.tensor(R)
     rot = model(z, r @ Rt.T)
     D = ao_rotation(model.basis_layout, z.numpy(), R)
-    for key in ("fock", "core_correction"):
+    for key in ("fock", "delta_hcore"):
         assert out[key].abs().max() > 1e-3
         assert _rel(rot[key][0], D @ out[key][0] @ D.T) < 1e-10
     inv = model(z, -(r @ Rt.T))
     Di = ao_rotation(model.basis_layout, z.numpy(), R, inversion=True)
-    for key in ("fock", "core_correction"):
+    for key in ("fock", "delta_hcore"):
         assert _rel(inv[key][0], Di @ out[key][0] @ Di.T) < 1e-10
-    assert torch.allclose(rot["atom_energy"], out["atom_energy"])
+    assert torch.allclose(rot["atomic_energy_sum"], out["atomic_energy_sum"])
 
 
 def test_translation_invariance_and_symmetric_output():
@@ -77,7 +77,7 @@ def test_translation_invariance_and_symmetric_output():
     F = out["fock"][0]
     assert _rel(moved["fock"][0], F) < 1e-12
     assert torch.equal(F, F.T)
-    assert torch.equal(out["core_correction"][0], out["core_correction"][0].T)
+    assert torch.equal(out["delta_hcore"][0], out["delta_hcore"][0].T)
 
 
 def test_atom_permutation_permutes_ao_blocks():
@@ -99,7 +99,7 @@ def test_batch_same_composition_equals_single_calls():
     assert out["fock"].shape == (2, 72, 72)
     for b, r in enumerate((r1, r2)):
         single = model(z, r)
-        for key in ("fock", "core_correction", "atom_energy"):
+        for key in ("fock", "delta_hcore", "atomic_energy_sum"):
             assert _rel(out[key][b], single[key][0]) < 1e-12
 
 
@@ -111,11 +111,11 @@ def test_mixed_composition_batch_gives_lists():
     out = model(torch.cat([z1, z2, z3]), torch.cat([r1, r2, r3]), torch.tensor([0] * 3 + [1] * 9 + [2]))
     assert isinstance(out["fock"], list)
     assert [f.shape for f in out["fock"]] == [(24, 24), (72, 72), (14, 14)]
-    assert out["atom_energy"].shape == (3,)
+    assert out["atomic_energy_sum"].shape == (3,)
     for b, (z, r) in enumerate(((z1, r1), (z2, r2), (z3, r3))):
         single = model(z, r)
         assert _rel(out["fock"][b], single["fock"][0]) < 1e-12
-        assert _rel(out["core_correction"][b], single["core_correction"][0]) < 1e-12
+        assert _rel(out["delta_hcore"][b], single["delta_hcore"][0]) < 1e-12
 
 
 def test_float32_matches_float64_and_default_dtype_untouched():
@@ -212,7 +212,7 @@ def test_pairs_beyond_pair_cutoff_vanish_and_unknown_element_rejected():
 
 
 def test_set_mean_block_reproduces_invariant_block():
-    model = build_model(default_config(**{**SMALL, "energy_head": False})).double()
+    model = build_model(default_config(**{**SMALL, "delta_hcore_head": False})).double()
     ro = model.atom_readout["8"]
     layout = BasisLayout("def2-svp", [8])
     block = torch.zeros(14, 14, dtype=torch.float64)
@@ -239,7 +239,7 @@ def test_save_load_roundtrip(tmp_path):
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert card2["name"] == "test" and not loaded.training
     out = loaded(z, r)
-    for key in ("fock", "core_correction", "atom_energy"):
+    for key in ("fock", "delta_hcore", "atomic_energy_sum"):
         assert torch.equal(out[key], ref[key])
     loaded32, _ = load_model(tmp_path / "m", dtype=torch.float32)
     assert loaded32(z, r.float())["fock"].dtype == torch.float32
@@ -288,8 +288,8 @@ def test_config_is_validated_and_json_serializable():
     # s-only basis (lmax 0): fine without an energy trunk, a clear error with one that needs L = 2
     assert build_model(default_config(basis="sto-3g", elements=[1], channels=4)).config["lmax"] == 0
     with pytest.raises(ValueError, match="energy_lmax"):
-        build_model(default_config(basis="sto-3g", elements=[1], channels=4, energy_head=True,
-                                   atom_energy_hidden=4, energy_layers=1))
+        build_model(default_config(basis="sto-3g", elements=[1], channels=4, delta_hcore_head=True,
+                                   atom_correction_hidden=4, energy_layers=1))
     model = _model("def2-svp")
     assert json.loads(json.dumps(model.config)) == model.config
     assert model.config["lmax"] == 4 and model.n_parameters() > 0
@@ -341,7 +341,7 @@ def test_outputs_are_the_declared_keys_with_their_shapes():
     pos = torch.tensor([[0.0, 0.0, 0.2], [0.0, 1.4, -0.9], [0.0, -1.4, -0.9]], dtype=torch.float64)
     pos = torch.cat([pos, pos + torch.tensor([0.0, 0.0, 6.0], dtype=torch.float64)])
     batch = torch.tensor([0, 0, 0, 1, 1, 1])
-    configs = [dict(energy_head=True, atom_energy_hidden=8),
+    configs = [dict(delta_hcore_head=True, atom_correction_hidden=8),
                dict(energy_path="readout", readout_hidden=8, readout_standardize=True, committee_size=2,
                     transfer_head=True, energy_layers=1, energy_channels=4)]
     seen = set()
@@ -355,7 +355,7 @@ def test_outputs_are_the_declared_keys_with_their_shapes():
             assert set(out) <= set(OUTPUT_KEYS), set(out) - set(OUTPUT_KEYS)
             for key, value in out.items():
                 seen.add(key)
-                if key in ("fock", "core_correction"):
+                if key in ("fock", "delta_hcore"):
                     assert value.shape == (2, 7, 7)
                 elif key == "readout_inputs":
                     assert value.shape[0] == 6

@@ -30,21 +30,21 @@ class _PhysicalModel(torch.nn.Module):
         out = self.net(numbers, positions, batch)
         hcore = integrals.core_hamiltonian_torch(numbers, positions.double(), self.config["basis"])
         return {"fock": hcore.unsqueeze(0) + 0.05 * out["fock"],
-                "core_correction": 0.05 * out["core_correction"],
-                "atom_energy": out["atom_energy"], "atom_correction": out["atom_correction"]}
+                "delta_hcore": 0.05 * out["delta_hcore"],
+                "atomic_energy_sum": out["atomic_energy_sum"], "learned_energy": out["learned_energy"]}
 
 
 @pytest.fixture(scope="module")
 def provider():
     torch.manual_seed(0)
     net = build_model(default_config(basis=BASIS, elements=[1, 6, 8], channels=4, num_layers=1,
-                                     pair_channels=4, radial_hidden=8, pair_hidden=8, energy_head=True,
-                                     atom_energy_hidden=8, energy_layers=1, energy_channels=4))
+                                     pair_channels=4, radial_hidden=8, pair_hidden=8, delta_hcore_head=True,
+                                     atom_correction_hidden=8, energy_layers=1, energy_channels=4))
     with torch.no_grad():  # non-zero per-element offsets and atom correction, so they are part of the test
         for p in net.parameters():
             if p.dim() == 1 and p.numel() <= 10:
                 p.uniform_(-0.1, 0.1)
-        net.atom_energy_mlp[-1].weight.normal_(0.0, 1.0)
+        net.atom_correction_mlp[-1].weight.normal_(0.0, 1.0)
     model = _PhysicalModel(net).double()
     return ModelProvider(model, card={"name": "random-test-model"})
 
@@ -132,16 +132,16 @@ def test_atom_correction_is_invariant_and_part_of_the_energy(provider):
     pos = torch.tensor(atoms.positions / 0.52917721092)
     rot = torch.tensor(Rotation.random(random_state=1).as_matrix())
     with torch.no_grad():
-        a = net(numbers, pos, None)["atom_correction"]
-        b = net(numbers, pos @ rot.T, None)["atom_correction"]
-        c = net(numbers, pos * 1.3, None)["atom_correction"]
+        a = net(numbers, pos, None)["learned_energy"]
+        b = net(numbers, pos @ rot.T, None)["learned_energy"]
+        c = net(numbers, pos * 1.3, None)["learned_energy"]
     assert abs(float(a - b)) < 1e-12 and abs(float(a - c)) > 1e-8
     with torch.no_grad():
-        saved = net.atom_energy_mlp[-1].weight.clone()
+        saved = net.atom_correction_mlp[-1].weight.clone()
         e1 = provider.compute(atoms.numbers, pos.numpy()).energy
-        net.atom_energy_mlp[-1].weight.zero_()
+        net.atom_correction_mlp[-1].weight.zero_()
         e0 = provider.compute(atoms.numbers, pos.numpy()).energy
-        net.atom_energy_mlp[-1].weight.copy_(saved)
+        net.atom_correction_mlp[-1].weight.copy_(saved)
     assert abs(e1 - e0) > 1e-6
 
 

@@ -30,7 +30,7 @@ def _readout_model(seed=0, energy_layers=0):
                                      readout_hidden=8, energy_layers=energy_layers, energy_channels=4))
     with torch.no_grad():   # a non-zero energy function (the last layer starts at zero) and offsets
         net.readout_mlp[-1].weight.normal_(0.0, 1.0)
-        net.atom_energy_offsets.uniform_(-0.5, 0.5)
+        net.element_energy_offsets.uniform_(-0.5, 0.5)
         # a physical-looking F: the mean blocks dominate, so the spectrum has an open gap
         for ro in net.pair_readout.values():
             ro.weight.mul_(0.01)
@@ -127,8 +127,9 @@ def test_md_step_defers_the_hamiltonian_and_orbitals_follow_on_request(provider)
 def test_readout_config_is_checked():
     with pytest.raises(ValueError, match="energy_path"):
         build_model(default_config(basis=BASIS, elements=[1, 8], energy_path="density"))
-    with pytest.raises(ValueError, match="energy_head = false"):
-        build_model(default_config(basis=BASIS, elements=[1, 8], energy_path="readout", energy_head=True))
+    with pytest.raises(ValueError, match="delta_hcore_head = false"):
+        build_model(default_config(basis=BASIS, elements=[1, 8], energy_path="readout",
+                                   delta_hcore_head=True))
 
 
 def test_readout_model_starts_from_a_two_head_models_fock_network():
@@ -139,7 +140,7 @@ def test_readout_model_starts_from_a_two_head_models_fock_network():
     small = dict(basis=BASIS, elements=[1, 6, 8], channels=4, num_layers=2, pair_channels=4, radial_hidden=8,
                  pair_hidden=8)
     torch.manual_seed(0)
-    source = build_model(default_config(**small, energy_head=True)).double()
+    source = build_model(default_config(**small, delta_hcore_head=True)).double()
     target = build_model(default_config(**small, energy_path="readout", readout_hidden=8)).double()
     state = adapt_readout_heads(source.state_dict(), target.state_dict())
     missing, unexpected = target.load_state_dict(state, strict=False)

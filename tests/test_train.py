@@ -381,15 +381,16 @@ threads = 1
     return path
 
 
-def test_freeze_hamiltonian_trains_only_the_energy_head():
-    """Stage 2 (run.trainable = 'energy_head'): the Fock matrix cannot change, the core correction can."""
+def test_freeze_hamiltonian_trains_only_the_delta_hcore_head():
+    """Stage 2 (run.trainable = 'delta_hcore_head'): the Fock matrix cannot change, Delta h can."""
     from ase_wavecalc.model.network import build_model, default_config
     from ase_wavecalc.train.stages import freeze_hamiltonian
 
     torch.manual_seed(0)
     model = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1,
-                                       pair_channels=4, radial_hidden=8, pair_hidden=8, energy_head=True))
-    with torch.no_grad():  # the core-correction head starts at zero: give it something to change
+                                       pair_channels=4, radial_hidden=8, pair_hidden=8,
+                                       delta_hcore_head=True))
+    with torch.no_grad():  # the Delta h head starts at zero: give it something to change
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     numbers = torch.tensor([8, 1, 1])
@@ -399,14 +400,14 @@ def test_freeze_hamiltonian_trains_only_the_energy_head():
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     for _ in range(3):
         out = model(numbers, positions, None)
-        loss = out["fock"].square().sum() + out["core_correction"].square().sum() + out["atom_energy"].sum()
+        loss = out["fock"].square().sum() + out["delta_hcore"].square().sum() + out["atomic_energy_sum"].sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = model(numbers, positions, None)
     assert torch.equal(after["fock"], before["fock"])
-    assert not torch.allclose(after["core_correction"], before["core_correction"])
-    assert not torch.allclose(after["atom_energy"], before["atom_energy"])
+    assert not torch.allclose(after["delta_hcore"], before["delta_hcore"])
+    assert not torch.allclose(after["atomic_energy_sum"], before["atomic_energy_sum"])
 
 
 def test_orthonormal_fock_loss_bounds_every_orbital_energy(water_db):
@@ -442,7 +443,7 @@ def test_energy_offset_refit_removes_mean_residual_and_keeps_forces(water_db):
     torch.manual_seed(0)
     model = build_model(default_config(basis=BASIS, elements=[1, 8], channels=4, num_layers=1,
                                        pair_channels=4, radial_hidden=8, pair_hidden=8,
-                                       energy_head=True)).double()
+                                       delta_hcore_head=True)).double()
     table = load_table(water_db, keys=("e_tot",), sha256=False)
     frames = [int(f) for f in table.frame[:6]]
 
@@ -462,7 +463,8 @@ def test_energy_offset_refit_removes_mean_residual_and_keeps_forces(water_db):
     np.testing.assert_allclose(g_after, g_before, atol=1e-12)
 
 
-def _two_stage_run(tmp_path, db, stage2_model, stage2_loss, trainable, stage1_model="energy_head = true"):
+def _two_stage_run(tmp_path, db, stage2_model, stage2_loss, trainable,
+                   stage1_model="delta_hcore_head = true"):
     """Train a tiny F-only stage 1, then stage 2 from its weights; returns both models and their outputs
     on two frames (float32)."""
     from ase_wavecalc.cli import main
@@ -487,11 +489,11 @@ def _two_stage_run(tmp_path, db, stage2_model, stage2_loss, trainable, stage1_mo
 def test_energy_stage_adds_atom_correction_to_a_hamiltonian_only_run(water_db, tmp_path):
     """Stage 2 may add the per-atom energy correction to stage-1 weights that lack it: it starts at zero,
     trains, and the Fock head stays frozen."""
-    m1, m2, o1, o2 = _two_stage_run(tmp_path, water_db, "energy_head = true\natom_energy_hidden = 8",
-                                    "energy = 1.0\ngap_gate = 0.0", "energy_head")
+    m1, m2, o1, o2 = _two_stage_run(tmp_path, water_db, "delta_hcore_head = true\natom_correction_hidden = 8",
+                                    "energy = 1.0\ngap_gate = 0.0", "delta_hcore_head")
     assert torch.equal(o1["fock"], o2["fock"])
-    assert float(m2.atom_energy_mlp[-1].weight.detach().abs().sum()) > 0
-    assert float(o2["atom_correction"].abs().sum()) > 0
+    assert float(m2.atom_correction_mlp[-1].weight.detach().abs().sum()) > 0
+    assert float(o2["learned_energy"].abs().sum()) > 0
 
 
 def test_energy_gate_leaves_out_structures_with_a_closed_gap(water_db):
@@ -523,14 +525,15 @@ def test_energy_gate_leaves_out_structures_with_a_closed_gap(water_db):
         parse_config({"data": {"datasets": [{"path": "x", "train": 1}]}, "loss": {"gap_gat": 0.5, "fock_mae": 1}})
 
 
-def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(water_db, tmp_path):
-    """run.trainable = 'energy_correction' on earlier weights without the correction trunk: F and the core
-    correction stay bit-identical, the trunk and MLP (new, the MLP starting at zero) learn."""
+def test_atom_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(water_db, tmp_path):
+    """run.trainable = 'atom_correction' on earlier weights without the correction trunk: F and Delta h
+    stay bit-identical, the trunk and MLP (new, the MLP starting at zero) learn."""
     m1, m2, o1, o2 = _two_stage_run(
-        tmp_path, water_db, "energy_head = true\natom_energy_hidden = 8\nenergy_layers = 1\nenergy_channels = 4",
-        "energy = 1.0\nforces = 1.0\ngap_gate = 0.0", "energy_correction")
-    assert torch.equal(o1["fock"], o2["fock"]) and torch.equal(o1["core_correction"], o2["core_correction"])
-    assert float(o2["atom_correction"].abs().sum()) > 0
+        tmp_path, water_db,
+        "delta_hcore_head = true\natom_correction_hidden = 8\nenergy_layers = 1\nenergy_channels = 4",
+        "energy = 1.0\nforces = 1.0\ngap_gate = 0.0", "atom_correction")
+    assert torch.equal(o1["fock"], o2["fock"]) and torch.equal(o1["delta_hcore"], o2["delta_hcore"])
+    assert float(o2["learned_energy"].abs().sum()) > 0
     # training ran the correction alone on precomputed frozen-Hamiltonian energies: the same energy and
     # force errors as the full model's path
     import copy
@@ -541,8 +544,8 @@ def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(
     etable = load_table(water_db, keys=("e_tot", "gradient", "hcore"), sha256=False)
     base = copy.deepcopy(model)
     with torch.no_grad():
-        base.atom_energy_offsets.zero_()
-    base.atom_energy_mlp = None
+        base.element_energy_offsets.zero_()
+    base.atom_correction_mlp = None
     provider = ModelProvider(base, card={"name": "base"})
     results = [provider.compute(etable.numbers.numpy(), etable.positions_bohr[r].numpy(), want_gradient=True)
                for r in (0, 1)]
@@ -561,7 +564,7 @@ def test_energy_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(
     from ase_wavecalc.train.cli_export import export_run
     card = export_run(tmp_path / "s2", tmp_path / "model", refit_frames=0)
     assert [st["run"] for st in card["training_stages"]] == ["s1", "s2"]
-    assert card["training_stages"][1]["trainable"] == "energy_correction"
+    assert card["training_stages"][1]["trainable"] == "atom_correction"
     for st in card["training_stages"]:
         for name in st["files"].values():
             assert (tmp_path / "model" / name).is_file()

@@ -7,8 +7,9 @@ out = model(numbers, positions_bohr)        # out["fock"]: (1, nao, nao) Hartree
 ```
 """
 from .io import FORMAT_VERSION, ModelFileError, load_model, save_model
-from .config import OUTPUT_KEYS
+from .config import OUTPUT_KEYS, canonical_config, canonical_state_dict
 from .network import DEFAULT_CONFIG, MODEL_TYPE, HamiltonianModel, build_model, default_config
 
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE",
-           "save_model", "load_model", "ModelFileError", "FORMAT_VERSION", "OUTPUT_KEYS"]
+           "save_model", "load_model", "ModelFileError", "FORMAT_VERSION", "OUTPUT_KEYS",
+           "canonical_config", "canonical_state_dict"]

@@ -97,7 +97,7 @@ class BlockReadout(ConstantsMixin, nn.Module):
     about the mean atom blocks plus small couplings (faster early training than O(1 Hartree) noise).
     ``bias=True`` (diagonal blocks) adds learnable per-element constants to the 0e copies: the element's
     mean atom block (the trainer may set it from data with ``set_mean_block``). Head 0 is the Fock
-    matrix; head 1 (if any) is the energy head's core correction, initialized to zero.
+    matrix; head 1 (config ``delta_hcore_head``) is Delta h (output "delta_hcore"), initialized to zero.
     """
 
     def __init__(self, layout: FeatureLayout, channels: int, heads: int, shells_a, shells_b, perm_a, perm_b,

@@ -10,7 +10,8 @@ import difflib
 
 from ..basis import BasisLayout
 
-__all__ = ["DEFAULT_CONFIG", "ENERGY_PATHS", "MODEL_TYPE", "OUTPUT_KEYS", "default_config"]
+__all__ = ["CONFIG_ALIASES", "DEFAULT_CONFIG", "ENERGY_PATHS", "MODEL_TYPE", "OUTPUT_KEYS",
+           "PARAMETER_ALIASES", "canonical_config", "canonical_state_dict", "default_config"]
 
 MODEL_TYPE = "wavecalc-so2-hamiltonian"
 #: how a model computes its total energy (config "energy_path"), see docs/design.md
@@ -35,8 +36,10 @@ DEFAULT_CONFIG = {
     "pair_cutoff": 20.0,         # Bohr: off-diagonal blocks go smoothly to 0 beyond it
     "pair_num_radial": 12,
     "pair_hidden": 64,
-    "energy_head": False,        # adds "core_correction"
-    "atom_energy_hidden": 0,     # > 0: learned per-atom energy correction, an MLP of invariant features
+    "delta_hcore_head": False,   # a second Fock-shaped readout head: "delta_hcore", a learned correction
+                                 # Delta h to the core Hamiltonian (energy_path "hamiltonian" only)
+    "atom_correction_hidden": 0,  # > 0: hidden width of the learned per-atom energy correction MLP of
+                                  # invariant features (energy_path "hamiltonian"; needs delta_hcore_head)
     "energy_layers": 0,          # > 0: the correction reads its own message-passing trunk (below)
     "energy_channels": 32,       # channels of that trunk
     "energy_lmax": 2,            # highest L of its features
@@ -56,9 +59,12 @@ DEFAULT_CONFIG = {
 OUTPUT_KEYS: dict[str, tuple[str, str, str]] = {
     "fock": ("(B, nao, nao), or a list of (nao_b, nao_b) for mixed compositions", "Hartree",
              "the predicted Fock/KS matrix, PySCF AO order"),
-    "core_correction": ("like fock", "Hartree", "Delta h, added to h_core (energy_head, energy_path hamiltonian)"),
-    "atom_energy": ("(B,)", "Hartree", "sum of e0[Z] plus atom_correction"),
-    "atom_correction": ("(B,)", "Hartree", "the learned per-atom part (correction MLP or readout MLP)"),
+    "delta_hcore": ("like fock", "Hartree", "Delta h, the learned correction added to the core Hamiltonian "
+                    "h_core (delta_hcore_head, energy_path hamiltonian)"),
+    "atomic_energy_sum": ("(B,)", "Hartree", "sum over the atoms of the per-element offsets e0[Z_A] plus "
+                          "learned_energy (readout models: equals energy)"),
+    "learned_energy": ("(B,)", "Hartree", "the learned per-atom energies summed over the atoms: the "
+                       "correction MLP (atom_correction_hidden) or the readout MLP plus transfer_correction"),
     "energy": ("(B,)", "Hartree", "total energy (energy_path readout)"),
     "readout_inputs": ("(N, n_inv)", "mixed", "the invariants the readout reads, before standardization"),
     "energy_committee": ("(B, committee_size)", "Hartree", "total energies of the committee members"),
@@ -66,9 +72,52 @@ OUTPUT_KEYS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: config keys of earlier versions -> their names now (model cards and train configs written before the
+#: rename keep loading: ``canonical_config``)
+CONFIG_ALIASES = {"energy_head": "delta_hcore_head", "atom_energy_hidden": "atom_correction_hidden"}
+
+#: state_dict key prefixes of earlier versions -> their names now (``canonical_state_dict``)
+PARAMETER_ALIASES = (("atom_energy_offsets", "element_energy_offsets"),
+                     ("atom_energy_mlp.", "atom_correction_mlp."))
+
+
+def canonical_config(config: dict) -> dict:
+    """A shallow copy of ``config`` with the keys of ``CONFIG_ALIASES`` renamed; a config that gives an old
+    key and its new name with different values is an error."""
+    out = dict(config)
+    for old, new in CONFIG_ALIASES.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out and out[new] != value:
+            raise ValueError(f"model config gives both {old!r} = {value!r} and its new name {new!r} = "
+                             f"{out[new]!r}: keep {new!r} only")
+        out.setdefault(new, value)
+    return out
+
+
+def canonical_state_dict(state: dict, prefix: str = "") -> dict:
+    """``state`` (a model's state_dict) with parameter names of earlier versions renamed
+    (``PARAMETER_ALIASES``), in its key order; keys under other prefixes than ``prefix`` are left alone.
+    Both an old name and its new one is an error."""
+    out = {}
+    for key, value in state.items():
+        new_key = key
+        for old, new in PARAMETER_ALIASES:
+            if key.startswith(prefix + old):
+                new_key = prefix + new + key[len(prefix + old):]
+                break
+        if new_key != key and new_key in state:
+            raise ValueError(f"state_dict holds both {key!r} and its new name {new_key!r}")
+        out[new_key] = value
+    return out
+
+
 def default_config(**overrides) -> dict:
-    """A copy of ``DEFAULT_CONFIG`` with ``overrides`` applied (unknown keys are errors)."""
+    """A copy of ``DEFAULT_CONFIG`` with ``overrides`` applied (unknown keys are errors; old key names of
+    ``CONFIG_ALIASES`` are accepted and renamed)."""
     cfg = copy.deepcopy(DEFAULT_CONFIG)
+    overrides = canonical_config(overrides)
     _check_keys(overrides)
     cfg.update(copy.deepcopy(overrides))
     return cfg
@@ -83,6 +132,7 @@ def _check_keys(config: dict) -> None:
 
 
 def _resolve_config(config: dict) -> dict:
+    config = canonical_config(config)
     _check_keys(config)
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     cfg.update(copy.deepcopy(config))
@@ -111,18 +161,19 @@ def _resolve_config(config: dict) -> dict:
         if cfg[key] <= 0:
             raise ValueError(f"config {key!r} must be positive")
     cfg["parity"] = bool(cfg["parity"])
-    cfg["energy_head"] = bool(cfg["energy_head"])
-    cfg["atom_energy_hidden"] = int(cfg["atom_energy_hidden"])
-    if cfg["atom_energy_hidden"] < 0:
-        raise ValueError("config 'atom_energy_hidden' must be >= 0")
-    if cfg["atom_energy_hidden"] and not cfg["energy_head"]:
-        raise ValueError("config 'atom_energy_hidden' > 0 needs energy_head = true")
+    cfg["delta_hcore_head"] = bool(cfg["delta_hcore_head"])
+    cfg["atom_correction_hidden"] = int(cfg["atom_correction_hidden"])
+    if cfg["atom_correction_hidden"] < 0:
+        raise ValueError("config 'atom_correction_hidden' must be >= 0")
+    if cfg["atom_correction_hidden"] and not cfg["delta_hcore_head"]:
+        raise ValueError("config 'atom_correction_hidden' > 0 needs delta_hcore_head = true")
     for key in ("energy_layers", "energy_channels", "energy_lmax"):
         cfg[key] = int(cfg[key])
         if cfg[key] < 0 or (key != "energy_layers" and cfg[key] < 1):
             raise ValueError(f"config {key!r} must be {'>= 0' if key == 'energy_layers' else 'positive'}")
-    if cfg["energy_layers"] and not cfg["atom_energy_hidden"] and cfg.get("energy_path") != "readout":
-        raise ValueError("config 'energy_layers' > 0 needs atom_energy_hidden > 0 (the MLP that reads it)")
+    if cfg["energy_layers"] and not cfg["atom_correction_hidden"] and cfg.get("energy_path") != "readout":
+        raise ValueError("config 'energy_layers' > 0 needs atom_correction_hidden > 0 (the MLP that reads "
+                         "it)")
     if cfg["energy_layers"] and cfg["energy_lmax"] > cfg["lmax"]:
         raise ValueError(f"config 'energy_lmax' ({cfg['energy_lmax']}) cannot exceed lmax ({cfg['lmax']})")
     cfg["energy_path"] = str(cfg["energy_path"]).lower()
@@ -133,10 +184,10 @@ def _resolve_config(config: dict) -> dict:
     if cfg["energy_path"] == "readout":
         if cfg["readout_hidden"] < 1:
             raise ValueError("config 'readout_hidden' must be positive")
-        if cfg["energy_head"] or cfg["atom_energy_hidden"]:
+        if cfg["delta_hcore_head"] or cfg["atom_correction_hidden"]:
             raise ValueError("energy_path = 'readout' reads the energy from the Fock trunk itself: set "
-                             "energy_head = false and atom_energy_hidden = 0 (energy_layers > 0 adds an energy "
-                             "trunk beside it)")
+                             "delta_hcore_head = false and atom_correction_hidden = 0 (energy_layers > 0 "
+                             "adds an energy trunk beside it)")
         if cfg["num_layers"] < 1:
             raise ValueError("energy_path = 'readout' needs num_layers >= 1")
     cfg["committee_size"] = int(cfg["committee_size"])

@@ -1,7 +1,10 @@
 """Save and load trained models: ``weights.safetensors`` + ``model.json`` (the model card).
 
 Loading never executes code: the weights are read with safetensors (no pickle) and the architecture is
-rebuilt from the card's ``config`` by :func:`ase_wavecalc.model.build_model`. The card is JSON:
+rebuilt from the card's ``config`` by :func:`ase_wavecalc.model.build_model`. Files written before the
+rename of the energy parts (config keys ``energy_head``/``atom_energy_hidden``, parameters
+``atom_energy_offsets``/``atom_energy_mlp.*``) load unchanged: ``config.canonical_config`` and
+``config.canonical_state_dict`` map the old names to the new ones. The card is JSON:
 
 | key | meaning |
 |---|---|
@@ -180,6 +183,7 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float64):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .config import canonical_state_dict
     from .network import build_model
 
     path = _resolve(name_or_path)
@@ -195,6 +199,10 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float64):
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    try:   # parameter names of earlier versions (config.PARAMETER_ALIASES) under their names now
+        tensors = canonical_state_dict(tensors)
+    except ValueError as exc:
+        raise ModelFileError(f"{weights}: {exc}") from exc
     try:
         with torch.random.fork_rng(devices=[]):  # building initializes weights: keep the caller's RNG
             model = build_model(card["config"])

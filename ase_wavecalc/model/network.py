@@ -1,4 +1,4 @@
-"""The Hamiltonian network: atoms and positions -> Fock matrix (and optional energy-head outputs).
+"""The Hamiltonian network: atoms and positions -> Fock matrix (and optional energy outputs).
 
 Architecture (PhiSNet's outputs, NequIP-style message passing, eSCN-style edge-frame products):
 
@@ -40,21 +40,26 @@ Inputs and outputs (atomic units, PySCF spherical AO order):
 | batch | (N,) long or None | molecule index 0..B-1 |
 
 The output dict's keys, with shape, unit and meaning, are declared once in ``config.OUTPUT_KEYS`` ("fock",
-"core_correction", "atom_energy", "atom_correction", "energy", "readout_inputs", "energy_committee",
-"transfer_correction").
+"delta_hcore", "atomic_energy_sum", "learned_energy", "energy", "readout_inputs", "energy_committee",
+"transfer_correction"). With ``delta_hcore_head`` the block readouts have a second, Fock-shaped head:
+"delta_hcore" (B, nao, nao) Hartree, a learned correction Delta h to the core Hamiltonian. Every model has
+per-element energy offsets e0 (``element_energy_offsets``, (n_elements,) Hartree); "atomic_energy_sum" (B,)
+Hartree = sum_A e0[Z_A] + "learned_energy" (B,), the learned per-atom energies summed per molecule.
 
-Energy paths (config ``energy_path``). "hamiltonian": the energy is computed from F outside the network
-(``ase_wavecalc.energy``), with the optional per-atom correction below. "readout": the network's own
-total energy, out["energy"] (B,) Hartree = sum_A e0[Z_A] + 0.01 * MLP([invariants of atom A, one-hot Z_A]),
-the invariants being, for the output of every interaction block, the 0e channels and the squared norm of
-every (irrep, channel) (smooth at zero, unlike a norm): the atom features that F is read from also carry
-the energy, and F, orbitals and density stay the same model's. ``forward(..., energy_only=True)`` then
-runs the atom trunk and the MLP only (no pair features, no F): the fast path of MD and optimizers.
+Energy paths (config ``energy_path``). "hamiltonian": the energy E_nn + 1/2 Tr[P (F + h + Delta h)] +
+"atomic_energy_sum" is computed from F outside the network (``ase_wavecalc.energy``), with the optional
+per-atom correction below. "readout": the network's own total energy, out["energy"] (B,) Hartree =
+sum_A e0[Z_A] + 0.01 * MLP([invariants of atom A, one-hot Z_A]), the invariants being, for the output of
+every interaction block, the 0e channels and the squared norm of every (irrep, channel) (smooth at zero,
+unlike a norm): the atom features that F is read from also carry the energy, and F, orbitals and density
+stay the same model's. ``forward(..., energy_only=True)`` then runs the atom trunk and the MLP only (no
+pair features, no F): the fast path of MD and optimizers.
 
-The per-atom correction reads the invariant channels of the final atom features, or, with
-``energy_layers > 0``, of a separate, smaller trunk (``energy_channels`` x irreps up to ``energy_lmax``)
-that shares only the edge frames and radial basis. That trunk lets a training stage add an accurate
-energy correction on top of a frozen Fock network (``run.trainable = "energy_correction"``).
+The per-atom correction (``atom_correction_mlp``, width ``atom_correction_hidden``; energy_path
+"hamiltonian") reads the invariant channels of the final atom features, or, with ``energy_layers > 0``,
+of a separate, smaller trunk (``energy_channels`` x irreps up to ``energy_lmax``) that shares only the
+edge frames and radial basis. That trunk lets a training stage add an accurate energy correction on top
+of a frozen Fock network (``run.trainable = "atom_correction"``).
 
 Scatter sums use torch's own ``index_add`` rather than torch-scatter: torch-scatter has no wheels for
 current torch and takes minutes to compile, and ``index_add`` is just as fast at this size.
@@ -74,13 +79,14 @@ from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGa
                      edge_frame, rotate_in, rotate_out, scale_edge)
 from .so2 import SO2Conv
 from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
-from .config import DEFAULT_CONFIG, ENERGY_PATHS, MODEL_TYPE, _resolve_config, default_config
+from .config import (DEFAULT_CONFIG, ENERGY_PATHS, MODEL_TYPE, _resolve_config, canonical_state_dict,
+                     default_config)
 from .readout import Standardize, atom_invariants
 
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE", "ENERGY_PATHS"]
 
 READOUT_ENERGY_SCALE = 0.01  # Hartree per unit output of the readout MLP
-ATOM_ENERGY_SCALE = 0.01  # Hartree per unit output of the per-atom correction MLP
+ATOM_CORRECTION_SCALE = 0.01  # Hartree per unit output of the per-atom correction MLP
 _SQRT_HALF = math.sqrt(0.5)
 
 
@@ -224,7 +230,7 @@ class HamiltonianModel(nn.Module):
         self.basis_layout = BasisLayout(cfg["basis"], cfg["elements"])
         self.elements = tuple(cfg["elements"])
         self.layout = FeatureLayout(cfg["lmax"], cfg["parity"])
-        self.heads = 2 if cfg["energy_head"] else 1
+        self.heads = 2 if cfg["delta_hcore_head"] else 1    # F, and Delta h with delta_hcore_head
         C, n_el = cfg["channels"], len(self.elements)
         self.irreps_hidden = self.layout.irreps_str(C)
 
@@ -250,9 +256,9 @@ class HamiltonianModel(nn.Module):
                 self.pair_readout[f"{za}-{zb}"] = BlockReadout(
                     self.layout, cfg["pair_channels"], self.heads, bl.shells(za), bl.shells(zb), pa,
                     bl.e3nn_to_pyscf(zb), diagonal=False, bias=False)
-        # e0[Z] in Hartree, per element (index = position in config "elements"); the trainer may set it
-        self.atom_energy_offsets = nn.Parameter(torch.zeros(n_el))
-        hidden = cfg["atom_energy_hidden"]
+        # e0[Z] (n_elements,) Hartree, index = position in config "elements"; the trainer sets it
+        self.element_energy_offsets = nn.Parameter(torch.zeros(n_el))
+        hidden = cfg["atom_correction_hidden"]
         if cfg["energy_layers"]:
             # the correction's own trunk: same edge frames and radial basis, its own embedding and
             # (smaller) features. A stage that trains only the energy leaves F bit-identical, and the
@@ -272,12 +278,13 @@ class HamiltonianModel(nn.Module):
             # learned per-atom correction (Hartree) from the invariant (0e) channels of the final atom
             # features (of the energy trunk when there is one) and the element; the last layer starts at
             # zero, so a model trained without it (stage 1) keeps its energies until the correction learns
-            self.atom_energy_mlp = nn.Sequential(nn.Linear(n_feat + n_el, hidden), nn.SiLU(),
-                                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-            nn.init.zeros_(self.atom_energy_mlp[-1].weight)
-            nn.init.zeros_(self.atom_energy_mlp[-1].bias)
+            self.atom_correction_mlp = nn.Sequential(nn.Linear(n_feat + n_el, hidden), nn.SiLU(),
+                                                     nn.Linear(hidden, hidden), nn.SiLU(),
+                                                     nn.Linear(hidden, 1))
+            nn.init.zeros_(self.atom_correction_mlp[-1].weight)
+            nn.init.zeros_(self.atom_correction_mlp[-1].bias)
         else:
-            self.atom_energy_mlp = None
+            self.atom_correction_mlp = None
         self.readout_mlp = self.readout_norm = self.transfer_weight = self.committee_mlps = None
         if cfg["energy_path"] == "readout":
             # per-atom energy from the invariants of every interaction block's output: the 0e channels and
@@ -308,6 +315,14 @@ class HamiltonianModel(nn.Module):
         self._index_cache: OrderedDict = OrderedDict()
 
     # ------------------------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # names of earlier versions (config.PARAMETER_ALIASES); children then read the renamed keys
+        renamed = canonical_state_dict(state_dict, prefix)
+        if list(renamed) != list(state_dict):
+            state_dict.clear()
+            state_dict.update(renamed)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def n_parameters(self) -> int:
         """Trainable parameters that influence the output (masked readout padding excluded)."""
         n = 0
@@ -344,7 +359,7 @@ class HamiltonianModel(nn.Module):
     def forward(self, numbers: torch.Tensor, positions: torch.Tensor,
                 batch: torch.Tensor | None = None, energy_only: bool = False) -> dict:
         """The outputs of the module docstring. ``energy_only=True`` (models with ``energy_layers``):
-        only "atom_energy" and "atom_correction", without the Fock trunk (training the correction on a
+        only "atomic_energy_sum" and "learned_energy", without the Fock trunk (training the correction on a
         frozen Hamiltonian whose energies were computed once)."""
         if numbers.dim() != 1 or positions.shape != (numbers.shape[0], 3):
             raise ValueError(f"numbers (N,) and positions (N, 3) expected, got {tuple(numbers.shape)} and "
@@ -370,8 +385,8 @@ class HamiltonianModel(nn.Module):
         if energy_only:
             if self.energy_interactions is None:
                 raise ValueError("energy_only needs a model with energy_layers > 0 or energy_path = 'readout'")
-            out = {"atom_energy": torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(
-                0, ix.batch, self.atom_energy_offsets[ix.elem])}
+            out = {"atomic_energy_sum": torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(
+                0, ix.batch, self.element_energy_offsets[ix.elem])}
             return self._add_atom_correction(out, None, ix, Ds, edge_attr, env, onehot)
         h, layers = self._trunk(ix, Ds, edge_attr, env)
         p = self.pair(h, Ds, d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
@@ -387,7 +402,7 @@ class HamiltonianModel(nn.Module):
         flat = torch.cat(values, 1)[:, ix.gather]                  # (heads, total) back-to-back matrices
 
         out = {}
-        names = ["fock", "core_correction"][: self.heads]
+        names = ["fock", "delta_hcore"][: self.heads]
         for hd, name in enumerate(names):
             if ix.same_composition:
                 n = ix.nao[0]
@@ -402,8 +417,8 @@ class HamiltonianModel(nn.Module):
                 out[name] = mats
         if self.readout_mlp is not None:
             return self._readout_energy(out, layers, ix, Ds, edge_attr, env, onehot)
-        e0 = self.atom_energy_offsets[ix.elem]
-        out["atom_energy"] = torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(0, ix.batch, e0)
+        e0 = self.element_energy_offsets[ix.elem]
+        out["atomic_energy_sum"] = pos.new_zeros(ix.n_mol).index_add(0, ix.batch, e0)
         return self._add_atom_correction(out, h, ix, Ds, edge_attr, env, onehot)
 
     def _trunk(self, ix, Ds, edge_attr, env):
@@ -421,8 +436,9 @@ class HamiltonianModel(nn.Module):
         of every Fock-trunk block and, with ``energy_layers``, of every energy-trunk block; with
         ``transfer_head`` + sum_A w[Z_A] . x_A (x: the standardized invariants), also as
         out["transfer_correction"] (B,); with ``committee_size`` K, out["energy_committee"] (B, K): the
-        energies of K more readout MLPs on the same inputs (their spread is the uncertainty)."""
-        e0 = self.atom_energy_offsets[ix.elem]
+        energies of K more readout MLPs on the same inputs (their spread is the uncertainty). The learned part
+        (MLP + transfer head) is out["learned_energy"] (B,), out["atomic_energy_sum"] = out["energy"]."""
+        e0 = self.element_energy_offsets[ix.elem]
         inv = [atom_invariants(layers, self.irrep_of_component, self.layout.n_irreps)]
         if self.energy_interactions is not None:
             inv.append(atom_invariants(self._energy_trunk(ix, Ds, edge_attr, env), self.energy_irrep_of_component,
@@ -443,22 +459,23 @@ class HamiltonianModel(nn.Module):
             transfer = (self.transfer_weight[ix.elem] * inv).sum(-1)
             out["transfer_correction"] = zero.index_add(0, ix.batch, transfer)
             per_atom = per_atom + transfer
-        out["atom_correction"] = zero.index_add(0, ix.batch, per_atom)
-        out["atom_energy"] = out["energy"] = zero.index_add(0, ix.batch, e0) + out["atom_correction"]
+        out["learned_energy"] = zero.index_add(0, ix.batch, per_atom)
+        out["atomic_energy_sum"] = out["energy"] = zero.index_add(0, ix.batch, e0) + out["learned_energy"]
         return out
 
     def _add_atom_correction(self, out, h, ix, Ds, edge_attr, env, onehot) -> dict:
-        """Add the learned per-atom correction (if any) to ``out["atom_energy"]`` and as "atom_correction"."""
-        if self.atom_energy_mlp is None:
+        """Add the learned per-atom correction (if any), summed per molecule (B,) Hartree, to
+        ``out["atomic_energy_sum"]`` and as ``out["learned_energy"]``."""
+        if self.atom_correction_mlp is None:
             return out
         if self.energy_interactions is not None:
             inv = self._energy_trunk(ix, Ds, edge_attr, env)[-1][:, 0, :]
         else:
             inv = h[:, 0, :]
-        per_atom = ATOM_ENERGY_SCALE * self.atom_energy_mlp(torch.cat([inv, onehot], 1))[:, 0]
+        per_atom = ATOM_CORRECTION_SCALE * self.atom_correction_mlp(torch.cat([inv, onehot], 1))[:, 0]
         learned = onehot.new_zeros(ix.n_mol).index_add(0, ix.batch, per_atom)
-        out["atom_correction"] = learned
-        out["atom_energy"] = out["atom_energy"] + learned
+        out["learned_energy"] = learned
+        out["atomic_energy_sum"] = out["atomic_energy_sum"] + learned
         return out
 
 

@@ -2,9 +2,10 @@
 
 ``ModelProvider(model)`` loads a shipped model (name) or a model directory and implements the provider
 interface of :mod:`ase_wavecalc.providers.base`: F from the network, S from PySCF integrals, orbitals and
-density from F C = S C eps, and, for models trained with an energy head, the total energy of
-:mod:`ase_wavecalc.energy` with its exact gradient (autograd through the network, PySCF's analytic
-derivatives of S and h_core, and the degeneracy-safe density-matrix response).
+density from F C = S C eps, and, for Hamiltonian-path models trained on energies (with a Delta h head,
+``delta_hcore_head``), the total energy of :mod:`ase_wavecalc.energy` with its exact gradient (autograd
+through the network, PySCF's analytic derivatives of S and h_core, and the degeneracy-safe density-matrix
+response).
 
 The network may run in float32 for speed (``dtype="float32"``); the electronic-structure part (eigenproblem,
 traces, energy) always runs in float64, so the absolute energy keeps its precision.
@@ -41,6 +42,7 @@ class ModelProvider(HamiltonianProvider):
     """
 
     def __init__(self, model, dtype: str = "float64", charge: int = 0, card: dict | None = None):
+        from ..model.config import canonical_config
         from ..model.io import load_model
 
         if dtype not in _DTYPES:
@@ -71,7 +73,8 @@ class ModelProvider(HamiltonianProvider):
         # "hamiltonian": E_nn + 1/2 Tr[P (F + h)] + e0 (+ correction); "readout": e0 + an MLP of the Fock
         # trunk's atom invariants (model card "energy_path"; docs/design.md)
         self.energy_path = str(config.get("energy_path", "hamiltonian"))
-        self.has_energy = ((bool(config.get("energy_head", False)) or self.energy_path == "readout")
+        self.has_energy = ((bool(canonical_config(config).get("delta_hcore_head", False))
+                            or self.energy_path == "readout")
                            and bool(self.card.get("energy_trained", True)))
         self._cache = None            # (key, result) of the last geometry
         if self.has_energy:
@@ -221,8 +224,9 @@ class ModelProvider(HamiltonianProvider):
             out = self.model(z, pos.to(self.dtype), None)
             e_tot, _ = energy_mod.total_energy(
                 numbers, pos, _single(out["fock"]).double(), self.basis,
-                core_correction=_single(out["core_correction"]).double(),
-                atom_energy=out["atom_energy"].reshape(-1)[0].double(), charge=self.charge, density="eigh",
+                delta_hcore=_single(out["delta_hcore"]).double(),
+                atomic_energy_sum=out["atomic_energy_sum"].reshape(-1)[0].double(), charge=self.charge,
+                density="eigh",
                 derivative_order=2)
         (grad,) = torch.autograd.grad(e_tot, pos, create_graph=True)
         grad = grad.reshape(-1)
@@ -258,11 +262,11 @@ class ModelProvider(HamiltonianProvider):
             mol = integrals.make_mol(numbers, pos64.detach().numpy(), self.basis, charge=self.charge)
             gradient = None
             if self.has_energy and self.energy_path == "hamiltonian":
-                core = _single(out["core_correction"]).to(torch.float64)
-                atom_energy = out["atom_energy"].reshape(-1)[0].to(torch.float64)
-                e_tot, parts = energy_mod.total_energy(numbers, pos64, fock, self.basis, core_correction=core,
-                                                       atom_energy=atom_energy, charge=self.charge,
-                                                       density="projector", mol=mol)
+                delta_hcore = _single(out["delta_hcore"]).to(torch.float64)
+                atomic_energy_sum = out["atomic_energy_sum"].reshape(-1)[0].to(torch.float64)
+                e_tot, parts = energy_mod.total_energy(
+                    numbers, pos64, fock, self.basis, delta_hcore=delta_hcore,
+                    atomic_energy_sum=atomic_energy_sum, charge=self.charge, density="projector", mol=mol)
                 overlap, hcore = parts["overlap"], parts["hcore"]
                 if want_energy_grad:
                     (gradient,) = torch.autograd.grad(e_tot, pos64)
@@ -299,7 +303,7 @@ class ModelProvider(HamiltonianProvider):
         """Raise ``PropertyNotImplementedError`` if the model predicts only the Hamiltonian."""
         if not self.has_energy:
             raise PropertyNotImplementedError(
-                f"model {self.name!r} predicts the Hamiltonian only (no energy head trained): energy and "
+                f"model {self.name!r} predicts the Hamiltonian only (no energy trained): energy and "
                 f"forces are not available; orbitals, density, charges and dipole are")
 
 

@@ -13,7 +13,7 @@ train`` / ``evaluate`` / ``export`` commands.
 | ``runtime`` | process state of a run: isolated RNG/threads, SIGINT/SIGTERM, the run-directory lock |
 | ``runlog`` | metrics.csv, learning_curve.png, atomic text writes, TOML dump |
 | ``setup`` | model config from the data, frame split, initial weights / offsets / readout statistics |
-| ``base_energies`` | the frozen Hamiltonian's energies for ``run.trainable = "energy_correction"`` |
+| ``base_energies`` | the frozen Hamiltonian's energies for ``run.trainable = "atom_correction"`` |
 | ``cli_train``, ``cli_evaluate``, ``cli_export`` | the sub-commands |
 
 Heavy imports stay inside the sub-modules; ``from ase_wavecalc.train import Trainer`` loads them lazily.

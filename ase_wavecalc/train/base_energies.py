@@ -1,4 +1,4 @@
-"""The frozen Hamiltonian's energies and forces for ``run.trainable = "energy_correction"``: computed once
+"""The frozen Hamiltonian's energies and forces for ``run.trainable = "atom_correction"``: computed once
 on the train and validation frames (cached in RUN_DIR/base_energies.pt) so that each training step runs only
 the energy correction.
 """
@@ -15,7 +15,7 @@ from .config import TrainingError
 from .data import epoch_plan
 from .losses import gap_is_open, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
-from .stages import ENERGY_CORRECTION_PREFIXES
+from .stages import LEARNED_ENERGY_PREFIXES
 
 __all__ = ["prepare_base_energies"]
 
@@ -33,10 +33,10 @@ def prepare_base_energies(trainer) -> None:
 
     bad = [k for k, w in trainer.loss_fn.weights.items() if k not in ("energy", "forces")]
     if bad:
-        raise TrainingError(f"run.trainable = 'energy_correction' trains on energies and forces only; "
+        raise TrainingError(f"run.trainable = 'atom_correction' trains on energies and forces only; "
                             f"set the [loss] weights of {bad} to 0 (F is frozen)")
     frozen = {k: v for k, v in trainer.model.state_dict().items()
-              if not (k == "atom_energy_offsets" or k.startswith(ENERGY_CORRECTION_PREFIXES))}
+              if not (k == "element_energy_offsets" or k.startswith(LEARNED_ENERGY_PREFIXES))}
     gap_gate = trainer.loss_fn.options["gap_gate"]
     digest = hashlib.sha256()
     for k in sorted(frozen):
@@ -56,8 +56,8 @@ def prepare_base_energies(trainer) -> None:
     if cached is None:
         base = copy.deepcopy(trainer.model).to(torch.float64)
         with torch.no_grad():
-            base.atom_energy_offsets.zero_()
-        base.atom_energy_mlp = None          # the Hamiltonian part only
+            base.element_energy_offsets.zero_()
+        base.atom_correction_mlp = None          # the Hamiltonian part only
         t0 = time.perf_counter()
         entries = []
         for t, table in enumerate(trainer.tables):

@@ -139,7 +139,17 @@ def load_checkpoint(path) -> dict:
 
 def initial_weights(path) -> dict:
     """A state dict to start from: a run directory (EMA weights of best.pt, else of checkpoint.pt) or
-    an exported model directory (weights.safetensors). Read without executing code."""
+    an exported model directory (weights.safetensors). Read without executing code; parameter names of
+    earlier versions are renamed (``model.config.canonical_state_dict``)."""
+    from ..model.config import canonical_state_dict
+
+    try:
+        return canonical_state_dict(_initial_weights(path))
+    except ValueError as exc:
+        raise TrainingError(f"run.init_weights {path}: {exc}") from None
+
+
+def _initial_weights(path) -> dict:
     path = Path(path)
     if (path / "checkpoint.pt").is_file():
         if (path / "best.pt").is_file():

@@ -250,6 +250,7 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     Energy models get their per-element offsets refit on ``refit_frames`` training frames
     (:mod:`~ase_wavecalc.train.offsets`) before the test; 0 keeps the trained offsets.
     """
+    from ..model.config import canonical_config
     from ..model.io import save_model
     from .metrics import evaluate_model, format_metrics
 
@@ -260,7 +261,9 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     tables, rows, split = run_split_tables(run_dir, "test", check_hash=True)
     loss = info["config"]["loss"]
     energy_path = str(info["model_config"].get("energy_path", "hamiltonian"))
-    energy_trained = (bool(info["model_config"].get("energy_head")) or energy_path == "readout") and (
+    # (model_config of runs from before the rename of energy_head: model.config.canonical_config)
+    energy_trained = (bool(canonical_config(info["model_config"]).get("delta_hcore_head"))
+                      or energy_path == "readout") and (
         float(loss.get("energy", 0)) > 0 or float(loss.get("forces", 0)) > 0)
     offset_refit = None
     if energy_trained and refit_frames > 0:

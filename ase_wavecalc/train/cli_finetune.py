@@ -40,6 +40,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def finetune_config(config, base: str | Path, raw: dict):
     """Fill ``config`` (a TrainConfig) with the settings that come from ``base``; ``raw`` is the parsed TOML
     (to tell which keys the user set). Returns the config."""
+    from ..model.config import canonical_config
     from .config import ConfigError
 
     base = Path(base)
@@ -61,7 +62,9 @@ def finetune_config(config, base: str | Path, raw: dict):
     else:
         import torch
         base_model = dict(torch.load(base / "checkpoint.pt", map_location="cpu", weights_only=True)["model_config"])
-    config.model = {**base_model, **dict(raw.get("model", {}))}   # e.g. [model] transfer_head = true
+    # (key names of earlier versions in either under their names now, so that the config's keys win)
+    config.model = {**canonical_config(base_model),
+                    **canonical_config(dict(raw.get("model", {})))}   # e.g. [model] transfer_head = true
     if not any(d.labels == "high" for d in config.data.datasets):
         raise ConfigError("finetune needs at least one dataset with labels = 'high' (high-level energies; "
                           "see `wavecalc import-npz` and `wavecalc generate --method ccsd(t)`)")

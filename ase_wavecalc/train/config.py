@@ -14,7 +14,8 @@ test = 100
 labels = "reference"                   # or "high": train on the high-level labels (ase_wavecalc.labels)
 test_frames_from = ""                  # model/run directory whose test frames of this file are the test split
 
-[model]                                # passed to ase_wavecalc.model.build_model as is; "basis" and
+[model]                                # passed to ase_wavecalc.model.build_model (keys of earlier versions
+                                       # renamed: model.config.CONFIG_ALIASES); "basis" and
                                        # "elements" default to the datasets' basis and elements
 
 [loss]                                 # term name -> weight (see ase_wavecalc.train.losses.LOSS_TERMS)
@@ -81,6 +82,12 @@ __all__ = ["DatasetSpec", "DataConfig", "OptimizerConfig", "SchedulerConfig", "R
 # only acts on a fresh start)
 RUN_OVERRIDABLE = ("max_epochs", "max_steps", "max_time_min", "checkpoint_every_min", "threads", "progress",
                    "deterministic", "init_weights")
+
+
+#: run.trainable values; TRAINABLE_ALIASES: their names in earlier versions (still accepted, e.g. in the
+#: train_config*.toml files kept with the shipped models)
+TRAINABLE = ("all", "delta_hcore_head", "atom_correction", "energy_readout", "transfer_head")
+TRAINABLE_ALIASES = {"energy_head": "delta_hcore_head", "energy_correction": "atom_correction"}
 
 
 class TrainingError(RuntimeError):
@@ -206,16 +213,18 @@ class RunConfig:
     # regression of the energy residuals on the element-pooled standardized invariants); the ridge strength,
     # 0: chosen from a grid by the validation energy error
     transfer_alpha: float = 0.0
-    trainable: str = "all"        # "all"; "energy_head": only the core-correction head, e0 and the
-                                  # per-atom correction learn; "energy_correction": only e0 and the
+    trainable: str = "all"        # "all"; "delta_hcore_head": only the Delta h head, e0 and the
+                                  # per-atom correction learn; "atom_correction": only e0 and the
                                   # per-atom correction (with its trunk) learn; "energy_readout": only
                                   # e0, the readout MLP and its energy trunk learn (energy_path "readout")
     deterministic: bool = True
 
     def __post_init__(self):
-        if self.trainable not in ("all", "energy_head", "energy_correction", "energy_readout", "transfer_head"):
-            raise ConfigError("run.trainable must be 'all', 'energy_head', 'energy_correction', 'energy_readout' "
-                              f"or 'transfer_head', got {self.trainable!r}")
+        if isinstance(self.trainable, str):   # names of earlier versions
+            self.trainable = TRAINABLE_ALIASES.get(self.trainable, self.trainable)
+        if self.trainable not in TRAINABLE:
+            raise ConfigError("run.trainable must be 'all', 'delta_hcore_head', 'atom_correction', "
+                              f"'energy_readout' or 'transfer_head', got {self.trainable!r}")
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"run.precision must be 'float32' or 'float64', got {self.precision!r}")
         if self.batch_size < 1:
@@ -283,6 +292,11 @@ def parse_config(table: dict, base_dir: str | os.PathLike = ".", source: str = "
     model = table.get("model", {})
     if not isinstance(model, dict):
         raise ConfigError("[model] must be a table")
+    from ..model.config import canonical_config
+    try:   # key names of earlier versions (energy_head, atom_energy_hidden) under their names now
+        model = canonical_config(model)
+    except ValueError as exc:
+        raise ConfigError(f"[model]: {exc}") from None
     return TrainConfig(
         data=_from_table(DataConfig, table["data"], "data"),
         model=dict(model),

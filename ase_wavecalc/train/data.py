@@ -16,7 +16,7 @@ stacked ``(B, nao, nao)`` Fock tensor.
 | gradient | (B, n, 3) | Hartree/Bohr (only when loaded; NaN rows: no forces for that structure) |
 | low_gradient | (B, n, 3) | Hartree/Bohr: the low-level gradient when the table trains on high-level labels |
 | hcore | (B, nao, nao) | Hartree (only when loaded) |
-| base_energy, base_gradient | (B,), (B, n, 3) | Hartree, Hartree/Bohr: energy and gradient of a frozen Hamiltonian, computed once (``run.trainable = "energy_correction"``), always float64 |
+| base_energy, base_gradient | (B,), (B, n, 3) | Hartree, Hartree/Bohr: energy and gradient of a frozen Hamiltonian, computed once (``run.trainable = "atom_correction"``), always float64 |
 | frame | (B,) | frame ids of the dataset file |
 
 Data order: ``epoch_plan`` draws the batches of one epoch from a ``torch.Generator`` (shuffled rows

@@ -1,4 +1,4 @@
-"""What a trained readout model's energy head sees, for a set of frames: the per-atom standardized invariants.
+"""What a trained readout model's energy MLP sees, for a set of frames: the per-atom standardized invariants.
 
 The heads fitted after training on frozen trunks (the linear transfer head, ``transfer.py``; the uncertainty
 committee, ``committee.py``) read exactly the readout's inputs. Since the trunks do not change, those inputs
@@ -38,6 +38,6 @@ def readout_features(model: torch.nn.Module, table, rows, batch_size: int = 16) 
                 inv = m.readout_norm(inv)
             xs.append(inv.reshape(batch.n_structures, n_at, -1))
             energies.append(out["energy"] - out.get("transfer_correction", 0.0))
-        e0 = m.atom_energy_offsets[element].sum()
+        e0 = m.element_energy_offsets[element].sum()
     energy = torch.cat(energies)
     return {"x": torch.cat(xs), "element": element, "energy": energy, "e0": torch.full_like(energy, float(e0))}

@@ -65,7 +65,7 @@ def predicted_fock(outputs: dict) -> torch.Tensor:
     """The (B, nao, nao) predicted Fock tensor (batches never mix compositions)."""
     if "fock" not in outputs:
         raise KeyError("this loss term needs the Fock matrix, which an energy-correction-only forward "
-                       "(run.trainable = 'energy_correction') does not compute: give the F terms weight 0")
+                       "(run.trainable = 'atom_correction') does not compute: give the F terms weight 0")
     fock = outputs["fock"]
     if isinstance(fock, (list, tuple)):
         fock = torch.stack(list(fock))
@@ -164,21 +164,21 @@ def predicted_energy(outputs, batch, cache) -> torch.Tensor:
     """(B,) total energies in Hartree (cached per evaluation); 0 where gated out.
 
     From the predicted F through :func:`ase_wavecalc.energy.total_energy`, or, when the batch carries a
-    frozen Hamiltonian's precomputed ``base_energy``, as that plus ``outputs["atom_energy"]`` (e0 and the
-    learned correction; the forces term adds ``base_gradient`` likewise)."""
+    frozen Hamiltonian's precomputed ``base_energy``, as that plus ``outputs["atomic_energy_sum"]`` (e0 and
+    the learned correction; the forces term adds ``base_gradient`` likewise)."""
     if "energy" not in cache and "energy" in outputs:
         # energy_path = "readout": the model's own total energy (e0 + MLP of the Fock trunk's invariants)
         cache["energy"] = outputs["energy"].double()
     if "energy" not in cache and batch.base_energy is not None:
-        # energy = frozen Hamiltonian part (precomputed) + e0 + learned correction (outputs["atom_energy"])
+        # energy = frozen Hamiltonian part (precomputed) + e0 + learned correction (atomic_energy_sum)
         base = torch.nan_to_num(batch.base_energy, nan=0.0)
-        cache["energy"] = base + outputs["atom_energy"].double()
+        cache["energy"] = base + outputs["atomic_energy_sum"].double()
     if "energy" not in cache:
         from ..energy import total_energy
 
         fock = predicted_fock(outputs)
-        core = outputs.get("core_correction")
-        atom_energy = outputs.get("atom_energy")
+        delta_hcore = outputs.get("delta_hcore")
+        atomic_energy_sum = outputs.get("atomic_energy_sum")
         gate = energy_gate(outputs, batch, cache)
         n = batch.n_atoms
         numbers = batch.numbers[:n].tolist()
@@ -190,8 +190,8 @@ def predicted_energy(outputs, batch, cache) -> torch.Tensor:
                 energies.append(pos.sum().double() * 0.0)
                 continue
             e, _ = total_energy(numbers, pos, fock[b], batch.basis,
-                                core_correction=None if core is None else core[b],
-                                atom_energy=0.0 if atom_energy is None else atom_energy[b],
+                                delta_hcore=None if delta_hcore is None else delta_hcore[b],
+                                atomic_energy_sum=0.0 if atomic_energy_sum is None else atomic_energy_sum[b],
                                 charge=batch.charge, density="eigh")
             energies.append(e)
         cache["energy"] = torch.stack(energies)
@@ -199,7 +199,7 @@ def predicted_energy(outputs, batch, cache) -> torch.Tensor:
 
 
 def _model_dtype(outputs) -> torch.dtype:
-    return predicted_fock(outputs).dtype if "fock" in outputs else outputs["atom_energy"].dtype
+    return predicted_fock(outputs).dtype if "fock" in outputs else outputs["atomic_energy_sum"].dtype
 
 
 def _gated_mean(sq_err: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ def inlier_frames(counts: np.ndarray, residuals: np.ndarray, n_mads: float = OUT
 
 def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], charge: int = 0,
                          labels: Sequence[str] | None = None) -> dict:
-    """Shift ``model.atom_energy_offsets`` in place by the least-squares correction over the inlier
+    """Shift ``model.element_energy_offsets`` in place by the least-squares correction over the inlier
     frames (:func:`inlier_frames`); returns a summary.
 
     datasets: ``(path, frame_ids)`` pairs (training frames); ``labels``: per dataset, "reference" or
@@ -71,8 +71,8 @@ def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], char
     from ..units import HARTREE
     from .metrics import model_energy_predictions
 
-    if not hasattr(model, "atom_energy_offsets"):
-        raise ValueError("the model has no per-element energy offsets (energy_head = false?)")
+    if not hasattr(model, "element_energy_offsets"):
+        raise ValueError("the model has no per-element energy offsets (element_energy_offsets)")
     column = {int(z): k for k, z in enumerate(model.config["elements"])}
     counts, residuals = [], []
     for k, (path, frame_ids) in enumerate(datasets):
@@ -94,7 +94,7 @@ def refit_energy_offsets(model: torch.nn.Module, datasets: Sequence[tuple], char
     delta = offset_correction(a, r)
     after = r - a @ delta
     with torch.no_grad():
-        offsets = model.atom_energy_offsets
+        offsets = model.element_energy_offsets
         offsets.add_(torch.as_tensor(delta, dtype=offsets.dtype))
     return {"frames": int(len(r) + outliers), "outliers": outliers,
             "delta_hartree": {str(z): float(delta[k]) for z, k in column.items()},

@@ -16,7 +16,7 @@ from .data import FrameTable, load_table, split_frames
 from .offsets import offset_correction
 from ..dataset import formula as _formula
 from .runlog import _atomic_write_text
-from .stages import ENERGY_CORRECTION_PREFIXES, adapt_readout_heads
+from .stages import LEARNED_ENERGY_PREFIXES, adapt_readout_heads
 from ..units import HARTREE
 
 __all__ = ["held_out_split", "load_data", "load_initial_weights", "mean_atom_blocks", "model_config_for",
@@ -179,12 +179,12 @@ def load_initial_weights(trainer, path) -> bool:
     # an energy correction of another shape (or reading other features: the trunk is new) in the
     # earlier weights is left out as a whole, so the new one starts from its initialization (zero)
     state = adapt_readout_heads(state, trainer.model.state_dict())
-    if (trainer.model_config.get("energy_path") == "readout" and "atom_energy_offsets" in state
+    if (trainer.model_config.get("energy_path") == "readout" and "element_energy_offsets" in state
             and not any(k.startswith("readout_mlp.") for k in state)):
         # e0 of a Hamiltonian-path model absorbs 1/2 Tr[P (F + h)]: meaningless for a readout energy,
         # so it is refitted from the reference energies below
-        state["atom_energy_offsets"] = torch.zeros_like(state["atom_energy_offsets"])
-    corr = [k for k in state if k.startswith(ENERGY_CORRECTION_PREFIXES)]
+        state["element_energy_offsets"] = torch.zeros_like(state["element_energy_offsets"])
+    corr = [k for k in state if k.startswith(LEARNED_ENERGY_PREFIXES)]
     new_trunk = any(k.startswith("energy_interactions.") for k in own) and not any(
         k.startswith("energy_interactions.") for k in state)
     if trainer.model_config.get("energy_path") == "readout" and not new_trunk:
@@ -200,7 +200,7 @@ def load_initial_weights(trainer, path) -> bool:
         raise TrainingError(f"run.init_weights {path}: the weights do not fit the [model] "
                             f"architecture: {str(exc).splitlines()[0]}") from None
     # only parts that a later stage adds (the per-atom energy correction) may be missing
-    bad = list(unexpected) + [k for k in missing if not k.startswith(ENERGY_CORRECTION_PREFIXES)]
+    bad = list(unexpected) + [k for k in missing if not k.startswith(LEARNED_ENERGY_PREFIXES)]
     if bad:
         raise TrainingError(f"run.init_weights {path}: the weights do not fit the [model] "
                             f"architecture: {'unexpected' if unexpected else 'missing'} {bad[:4]}")
@@ -248,7 +248,7 @@ def shift_energy_offsets(trainer) -> None:
     r = torch.cat(residuals)
     shift = torch.as_tensor(offset_correction(torch.cat(counts).numpy(), r.numpy()), dtype=torch.float64)
     with torch.no_grad():
-        trainer.model.atom_energy_offsets.add_(shift.to(trainer.model.atom_energy_offsets.dtype))
+        trainer.model.element_energy_offsets.add_(shift.to(trainer.model.element_energy_offsets.dtype))
     spread = float((r - torch.cat(counts) @ shift).abs().mean()) * HARTREE * 1e3
     trainer.log("per-element energy offsets shifted to the datasets' level: "
                 + ", ".join(f"Z={z}: {float(v):+.6f} Ha" for z, v in zip(elements, shift))

@@ -8,13 +8,13 @@ import torch
 
 from .config import TrainingError
 
-__all__ = ["ENERGY_CORRECTION_PREFIXES", "freeze_hamiltonian", "freeze_all_but_energy_correction",
+__all__ = ["LEARNED_ENERGY_PREFIXES", "freeze_hamiltonian", "freeze_all_but_atom_correction",
            "freeze_all_but_energy_readout", "freeze_all_but_transfer_head", "parameter_groups", "adapt_readout_heads"]
 
 
 def freeze_hamiltonian(model: torch.nn.Module) -> int:
-    """Let only the energy head learn: the core-correction head of the block readouts, e0 and the per-atom
-    correction (MLP and its trunk, if any).
+    """``run.trainable = "delta_hcore_head"``: let only the energy parts learn: the Delta h head of the block
+    readouts (``delta_hcore``), e0 and the per-atom correction (MLP and its trunk, if any).
 
     Used for a second training stage on energies and forces after the Fock matrix has been learned: the
     energy terms then cannot degrade F. Trunk parameters stop requiring grad; in readouts shared by both
@@ -24,7 +24,7 @@ def freeze_hamiltonian(model: torch.nn.Module) -> int:
     from ..model.blocks import BlockReadout
 
     if getattr(model, "heads", 1) < 2:
-        raise TrainingError("run.trainable = 'energy_head' needs a model with energy_head = true")
+        raise TrainingError("run.trainable = 'delta_hcore_head' needs a model with delta_hcore_head = true")
     for p in model.parameters():
         p.requires_grad_(False)
     n = 0
@@ -33,7 +33,7 @@ def freeze_hamiltonian(model: torch.nn.Module) -> int:
             continue
         copies = module.copies
         w_mask = torch.ones_like(module.weight)
-        w_mask[..., :copies] = 0.0          # head 0 (Fock) is frozen, head 1 (core correction) learns
+        w_mask[..., :copies] = 0.0          # head 0 (Fock) is frozen, head 1 (Delta h) learns
         module.weight.requires_grad_(True)
         module.weight.register_hook(lambda g, m=w_mask: g * m.to(g.dtype))
         n += int((w_mask * module.mask.to(w_mask.dtype)).sum().item())
@@ -43,36 +43,39 @@ def freeze_hamiltonian(model: torch.nn.Module) -> int:
             module.bias.requires_grad_(True)
             module.bias.register_hook(lambda g, m=b_mask: g * m.to(g.dtype))
             n += int((b_mask * module.bias_mask.to(b_mask.dtype)).sum().item())
-    return n + _unfreeze_energy_correction(model)
+    return n + _unfreeze_energy_parts(model)
 
 
-#: parameter-name prefixes of the energy correction (a later stage may add them to earlier weights)
-ENERGY_CORRECTION_PREFIXES = ("atom_energy_mlp.", "energy_embedding", "energy_interactions.", "readout_mlp.",
+#: parameter-name prefixes of the learned energy parts besides e0 (``element_energy_offsets``): the per-atom
+#: correction, the energy trunk, the readout MLP and its standardization, the transfer head (a later stage may
+#: add them to earlier weights)
+LEARNED_ENERGY_PREFIXES = ("atom_correction_mlp.", "energy_embedding", "energy_interactions.", "readout_mlp.",
                               "readout_norm.", "transfer_weight")
 
 
-def _unfreeze_energy_correction(model: torch.nn.Module) -> int:
+def _unfreeze_energy_parts(model: torch.nn.Module) -> int:
     n = 0
     for name, p in model.named_parameters():
-        if name == "atom_energy_offsets" or name.startswith(ENERGY_CORRECTION_PREFIXES):
+        if name == "element_energy_offsets" or name.startswith(LEARNED_ENERGY_PREFIXES):
             p.requires_grad_(True)
             n += p.numel()
     return n
 
 
-def freeze_all_but_energy_correction(model: torch.nn.Module) -> int:
-    """Let only e0, the per-atom correction MLP and its trunk (``energy_layers``) learn.
+def freeze_all_but_atom_correction(model: torch.nn.Module) -> int:
+    """``run.trainable = "atom_correction"``: let only e0, the per-atom correction MLP and its trunk
+    (``energy_layers``) learn.
 
-    F and the core-correction head stay exactly as they are, so the energy of the Hamiltonian part is a
+    F and the Delta h head stay exactly as they are, so the energy of the Hamiltonian part is a
     fixed function of the geometry and the correction learns what it misses (Delta-learning on top of
     the electronic structure). Returns the number of trainable entries.
     """
     if getattr(model, "energy_interactions", None) is None:
-        raise TrainingError("run.trainable = 'energy_correction' needs a model with its own energy trunk: "
-                            "set energy_layers > 0 and atom_energy_hidden > 0 in [model]")
+        raise TrainingError("run.trainable = 'atom_correction' needs a model with its own energy trunk: "
+                            "set energy_layers > 0 and atom_correction_hidden > 0 in [model]")
     for p in model.parameters():
         p.requires_grad_(False)
-    return _unfreeze_energy_correction(model)
+    return _unfreeze_energy_parts(model)
 
 
 def freeze_all_but_energy_readout(model: torch.nn.Module) -> int:
@@ -83,7 +86,7 @@ def freeze_all_but_energy_readout(model: torch.nn.Module) -> int:
         raise TrainingError("run.trainable = 'energy_readout' needs [model] energy_path = 'readout'")
     for p in model.parameters():
         p.requires_grad_(False)
-    return _unfreeze_energy_correction(model)
+    return _unfreeze_energy_parts(model)
 
 
 def freeze_all_but_transfer_head(model: torch.nn.Module) -> int:
@@ -95,8 +98,8 @@ def freeze_all_but_transfer_head(model: torch.nn.Module) -> int:
     for p in model.parameters():
         p.requires_grad_(False)
     model.transfer_weight.requires_grad_(True)
-    model.atom_energy_offsets.requires_grad_(True)
-    return model.transfer_weight.numel() + model.atom_energy_offsets.numel()
+    model.element_energy_offsets.requires_grad_(True)
+    return model.transfer_weight.numel() + model.element_energy_offsets.numel()
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, lr_by_prefix: dict) -> list[dict]:
@@ -116,7 +119,7 @@ def parameter_groups(model: torch.nn.Module, lr: float, lr_by_prefix: dict) -> l
 
 
 def adapt_readout_heads(state: dict, own: dict) -> dict:
-    """Block-readout weights of a model with the core-correction head (2 heads) for one without it: the
+    """Block-readout weights of a model with the Delta h head (2 heads) for one without it: the
     Fock head's part, so a readout-energy model can start from a Hamiltonian-path model's F."""
     out = dict(state)
     for key, value in state.items():

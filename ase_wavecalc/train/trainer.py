@@ -25,7 +25,7 @@ that training N steps at once and N/2 + resume + N/2 give identical weights.
 This module holds the ``Trainer`` (set-up order, steps, validation, the loop) and ``TrainResult``; checkpoint
 I/O and EMA are in ``checkpoint``, process state and signals in ``runtime``, metrics.csv and the plot in
 ``runlog``, the split and the model's initial state in ``setup``, the frozen Hamiltonian's energies of
-``run.trainable = "energy_correction"`` in ``base_energies``.
+``run.trainable = "atom_correction"`` in ``base_energies``.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from .runlog import _atomic_write_text, _dump_toml, _hms, append_csv, plot_learn
 from .runtime import _isolated_global_state, _one_thread, _run_dir_lock, _StopSignals
 from .setup import (load_data, load_initial_weights, mean_atom_blocks, model_config_for,
                     reference_atom_energies, shift_energy_offsets, standardize_readout)
-from .stages import (freeze_all_but_energy_correction, freeze_all_but_energy_readout,
+from .stages import (freeze_all_but_atom_correction, freeze_all_but_energy_readout,
                      freeze_all_but_transfer_head, freeze_hamiltonian, parameter_groups)
 from ..units import BOHR, HARTREE
 
@@ -147,23 +147,24 @@ class Trainer:
                 for z, block in mean_atom_blocks(self.tables, self.rows["train"]).items():
                     self.model.set_mean_block(z, block)
         if (checkpoint is None and "energy" in self.loss_fn.weights
-                and hasattr(self.model, "atom_energy_offsets")
-                and not bool(self.model.atom_energy_offsets.detach().abs().sum() > 0)):
+                and hasattr(self.model, "element_energy_offsets")
+                and not bool(self.model.element_energy_offsets.detach().abs().sum() > 0)):
             elements = self.model_config["elements"]
             with _one_thread():
                 e0 = reference_atom_energies(self.tables, self.rows["train"], elements,
                                              hamiltonian=self.model_config.get("energy_path") != "readout")
             with torch.no_grad():
-                self.model.atom_energy_offsets.copy_(e0)
+                self.model.element_energy_offsets.copy_(e0)
             self.log("per-element energy offsets from the reference energies: "
                      + ", ".join(f"Z={z}: {float(v):.6f} Ha" for z, v in zip(elements, e0)))
         if checkpoint is None and getattr(self.model, "readout_norm", None) is not None and not loaded_norm:
             standardize_readout(self)   # (a readout trained before keeps the statistics it learned with)
         if checkpoint is None and run.init_weights and run.refit_energy_offsets:
             shift_energy_offsets(self)
-        if run.trainable == "energy_head":
+        if run.trainable == "delta_hcore_head":
             n = freeze_hamiltonian(self.model)
-            self.log(f"training the energy head only ({n} parameters); the Hamiltonian (F) is frozen")
+            self.log(f"training the Delta h head, e0 and the per-atom correction only ({n} parameters); the "
+                     "Hamiltonian (F) is frozen")
         elif run.trainable == "energy_readout":
             n = freeze_all_but_energy_readout(self.model)
             self.log(f"training the energy readout only ({n} parameters: e0, the readout MLP and the energy "
@@ -177,9 +178,9 @@ class Trainer:
                     self.transfer_fit = fit_transfer_head(self.model, self.tables, self.rows["train"],
                                                           self.rows["val"], alpha=run.transfer_alpha, log=self.log)
                 _atomic_write_text(self.run_dir / "transfer_fit.json", json.dumps(self.transfer_fit, indent=1))
-        elif run.trainable == "energy_correction":
-            n = freeze_all_but_energy_correction(self.model)
-            self.log(f"training the energy correction only ({n} parameters); F and the core correction "
+        elif run.trainable == "atom_correction":
+            n = freeze_all_but_atom_correction(self.model)
+            self.log(f"training the per-atom energy correction only ({n} parameters); F and Delta h "
                      "are frozen")
         self.ema = None
         if self.config.optimizer.ema_decay > 0:
@@ -241,9 +242,9 @@ class Trainer:
 
     @property
     def energy_only(self) -> bool:
-        """``run.trainable = "energy_correction"``: the frozen Hamiltonian's energies are computed once and
+        """``run.trainable = "atom_correction"``: the frozen Hamiltonian's energies are computed once and
         each step runs only the correction's trunk (``model(..., energy_only=True)``)."""
-        return self.config.run.trainable == "energy_correction"
+        return self.config.run.trainable == "atom_correction"
 
     def _forward_loss(self, model, batch, loss_fn=None):
         loss_fn = loss_fn or self.loss_fn
