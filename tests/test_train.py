@@ -844,3 +844,20 @@ def test_sigkill_loop_loses_and_repeats_nothing(water_db, tmp_path):
     assert a["progress"]["step"] == b["progress"]["step"]
     for k, v in b["model"].items():
         assert torch.equal(a["model"][k], v), k
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
+    """A SIGKILL during an atomic write leaves `.NAME.tmpPID`; the next start removes it, but never a live
+    process's temporary or a complete file."""
+    from ase_wavecalc.train.checkpoint import remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".best.pt.tmp{dead.pid}"
+    stale_png = tmp_path / f".learning_curve.png.tmp{dead.pid}.png"
+    live = tmp_path / f".checkpoint.pt.tmp{os.getpid()}"
+    keep = tmp_path / "best.pt"
+    for p in (stale, stale_png, live, keep):
+        p.write_bytes(b"x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([stale.name, stale_png.name])
+    assert live.exists() and keep.exists() and not stale.exists() and not stale_png.exists()

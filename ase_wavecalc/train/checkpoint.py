@@ -6,6 +6,7 @@ points to: a run directory or an exported model).
 from __future__ import annotations
 
 import os
+import re
 import random
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from .config import TrainingError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "ExponentialMovingAverage", "initial_weights", "load_best",
-           "load_checkpoint", "save_checkpoint"]
+           "load_checkpoint", "remove_stale_temporaries", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "ase_wavecalc.train.checkpoint/2"
 # /1: weights for the SO(2) path basis LAPACK happened to return (machine- and thread-dependent); /2: the
@@ -111,6 +112,35 @@ def _set_rng_state(state: dict, data_order: torch.Generator) -> None:
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     data_order.set_state(state["data_order"])
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(\.png)?$")
+
+
+def remove_stale_temporaries(run_dir) -> list[str]:
+    """Delete the temporary files (``.NAME.tmpPID``) that a process killed mid-write left in ``run_dir``
+    (SIGKILL runs no cleanup); files of a process still alive are kept. Returns the names removed. The
+    complete files they were to replace are untouched: every write goes to a temporary and is renamed."""
+    removed = []
+    for path in Path(run_dir).iterdir() if Path(run_dir).is_dir() else ():
+        m = _TEMPORARY.match(path.name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_checkpoint(path, state: dict) -> float:

@@ -40,7 +40,7 @@ import torch
 
 from .base_energies import prepare_base_energies
 from .checkpoint import (CHECKPOINT_FORMAT, ExponentialMovingAverage, _rng_state, _set_rng_state,
-                         load_checkpoint, save_checkpoint)
+                         load_checkpoint, remove_stale_temporaries, save_checkpoint)
 from .config import RUN_OVERRIDABLE, TrainConfig, TrainingError, as_plain, config_differences, load_config
 from .data import epoch_plan
 from .losses import WeightedLoss, predicted_fock
@@ -119,13 +119,19 @@ class Trainer:
             if diffs:
                 raise TrainingError(f"the config differs from the run's config.toml in {', '.join(diffs)}; "
                                     f"on resume only run.{{{','.join(RUN_OVERRIDABLE)}}} may change")
+            self._remove_stale_temporaries()
             return load_checkpoint(ckpt_path)
         if ckpt_path.exists():
             raise TrainingError(f"{self.run_dir} already holds a training run: pass --resume, or another "
                                 "--out")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries()
         (self.run_dir / "config.toml").write_text(self.config.source or _dump_toml(self.config.to_dict()))
         return None
+
+    def _remove_stale_temporaries(self) -> None:
+        for name in remove_stale_temporaries(self.run_dir):
+            self.log(f"removed {name}: a write interrupted when its process was killed")
 
     def _load_data(self) -> None:
         load_data(self)
