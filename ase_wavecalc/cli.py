@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS = {
     "generate": ("ase_wavecalc.generate", "sample geometries and compute PySCF reference data"),
     "import-npz": ("ase_wavecalc.npz_import", "import pre-computed npz reference sets into a dataset file"),
+    "export-npz": ("ase_wavecalc.npz_export", "export a dataset file as compressed npz parts (to commit it)"),
     "train": ("ase_wavecalc.train.cli_train", "train a Hamiltonian model from a TOML config"),
     "finetune": ("ase_wavecalc.train.cli_finetune", "train a model further on high-level energies (transfer)"),
     "committee": ("ase_wavecalc.train.cli_committee", "add an uncertainty committee (energy_std, forces_std) to a model"),

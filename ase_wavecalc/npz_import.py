@@ -8,6 +8,7 @@ become frames of the dataset (``import_npz``; overlap and core Hamiltonian recom
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,10 +30,17 @@ def _source_name(part: Path) -> str:
 
 
 def _npz_metadata(d, basis) -> dict:
+    sampler = {"description": str(d["sampler"])}
+    try:   # parts written by `wavecalc export-npz` carry the dataset's sampler record as JSON
+        parsed = json.loads(str(d["sampler"]))
+        if isinstance(parsed, dict):
+            sampler = parsed
+    except ValueError:
+        pass
     return {
         "method": "rks", "xc": str(d["xc"]), "basis": basis, "grid_level": int(d["grid_level"]),
         "conv_tol": float(d["conv_tol"]), "pyscf_version": str(d["pyscf_version"]), "units": UNITS,
-        "sampler": {"description": str(d["sampler"])},
+        "sampler": sampler,
     }
 
 
@@ -41,7 +49,9 @@ def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
     """Import pre-computed npz parts into the dataset file ``out``; returns a summary dict.
 
     Overlap and core Hamiltonian are recomputed with PySCF (the npz files do not hold them). Frame
-    ids continue after the largest id in ``out``, in the order of ``parts``; each row remembers its
+    ids continue after the largest id in ``out``, in the order of ``parts``, unless a part carries a
+    ``frame`` array (parts written by ``wavecalc export-npz``): then its ids are kept, so the splits
+    computed from them stay valid, and an id already taken by another frame is an error. Each row remembers its
     origin (key-value pairs ``source`` = "<folder>/<file>", ``source_index``, ``temperature``), and a
     re-run skips frames whose origin is already there, so an interrupted import resumes. Frames are
     written ``batch_size`` at a time, each batch one transaction of whole frames.
@@ -95,6 +105,12 @@ def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
             if bar is not None:
                 bar.update(n - len(todo))
             numbers = np.asarray(d["numbers"], dtype=int)
+            own_ids = np.asarray(d["frame"], dtype=np.int64) if "frame" in d else None
+            if own_ids is not None:
+                taken = frame_ids(db) & {int(own_ids[i]) for i in todo}
+                if taken:
+                    raise DatasetError(f"{str(part)!r} keeps its frame ids, and {len(taken)} of them (e.g. "
+                                       f"{min(taken)}) are already frames of {str(out)!r}: import into a new file")
             mol = None
             for start in range(0, len(todo), batch_size):
                 with db:  # one transaction per batch of whole frames
@@ -110,10 +126,11 @@ def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
                             "e_tot": d["e_tot"][i], "gradient": d["gradient"][i],
                             "mo_energy": d["mo_energy"][i], "dipole": d["dipole_au"][i],
                         }
-                        write_frame(db, next_frame, numbers, positions_bohr, arrays, converged=True,
+                        frame = next_frame if own_ids is None else int(own_ids[i])
+                        write_frame(db, frame, numbers, positions_bohr, arrays, converged=True,
                                     source=source, source_index=int(i),
                                     temperature=float(d.get("temperature_K", np.nan)))
-                        next_frame += 1
+                        next_frame = max(next_frame, frame) + 1
                 summary["written"] += len(todo[start:start + batch_size])
                 if bar is not None:
                     bar.update(len(todo[start:start + batch_size]))
