@@ -32,7 +32,8 @@ Electronic structure (methods of the calculator; computed on demand, cached with
 | levels_of_theory | {property: level}, e.g. energies CCSD(T)-trained, orbitals PBE-level for a transfer model | - |
 
 Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf" or a PySCF xc name),
-``basis``, ``charge``, ``spin`` (2S; only 0), ``conv_tol``, ``grid_level``, ``max_cycle``,
+``basis``, ``charge`` (default: what the Atoms say, else the model's trained charge, else 0), ``spin`` (2S;
+only 0), ``conv_tol``, ``grid_level``, ``max_cycle``,
 ``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``), with
 ``dtype``, ``out_of_domain`` ("raise", the default: geometries outside the model's training domain raise
 ``InputError``; "reference": they are computed with PySCF at the model's level of theory instead, see
@@ -90,7 +91,7 @@ class WaveCalculator(Calculator):
     default_parameters = {
         "method": "pbe",
         "basis": "def2-svp",
-        "charge": 0,
+        "charge": None,   # None: atoms.info / initial charges, else a model's trained charge, else 0
         "spin": 0,
         "conv_tol": 1e-10,
         "grid_level": 3,
@@ -163,7 +164,8 @@ class WaveCalculator(Calculator):
             from .model.io import ModelFileError
 
             try:
-                provider = providers.ModelProvider(p["model"], charge=int(p["charge"]), dtype=p["dtype"])
+                provider = providers.ModelProvider(
+                    p["model"], charge=None if p["charge"] is None else int(p["charge"]), dtype=p["dtype"])
             except (FileNotFoundError, ValueError, KeyError, OSError, ModelFileError) as exc:
                 # unknown name, missing or corrupt model files, wrong charge or dtype, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "
@@ -183,7 +185,7 @@ class WaveCalculator(Calculator):
         try:
             return providers.PySCFProvider(
                 method=p["method"], basis=p["basis"],
-                charge=int(p["charge"] if self._charge is None else self._charge),
+                charge=int((p["charge"] or 0) if self._charge is None else self._charge),
                 conv_tol=p["conv_tol"],
                 grid_level=p["grid_level"], max_cycle=p["max_cycle"], grid_response=p["grid_response"])
         except ValueError as exc:   # unknown functional etc.
@@ -202,7 +204,11 @@ class WaveCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         if self.atoms is None:
             raise InputError("no Atoms: attach the calculator (atoms.calc = calc) or pass atoms")
-        charge, spin, source = charge_and_spin_of(self.atoms, self.parameters["charge"], self.parameters["spin"])
+        asked = self.parameters["charge"]
+        charge, spin, source = charge_and_spin_of(self.atoms, 0 if asked is None else asked, self.parameters["spin"])
+        if asked is None and source == "charge parameter" and (self.parameters.get("model") is not None
+                                                                or self._provider_given is not None):
+            charge, source = int(getattr(self.provider, "charge", 0)), "the model's trained charge"
         if (self._provider is not None and self._provider_given is None and self.parameters.get("model") is None
                 and int(self._provider.charge) != charge):
             self._provider = None        # PySCF: rebuilt for the charge the Atoms ask for

@@ -183,7 +183,7 @@ def test_model_hook(monkeypatch):
                 raise TypeError("bug in the loader")
             if name != "fake-model":
                 raise FileNotFoundError(f"no model {name!r}")
-            super().__init__(method="hf", basis="sto-3g", charge=charge)
+            super().__init__(method="hf", basis="sto-3g", charge=charge or 0)   # None: the default charge
             self.name, self.elements = name, frozenset({1, 8})
 
     monkeypatch.setattr(providers, "ModelProvider", FakeModelProvider)

@@ -41,7 +41,7 @@ class ModelProvider(HamiltonianProvider):
     charge: must be the charge the model was trained for (its card's ``charge``, default 0).
     """
 
-    def __init__(self, model, dtype: str = "float64", charge: int = 0, card: dict | None = None):
+    def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None):
         from ..model.config import canonical_config
         from ..model.io import load_model
 
@@ -66,7 +66,7 @@ class ModelProvider(HamiltonianProvider):
         self.basis = str(config["basis"])
         self.elements = frozenset(int(z) for z in config["elements"])
         trained_charge = int(self.card.get("charge", 0))
-        if int(charge) != trained_charge:
+        if charge is not None and int(charge) != trained_charge:
             raise ValueError(f"model {self.name!r} was trained for charge {trained_charge}, not {charge}")
         self.charge = trained_charge
         self._domain_warned = False
