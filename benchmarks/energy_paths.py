@@ -151,6 +151,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
     parser.add_argument("--out", default="energy_paths_md", help="directory for the MD trajectories")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--density-functional", nargs="*", default=[], metavar="LABEL=JSON",
+                        help="rows of design 2 from benchmarks/density_functional.py results (a learned functional "
+                             "of P is not a calculator model, so it has its own script)")
     args = parser.parse_args(argv)
 
     from ase_wavecalc.dataset import read_dataset
@@ -186,6 +189,15 @@ def main(argv=None) -> int:
                      f"{entry['speed']['median_s'] * 1e3:.1f}",
                      f"{sum(not r['stopped'] for r in md)}/{len(md)}" if md else "-",
                      f"{np.median([r['steps'] for r in md]):.0f}" if md else "-"])
+    for spec in args.density_functional:
+        label, _, path = spec.partition("=")
+        res = json.loads(Path(path).read_text())
+        acc, md = res["test"], res.get("md") or []
+        results[label] = {"density_functional": path, "accuracy": acc, "speed": {"median_s": res["ms_per_call"] / 1e3},
+                          "md": md}
+        rows.append([label, f"{acc['energy_mae_mev']:.2f}", f"{acc['force_mae_mev_a']:.1f}", "(frozen F)", "(frozen F)",
+                     f"{res['ms_per_call']:.1f}",
+                     f"{sum(r['stopped'] == 'completed' for r in md)}/{len(md)}" if md else "-", f"{np.median([r['steps'] for r in md]):.0f}" if md else "-"])
     print()
     print(table(["path", "E MAE (meV)", "F MAE (meV/A)", "Fock MAE (uHa)", "eps MAE (uHa)", "ms/call",
                  f"MD runs done ({args.md_steps} steps)", "median steps"], rows))
