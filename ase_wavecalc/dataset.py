@@ -77,8 +77,8 @@ REFERENCE_SETTINGS = ("method", "xc", "basis", "grid_level", "conv_tol")
 CANDIDATE_TABLE = "wavecalc_candidates"
 
 __all__ = ["FRAME_KEYS", "LABEL_KEYS", "ARRAY_KEYS", "DatasetError", "connect", "frame_ids", "write_frame",
-           "check_metadata", "update_metadata", "metadata", "read_dataset", "write_candidates", "read_candidates",
-           "formula"]
+           "check_metadata", "update_metadata", "metadata", "dataset_charge", "read_dataset",
+           "write_candidates", "read_candidates", "formula"]
 
 
 class DatasetError(ValueError):
@@ -235,6 +235,17 @@ def metadata(path) -> dict:
     db = connect(path)
     with _guard(path, "reading metadata"):
         return db.metadata
+
+
+def dataset_charge(meta: dict) -> int:
+    """The total charge of a dataset's molecules from its metadata: ``charge``, else the sampler's
+    (``wavecalc generate --charge`` records it there), else 0."""
+    if meta.get("charge") is not None:
+        return int(meta["charge"])
+    sampler = meta.get("sampler")
+    if isinstance(sampler, dict) and sampler.get("charge") is not None:
+        return int(sampler["charge"])
+    return 0
 
 
 def read_dataset(path, keys=None, converged_only: bool = True) -> dict[str, np.ndarray]:

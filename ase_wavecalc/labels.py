@@ -197,13 +197,13 @@ def label_frames(path, method: str, basis: str, gradient: bool = True, max_frame
     continues. ``executor``: a ``concurrent.futures`` executor (default: in this process).
     """
     from .correlated import correlated_settings
-    from .dataset import BOHR
+    from .dataset import BOHR, dataset_charge
 
     level = correlated_settings(method, basis, gradient)
     db = connect(path, create=False)
     with db:
         check_level(db, level)
-        charge = int(db.metadata.get("charge", 0))
+        charge = dataset_charge(db.metadata)
     done = labeled_frames(db)
     ids = _row_ids(db)
     todo = []

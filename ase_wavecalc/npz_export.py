@@ -3,9 +3,10 @@
 The inverse of ``wavecalc import-npz``: the datasets behind a shipped model are committed as these parts
 (float64, a few MB each) and re-imported on a fresh machine. Each part holds, besides the arrays of the
 shared format (numbers, positions in Angstrom, fock, e_tot, gradient, mo_energy, dipole_au and the
-level-of-theory scalars), ``frame``: the frame ids of the exported rows, which ``import-npz`` keeps, so a
-file made by ``wavecalc generate`` (whose ids are candidate indices, with gaps where a frame failed) comes
-back with the same ids and every split computed from them (model cards, configs) stays valid.
+level-of-theory scalars), ``charge``, ``conv_tol_grad`` (NaN: not recorded) and ``frame``: the frame ids
+of the exported rows, which ``import-npz`` keeps, so a file made by ``wavecalc generate`` (whose ids are
+candidate indices, with gaps where a frame failed) comes back with the same ids and every split computed
+from them (model cards, configs) stays valid.
 Overlap and core Hamiltonian are not stored (recomputed exactly on import).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ def export_npz(path, out_dir, part_size: int = 100, progress: bool = True) -> li
     not mix) and a file whose frames lack any array of the format."""
     from pyscf.data.nist import BOHR as PYSCF_BOHR
 
-    from .dataset import DatasetError, connect, read_dataset
+    from .dataset import DatasetError, connect, dataset_charge, read_dataset
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -39,7 +40,9 @@ def export_npz(path, out_dir, part_size: int = 100, progress: bool = True) -> li
         raise DatasetError(f"{str(path)!r} holds {meta.get('method')!r} references; the npz format is RKS/RHF")
     sampler = meta.get("sampler") or {}
     scalars = {
-        "xc": str(meta.get("xc", "hf")), "basis": str(meta["basis"]), "conv_tol": float(meta["conv_tol"]),
+        "xc": str(meta.get("xc") or "hf"), "basis": str(meta["basis"]), "conv_tol": float(meta["conv_tol"]),
+        "charge": dataset_charge(meta),
+        "conv_tol_grad": np.nan if meta.get("conv_tol_grad") is None else float(meta["conv_tol_grad"]),
         "grid_level": int(meta.get("grid_level") if meta.get("grid_level") is not None else -1),
         "pyscf_version": str(meta.get("pyscf_version", "")),
         "sampler": json.dumps(sampler, sort_keys=True),

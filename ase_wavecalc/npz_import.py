@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import (UNITS, DatasetError, _progress, connect, frame_ids, read_candidates, update_metadata,
-                      write_frame)
+from .dataset import (UNITS, DatasetError, _progress, connect, dataset_charge, frame_ids, read_candidates,
+                      update_metadata, write_frame)
 
 __all__ = ["import_npz", "add_cli_arguments", "cli_main"]
 
@@ -37,11 +37,21 @@ def _npz_metadata(d, basis) -> dict:
             sampler = parsed
     except ValueError:
         pass
-    return {
-        "method": "rks", "xc": str(d["xc"]), "basis": basis, "grid_level": int(d["grid_level"]),
+    xc = str(d["xc"])
+    method = "rhf" if xc.lower() in ("hf", "rhf") else "rks"
+    grid_level = int(d["grid_level"])
+    meta = {
+        # as `wavecalc generate` records them: RHF has no grid (export-npz writes grid_level -1 for None)
+        "method": method, "xc": "hf" if method == "rhf" else xc, "basis": basis,
+        "grid_level": None if method == "rhf" or grid_level < 0 else grid_level,
         "conv_tol": float(d["conv_tol"]), "pyscf_version": str(d["pyscf_version"]), "units": UNITS,
         "sampler": sampler,
     }
+    if "conv_tol_grad" in d and np.isfinite(float(d["conv_tol_grad"])):
+        meta["conv_tol_grad"] = float(d["conv_tol_grad"])
+    if "charge" in d:   # parts of `wavecalc export-npz`; the shared-format parts are neutral
+        meta["charge"] = int(d["charge"])
+    return meta
 
 
 def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
@@ -97,6 +107,10 @@ def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
                 raise DatasetError(f"{str(part)!r} lacks arrays {missing}")
             basis = str(d["basis"])
             source = _source_name(part)
+            charge = int(d["charge"]) if "charge" in d else 0
+            if frame_ids(db) and dataset_charge(db.metadata) != charge:
+                raise DatasetError(f"{str(part)!r} holds molecules of charge {charge}, {str(out)!r} of "
+                                   f"charge {dataset_charge(db.metadata)}: import into a separate file")
             meta = update_metadata(db, _npz_metadata(d, basis))
             sources = dict(meta.get("sources", {}))
             n = len(d["positions"]) if max_frames is None else min(max_frames, len(d["positions"]))
@@ -117,7 +131,7 @@ def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
                     for i in todo[start:start + batch_size]:
                         positions_bohr = np.asarray(d["positions"][i], dtype=float) / PYSCF_BOHR
                         if mol is None:
-                            mol = make_mol(numbers, positions_bohr, basis)
+                            mol = make_mol(numbers, positions_bohr, basis, charge=charge)
                         else:  # same basis and atoms, new geometry: ~100x faster than a new build
                             mol = mol.set_geom_(positions_bohr, unit="Bohr", inplace=False)
                         arrays = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -143,18 +144,31 @@ def _take(block, idx):
     return {k: v[idx] for k, v in block.items()}
 
 
+def _validation_mae(functional, numbers, va):
+    """(energy MAE meV, force MAE meV/A) on the validation block."""
+    e, g = predict(functional, numbers, va, create_graph=False)
+    return (float((e - va["e_tot"]).detach().abs().mean()) * 27211.386,
+            float((g - va["gradient"]).detach().abs().mean()) * 51422.067)
+
+
 def train(functional, numbers, tr_e, tr_f, va, minutes, epochs, batch_size, w_energy, w_forces, lr, seed):
     """Adam + cosine decay; each step one energy batch (all training frames) and one force batch (the frames
-    with dP/dR); the best validation epoch (energy + force MAE) is kept."""
+    with dP/dR); the best validation state (energy + force MAE), the starting one (the linear fit) included,
+    is kept. The cosine runs over the epochs or the time budget, whichever ends first, so a run stopped by
+    ``minutes`` still ends at a small learning rate."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(functional.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     gen = torch.Generator().manual_seed(seed)
     n_e, n_f = len(tr_e["e_tot"]), len(tr_f["e_tot"])
     steps = max(1, n_e // batch_size)
-    curve, best, best_state = [], float("inf"), None
+    e_mae, f_mae = _validation_mae(functional, numbers, va)
+    curve, best = [], e_mae + f_mae
+    best_state = {k: v.clone() for k, v in functional.state_dict().items()}
     t0 = time.perf_counter()
     for epoch in range(epochs):
+        progress = min(1.0, max(epoch / epochs, (time.perf_counter() - t0) / (60 * minutes)))
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * progress))
         perm_e = torch.randperm(n_e, generator=gen)
         perm_f = torch.randperm(n_f, generator=gen)
         for s in range(steps):
@@ -168,10 +182,7 @@ def train(functional, numbers, tr_e, tr_f, va, minutes, epochs, batch_size, w_en
             opt.zero_grad()
             loss.backward()
             opt.step()
-        sched.step()
-        e, g = predict(functional, numbers, va, create_graph=False)
-        e_mae = float((e - va["e_tot"]).detach().abs().mean()) * 27211.386
-        f_mae = float((g - va["gradient"]).detach().abs().mean()) * 51422.067
+        e_mae, f_mae = _validation_mae(functional, numbers, va)
         curve.append({"epoch": epoch + 1, "val_energy_mae_mev": e_mae, "val_force_mae_mev_a": f_mae,
                       "seconds": time.perf_counter() - t0})
         print(f"  epoch {epoch + 1}: val E {e_mae:.2f} meV, F {f_mae:.1f} meV/A", flush=True)
@@ -319,6 +330,7 @@ def md_stability(energy_fn, numbers, data, rows, temperatures, seeds, steps):
                         reason = "bond graph changed"
                         break
             except Exception as exc:   # a closed gap (CalculationFailed / ClosedGapError)
+                done -= 1              # step `done` did not complete
                 reason = f"{type(exc).__name__}: {exc}"[:120]
             runs.append({"temperature_K": T, "seed": seed, "steps": done, "stopped": reason})
             print(f"  MD {T} K seed {seed}: {done} steps ({reason})", flush=True)

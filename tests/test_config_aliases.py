@@ -123,6 +123,10 @@ def test_old_trainable_values_and_model_keys_in_train_configs():
         assert cfg.model == {"delta_hcore_head": True, "atom_correction_hidden": 4}
     with pytest.raises(ConfigError, match="run.trainable must be"):
         parse_config({"data": data, "run": {"trainable": "energy_heads"}})
+    # optimizer.lr_by_prefix names parameters: their old names too
+    cfg = parse_config({"data": data, "optimizer": {"lr_by_prefix": {"atom_energy_mlp.": 1e-3,
+                                                                     "atom_energy_offsets": 1e-2}}})
+    assert cfg.optimizer.lr_by_prefix == {"atom_correction_mlp.": 1e-3, "element_energy_offsets": 1e-2}
 
 
 def test_shipped_model_with_old_names_loads_under_the_new_ones():

@@ -250,3 +250,40 @@ def test_export_npz_round_trip_keeps_frames_and_ids(tmp_path):
     with pytest.raises(DatasetError, match="already frames"):
         import_npz(src, parts[:1], progress=False)
     assert cli.main(["export-npz", str(src), str(tmp_path / "parts"), "--quiet"]) == 1
+
+
+def test_export_npz_round_trip_of_a_charged_hf_dataset(tmp_path):
+    """An RHF dataset of a cation, as `wavecalc generate --charge 1` records it (the charge in the sampler
+    record, grid_level None): training reads its charge, and export + import keep method, grid and charge
+    (the import builds the cation's PySCF molecule: H3O+ is an open shell at charge 0)."""
+    from ase_wavecalc.npz_export import export_npz
+    from ase_wavecalc.reference import reference_settings, run_reference
+    from ase_wavecalc.train.data import load_table
+
+    numbers = np.array([8, 1, 1, 1])
+    h3o = np.array([[0.0, 0.0, 0.12], [0.0, 1.78, -0.55], [1.54, -0.89, -0.55], [-1.54, -0.89, -0.55]])
+    src = tmp_path / "src.db"
+    db = connect(src, create=True)
+    update_metadata(db, {**reference_settings("hf", "sto-3g", conv_tol=1e-9),
+                         "sampler": {"source": "h3o.xyz", "mode": "file", "n_frames": 2, "charge": 1}})
+    for i in range(2):
+        pos = h3o + 0.05 * i
+        write_frame(db, 3 * i, numbers, pos, run_reference(numbers, pos * BOHR, method="hf", basis="sto-3g",
+                                                          conv_tol=1e-9, charge=1))
+    assert load_table(src, sha256=False).charge == 1
+    parts = export_npz(src, tmp_path / "parts", progress=False)
+    back = tmp_path / "back.db"
+    import_npz(back, parts, progress=False)
+    meta = metadata(back)
+    assert (meta["method"], meta["xc"], meta["grid_level"], meta["charge"]) == ("rhf", "hf", None, 1)
+    assert meta["conv_tol_grad"] == metadata(src)["conv_tol_grad"]
+    assert load_table(back, sha256=False).charge == 1
+    before, after = read_dataset(src), read_dataset(back)
+    assert list(after["frame"]) == [0, 3]
+    np.testing.assert_allclose(after["hcore"], before["hcore"], atol=1e-10)
+    np.testing.assert_array_equal(after["fock"], before["fock"])
+    if WATER_PARTS:   # frames of another charge do not go into the same file
+        neutral = tmp_path / "neutral.db"
+        import_npz(neutral, WATER_PARTS[:1], max_frames=1, progress=False)
+        with pytest.raises(DatasetError, match="charge"):
+            import_npz(neutral, parts, progress=False)

@@ -83,3 +83,25 @@ def test_one_model_of_two_compositions_trains_and_tests_on_both(tmp_path):
         atoms.calc = WaveCalculator(model=str(model))
         assert abs(atoms.get_charges().sum()) < 1e-8
         assert atoms.calc.get_number_of_electrons() == sum(numbers)
+
+
+def test_datasets_of_two_charges_are_refused_and_a_generate_charge_is_read(tmp_path, capsys):
+    """A model has one charge (its card's), so datasets of different charges cannot train one model; the
+    charge of a `wavecalc generate --charge` file is in its sampler record, and training reads it there."""
+    from ase_wavecalc import dataset
+
+    w = hf_dataset(tmp_path / "water.db", [8, 1, 1], WATER, 4, seed=1)
+    h = hf_dataset(tmp_path / "h3o.db", [8, 1, 1, 1], H3O, 4, charge=1)
+    db = dataset.connect(h, create=True)
+    meta = {k: v for k, v in db.metadata.items() if k != "charge"}     # as `wavecalc generate --charge 1`
+    db.metadata = {**meta, "sampler": {"mode": "file", "charge": 1}}
+    from ase_wavecalc.train.data import load_table
+
+    assert load_table(h, sha256=False).charge == 1
+    blocks = "".join(f'[[data.datasets]]\npath = "{p}"\ntrain = 2\nval = 1\ntest = 1\n\n' for p in (w, h))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[data]\nseed = 0\n\n{blocks}[model]\n{TINY_MODEL}\n\n[loss]\nfock_mse = 1.0\n\n"
+                   "[run]\nbatch_size = 2\nmax_epochs = 1\nprogress = false\nthreads = 1\n")
+    assert cli.main(["train", str(cfg), "--out", str(tmp_path / "run"), "--threads", "1",
+                     "--no-progress"]) != 0
+    assert "different total charges [0, 1]" in capsys.readouterr().err

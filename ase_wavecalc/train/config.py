@@ -165,7 +165,13 @@ class OptimizerConfig:
     warmup_steps: int = 0         # linear warm-up of every learning rate over the first steps of a run
 
     def __post_init__(self):
-        self.lr_by_prefix = {str(k): float(v) for k, v in dict(self.lr_by_prefix).items()}
+        from ..model.config import canonical_state_dict
+
+        try:   # parameter names of earlier versions (model.config.PARAMETER_ALIASES) under their names now
+            self.lr_by_prefix = canonical_state_dict({str(k): float(v)
+                                                      for k, v in dict(self.lr_by_prefix).items()})
+        except ValueError as exc:
+            raise ConfigError(f"optimizer.lr_by_prefix: {exc}") from None
         if any(v <= 0 for v in self.lr_by_prefix.values()):
             raise ConfigError("optimizer.lr_by_prefix: every learning rate must be > 0")
         self.warmup_steps = int(self.warmup_steps)

@@ -168,6 +168,7 @@ def load_table(path, keys: Sequence[str] = BASE_KEYS, sha256: bool = True, label
     gradient becomes ``low_gradient``; ``labels="delta"``: the same frames, ``e_tot``/``gradient`` the high
     minus the dataset's own.
     """
+    from ..dataset import dataset_charge
     from ..electronic import solve_fock
 
     path = Path(path)
@@ -203,7 +204,7 @@ def load_table(path, keys: Sequence[str] = BASE_KEYS, sha256: bool = True, label
         frame=np.asarray(arrays["frame"], dtype=np.int64),
         positions_bohr=torch.as_tensor(arrays["positions_bohr"], dtype=torch.float64),
         fock=fock, overlap=overlap, mo_energy=mo_energy, metadata=dict(meta),
-        sha256=file_sha256(path) if sha256 else "", extra=extra, charge=int(meta.get("charge", 0)),
+        sha256=file_sha256(path) if sha256 else "", extra=extra, charge=dataset_charge(meta),
     )
 
 

@@ -163,6 +163,10 @@ def load_data(trainer) -> None:
         for k in trainer.rows:
             trainer.rows[k].append(table.rows_of_frames(ids[k]))
         trainer.tables.append(table)
+    charges = sorted({int(t.charge) for t in trainer.tables})
+    if len(charges) > 1:   # a model (its card's "charge") computes one total charge
+        raise TrainingError(f"the datasets hold molecules of different total charges {charges}: a model is "
+                            "trained for one charge")
     if saved_split is None:
         _atomic_write_text(split_path, json.dumps(split_info, indent=1))
     trainer.n_train = sum(len(r) for r in trainer.rows["train"])
