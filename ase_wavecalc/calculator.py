@@ -204,11 +204,10 @@ class WaveCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         if self.atoms is None:
             raise InputError("no Atoms: attach the calculator (atoms.calc = calc) or pass atoms")
-        asked = self.parameters["charge"]
-        charge, spin, source = charge_and_spin_of(self.atoms, 0 if asked is None else asked, self.parameters["spin"])
-        if asked is None and source == "charge parameter" and (self.parameters.get("model") is not None
-                                                                or self._provider_given is not None):
-            charge, source = int(getattr(self.provider, "charge", 0)), "the model's trained charge"
+        trained = self.parameters.get("model") is not None or self._provider_given is not None
+        charge, spin, source = charge_and_spin_of(
+            self.atoms, self.parameters["charge"], self.parameters["spin"],
+            default_charge=int(getattr(self.provider, "charge", 0)) if trained else 0)
         if (self._provider is not None and self._provider_given is None and self.parameters.get("model") is None
                 and int(self._provider.charge) != charge):
             self._provider = None        # PySCF: rebuilt for the charge the Atoms ask for

@@ -97,7 +97,6 @@ class DensityDescriptors:
         self.elements = tuple(sorted(int(z) for z in elements))
         self.basis = BasisLayout(basis, self.elements)
         self.lmax = self.basis.max_l
-        n_el = len(self.elements)
         self.lengths = {}
         for z in self.elements:
             sh = self.basis.shells(z)
@@ -107,7 +106,6 @@ class DensityDescriptors:
                           if any(s.l == l for s in self.basis.shells(ze)))
             self.lengths[z] = k * (k + 1) // 2 + n_tr + k * present
         self.n_features = max(self.lengths.values())
-        del n_el
         self._cache: OrderedDict = OrderedDict()
 
     def layout(self, numbers) -> _Layout:

@@ -147,18 +147,21 @@ def _integer(value, what: str) -> int:
     return int(round(number))
 
 
-def charge_and_spin_of(atoms, charge=0, spin=0) -> tuple[int, int, str]:
+def charge_and_spin_of(atoms, charge=0, spin=0, default_charge: int = 0) -> tuple[int, int, str]:
     """The total charge and 2S a calculation of ``atoms`` is for: ``(charge, spin, source)``.
 
     The Atoms may say it themselves, in the conventions of other ASE calculators: ``atoms.info["charge"]``
     (MACE-OMOL, fairchem, AIMNet2), initial charges (``set_initial_charges``; their sum, as tblite reads
     them), ``atoms.info["spin"]`` (the spin multiplicity 2S + 1, as in fairchem and MACE-OMOL) and initial
     magnetic moments (their sum is 2S). Where the Atoms say nothing, the calculator's ``charge``/``spin``
-    parameters hold. Contradictions raise ``InputError`` naming both sources (never a silent choice): two
-    Atoms sources that differ, or an Atoms charge that differs from a non-zero ``charge`` parameter.
+    parameters hold; a ``charge`` of None means "not given", and then ``default_charge`` (e.g. a model's
+    trained charge) holds where the Atoms say nothing. Contradictions raise ``InputError`` naming both sources
+    (never a silent choice): two Atoms sources that differ, or an Atoms charge that differs from a non-zero
+    ``charge`` parameter.
     ``source`` names where the charge came from (for error messages).
     """
-    charge = _integer(charge, "charge")
+    given = charge is not None
+    charge = _integer(charge if given else default_charge, "charge")
     found = []
     if atoms.info.get("charge") is not None:
         found.append(("atoms.info['charge']", _integer(atoms.info["charge"], "atoms.info['charge']")))
@@ -168,10 +171,10 @@ def charge_and_spin_of(atoms, charge=0, spin=0) -> tuple[int, int, str]:
     if len({c for _, c in found}) > 1:
         raise InputError("the Atoms give two different total charges: "
                          + " and ".join(f"{name} = {c}" for name, c in found))
-    source = "charge parameter"
+    source = "charge parameter" if given else "the default charge"
     if found:
         name, atoms_charge = found[0]
-        if charge != 0 and charge != atoms_charge:
+        if given and charge != 0 and charge != atoms_charge:
             raise InputError(f"charge={charge} was asked for, but {name} = {atoms_charge}")
         charge, source = atoms_charge, name
 

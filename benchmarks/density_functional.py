@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ase_wavecalc.electronic import closed_shell_density
 from _common import finish_machine_info, machine_info, machine_line, table, write_result
 
 
@@ -52,12 +53,6 @@ def fock_of(model, numbers, positions_bohr: torch.Tensor) -> torch.Tensor:
     return model(z, positions_bohr.reshape(-1, 3), batch)["fock"].double()
 
 
-def densities(fock, overlap, n_occ):
-    from ase_wavecalc.electronic import closed_shell_density
-
-    return closed_shell_density(fock, overlap, n_occ)
-
-
 def density_and_jacobian(model, numbers, pos, basis, n_occ, h=1e-4):
     """P (nao, nao) at pos (n, 3) Bohr and dP/dR (3n, nao, nao) by central differences."""
     from ase_wavecalc import integrals
@@ -71,7 +66,7 @@ def density_and_jacobian(model, numbers, pos, basis, n_occ, h=1e-4):
         fock = fock_of(model, numbers, disp)
     overlap = torch.stack([torch.as_tensor(integrals.overlap(integrals.make_mol(numbers, p.numpy(), basis)))
                            for p in disp])
-    dm = densities(fock, overlap, n_occ)
+    dm = closed_shell_density(fock, overlap, n_occ)
     return dm[-1], (dm[0:-1:2] - dm[1:-1:2]) / (2 * h)
 
 
@@ -113,7 +108,7 @@ def precompute(model, data, rows, basis, n_occ, label, jacobian: bool, base: str
             r = rows[s:s + chunk]
             with torch.no_grad():
                 fock = fock_of(model, numbers, torch.tensor(data["positions_bohr"][r]))
-            dms.append(densities(fock, torch.tensor(data["overlap"][r]), n_occ))
+            dms.append(closed_shell_density(fock, torch.tensor(data["overlap"][r]), n_occ))
         block["dm"] = torch.cat(dms)
     else:
         dms, jacs = [], []
@@ -274,7 +269,7 @@ class FunctionalEnergy:
         if dm is None:
             fock = fock_of(self.model, self.numbers, pos[None])[0]
             overlap, _ = one_electron_matrices(self.numbers, pos, self.basis)
-            dm = densities(fock, overlap, self.n_occ)
+            dm = closed_shell_density(fock, overlap, self.n_occ)
         e = e + self.functional(self.numbers, dm)
         (g,) = torch.autograd.grad(e, pos)
         return float(e.detach()), g.numpy()
