@@ -568,6 +568,21 @@ def test_atom_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(wa
     for st in card["training_stages"]:
         for name in st["files"].values():
             assert (tmp_path / "model" / name).is_file()
+    # a run started from the exported model inherits the stages its card lists: the chain stays whole
+    from ase_wavecalc.train.cli_export import _copy_stage_files, training_stages
+    (tmp_path / "s3").mkdir()
+    (tmp_path / "s3" / "config.toml").write_text((tmp_path / "s2" / "config.toml").read_text().replace(
+        str(tmp_path / "s1"), str(tmp_path / "model")))
+    (tmp_path / "s3" / "metrics.csv").write_text((tmp_path / "s2" / "metrics.csv").read_text())
+    stages = training_stages(tmp_path / "s3")
+    assert [st["run"] for st in stages] == ["s1", "s2", "s3"]
+    (tmp_path / "model3").mkdir()
+    entries = _copy_stage_files(stages, tmp_path / "model3")
+    assert [sorted(e["files"]) for e in entries] == [sorted(e["files"]) for e in card["training_stages"]] + [
+        ["config", "metrics"]]
+    for e in entries:
+        for name in e["files"].values():
+            assert (tmp_path / "model3" / name).is_file()
     torch.manual_seed(0)                      # the trainer's initialization (run.seed = 0)
     fresh = m2.__class__(m2.config)
     trunk_moved = [not torch.equal(a, b) for (k, a), b in zip(m2.state_dict().items(), fresh.state_dict().values())

@@ -274,6 +274,14 @@ def test_committee_adds_an_uncertainty_without_changing_the_model(labeled_water,
                  "--size", "4"]) == 0
     card = json.loads((tmp_path / "comm" / "model.json").read_text())
     assert card["committee"]["size"] == 4 and card["committee"]["energy_std_warning_mev"] > 0
+    # refitting the committee of a model that has one (a model trained on from a committee model) is allowed
+    # and changes only the committee: every member starts afresh from the readout
+    for seed, name in ((0, "again"), (1, "reseeded")):
+        assert main(["committee", str(tmp_path / "comm"), str(labeled_water), "--out", str(tmp_path / name),
+                     "--size", "4", "--seed", str(seed)]) == 0
+    assert json.loads((tmp_path / "again" / "model.json").read_text())["committee"] == card["committee"]
+    reseeded = json.loads((tmp_path / "reseeded" / "model.json").read_text())["committee"]
+    assert reseeded["seed"] == 1 and reseeded["member_val_energy_mae_mev"] != card["committee"]["member_val_energy_mae_mev"]
 
     atoms = Atoms("OH2", positions=WATER * BOHR)
     plain, comm = atoms.copy(), atoms.copy()

@@ -65,7 +65,8 @@ def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force:
     with torch.no_grad():
         ref = {k: v for k, v in base.state_dict().items()}
         for k, v in model.state_dict().items():
-            if k in ref and not torch.equal(ref[k], v):
+            # an existing committee (a model trained with committee_size > 0) is refit: only it may change
+            if k in ref and not k.startswith("committee_mlps.") and not torch.equal(ref[k], v):
                 raise RuntimeError(f"fitting the committee changed {k}")
     card = {k: v for k, v in card.items() if k not in ("config", "weights_sha256", "format_version", "versions")}
     card["committee"] = {**summary, "dataset": name, "labels": labels, "frames": int(len(pool)), "seed": seed}

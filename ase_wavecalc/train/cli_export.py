@@ -205,8 +205,29 @@ def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
         if nxt is not None and not (nxt / "checkpoint.pt").is_file() and not (nxt / "weights.safetensors").is_file():
             print(f"warning: the stage before {run.name} ({init}) was not found; the card lists the stages "
                   "from this one on", file=sys.stderr)
+        if nxt is not None and not (nxt / "checkpoint.pt").is_file():
+            stages.extend(_stages_of_model(nxt)[::-1])
         run = nxt if nxt is not None and (nxt / "checkpoint.pt").is_file() else None
     return stages[::-1]
+
+
+def _stages_of_model(model_dir: Path, depth: int = 0) -> list[dict]:
+    """The training stages an exported model's card lists (earliest first), as ``training_stages`` entries
+    whose ``path`` is the model directory and whose ``files`` name the copies kept there: a run started
+    from an exported model inherits the stages that made it, so its card lists the whole recipe."""
+    import json
+
+    card_path = Path(model_dir) / "model.json"
+    if not card_path.is_file():
+        return []
+    card = json.loads(card_path.read_text())
+    stages = [dict(st, path=str(model_dir)) for st in card.get("training_stages", []) if "run" in st]
+    init = stages[0].get("init_weights") if stages and depth < 5 else None
+    if init:  # a card written before stages were inherited: follow its first stage's exported model
+        for base in (Path.cwd(), Path(model_dir).parent.parent):
+            if (base / init / "model.json").is_file() and not (base / init / "checkpoint.pt").is_file():
+                return _stages_of_model(base / init, depth + 1) + stages
+    return stages
 
 
 def _copy_stage_files(stages: list[dict], out: Path) -> list[dict]:
@@ -218,9 +239,13 @@ def _copy_stage_files(stages: list[dict], out: Path) -> list[dict]:
         for name, target in (("config.toml", f"train_config_{st['run']}.toml"),
                              ("metrics.csv", f"metrics_{st['run']}.csv"),
                              ("learning_curve.png", f"learning_curve_{st['run']}.png")):
-            if (src / name).is_file():
-                shutil.copyfile(src / name, out / target)
-                files[name.split(".")[0]] = target
+            # a run directory holds config.toml etc.; an exported model (an inherited stage) the named copies
+            for candidate in (src / name, src / target):
+                if candidate.is_file():
+                    if candidate.resolve() != (out / target).resolve():
+                        shutil.copyfile(candidate, out / target)
+                    files[name.split(".")[0]] = target
+                    break
         entries.append({k: v for k, v in st.items() if k not in ("path",)} | {"files": files})
     return entries
 
