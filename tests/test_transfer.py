@@ -214,7 +214,8 @@ def test_linear_transfer_head_fits_in_closed_form_and_its_forces_are_exact(label
 
     with pytest.raises(ValueError, match="transfer_head"):   # it needs the readout path with standardization
         build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1, transfer_head=True))
-    _train_base(tmp_path, labeled_water, 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true')
+    _train_base(tmp_path, labeled_water, 'energy_path = "readout"\nreadout_hidden = 16\nreadout_standardize = true'
+                '\ncommittee_size = 2')
     _finetune_config(tmp_path / "tr.toml", labeled_water, tmp_path / "base", train=12, val=4, rest="""[model]
 transfer_head = true
 [loss]
@@ -232,6 +233,9 @@ trainable = "transfer_head"
     tuned, _ = load_run_model(tmp_path / "tr", "last")
     tuned = tuned.double()
     assert float(tuned.transfer_weight.detach().abs().sum()) > 0
+    # the base's committee spread over the low level's energies: the transfer model does not carry it
+    assert getattr(tuned, "committee_mlps", None) is None and "energy_committee" not in tuned(
+        torch.tensor([8, 1, 1]), torch.as_tensor(WATER), torch.zeros(3, dtype=torch.long), energy_only=True)
 
     z = torch.tensor([8, 1, 1])
     pos = torch.as_tensor(WATER + np.random.default_rng(2).normal(scale=0.05, size=WATER.shape)).requires_grad_(True)

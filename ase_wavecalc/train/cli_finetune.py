@@ -65,6 +65,12 @@ def finetune_config(config, base: str | Path, raw: dict):
     # (key names of earlier versions in either under their names now, so that the config's keys win)
     config.model = {**canonical_config(base_model),
                     **canonical_config(dict(raw.get("model", {})))}   # e.g. [model] transfer_head = true
+    if "committee_size" not in raw.get("model", {}) and int(config.model.get("committee_size") or 0) > 0:
+        # the base's committee spreads over the base level's energies, not the new ones: it is left out
+        # (`wavecalc committee` fits one on the high-level labels after export)
+        print(f"finetune: the base model's committee of {config.model['committee_size']} is left out; fit one "
+              "on the new labels with `wavecalc committee` after export", file=sys.stderr)
+        config.model["committee_size"] = 0
     if not any(d.labels == "high" for d in config.data.datasets):
         raise ConfigError("finetune needs at least one dataset with labels = 'high' (high-level energies; "
                           "see `wavecalc import-npz` and `wavecalc generate --method ccsd(t)`)")

@@ -188,6 +188,9 @@ def load_initial_weights(trainer, path) -> bool:
         # e0 of a Hamiltonian-path model absorbs 1/2 Tr[P (F + h)]: meaningless for a readout energy,
         # so it is refitted from the reference energies below
         state["element_energy_offsets"] = torch.zeros_like(state["element_energy_offsets"])
+    # a committee of the earlier weights that this model does not carry (a finetune to another level of
+    # theory leaves it out: it spread over the earlier level's energies) is dropped
+    state = {k: v for k, v in state.items() if not k.startswith("committee_mlps.") or k in own}
     corr = [k for k in state if k.startswith(LEARNED_ENERGY_PREFIXES)]
     new_trunk = any(k.startswith("energy_interactions.") for k in own) and not any(
         k.startswith("energy_interactions.") for k in state)
