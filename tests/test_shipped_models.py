@@ -40,3 +40,32 @@ def test_shipped_model_agrees_with_pyscf(name):
     assert abs(energy - e_ref) * 1e3 < e_tol
     assert np.abs(forces - f_ref).mean() * 1e3 < f_tol
     assert np.abs(fock - fock_ref).mean() * 1e6 < fock_tol
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_shipped_model_card_is_complete(name):
+    """Every shipped card states what a user needs to trust the model (format, levels of theory, basis,
+    elements, data, test metrics, energy path), its training record is in the folder, and a network that
+    carries a committee has one fitted to its own energies (a threshold to warn at)."""
+    import json
+    from pathlib import Path
+
+    from ase_wavecalc.model.io import _resolve
+
+    folder = Path(_resolve(name))
+    card = json.loads((folder / "model.json").read_text())
+    for key in ("format_version", "level_of_theory", "basis", "elements", "datasets", "split", "test_metrics",
+                "training_stages", "weights_sha256"):
+        assert card.get(key), f"{name}: card lacks {key}"
+    assert card["level_of_theory"]["basis"] == card["basis"]
+    if card.get("energy_trained", True):
+        assert card["energy_path"]["name"] in ("readout", "hamiltonian") and card.get("energy_level_of_theory")
+        assert np.isfinite(card["test_metrics"]["energy_mae_mev"])
+    stages = card["training_stages"]
+    assert len({st["run"] for st in stages}) == len(stages), f"{name}: a training stage is listed twice"
+    for st in stages:
+        for file in st["files"].values():
+            assert (folder / file).is_file(), f"{name}: stage {st['run']} names {file}, which is not shipped"
+    if int(card["config"].get("committee_size") or 0) > 0:
+        assert card.get("committee", {}).get("energy_std_warning_mev", 0) > 0, (
+            f"{name}: the network carries a committee that was never fitted to its energies")
