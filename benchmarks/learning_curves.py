@@ -31,6 +31,9 @@ def joined_curve(model_dir: Path, from_stage: str | None = None) -> dict:
     card = json.loads((model_dir / "model.json").read_text())
     out = {"minutes": [], "force_rmse_mev_a": [], "energy_rmse_mev": [], "stage": [], "stage_starts_min": {}}
     started, offset = False, 0.0
+    names = [st["run"] for st in card.get("training_stages", [])]
+    if from_stage and from_stage not in names:
+        raise SystemExit(f"{model_dir}: no training stage {from_stage!r} in its card (stages: {', '.join(names)})")
     for st in card.get("training_stages", []):
         name = st["files"].get("metrics")
         if not name or not (model_dir / name).is_file():

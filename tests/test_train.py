@@ -590,6 +590,33 @@ def test_atom_correction_stage_keeps_the_hamiltonian_and_trains_its_own_trunk(wa
     assert any(trunk_moved)
 
 
+def test_inherited_stages_of_in_place_exports_and_old_cards(tmp_path):
+    """Stage inheritance from model cards: a run exported into the folder it started from is not listed
+    twice, an old card whose first stage names its own folder is read once, and stages inherited from a
+    card that does not record their loss (the older schema) leave fock_trained to that card."""
+    import json
+
+    from ase_wavecalc.train.cli_export import _stages_of_model, fock_trained, training_stages
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.safetensors").write_bytes(b"")
+    stages = [{"run": "s1", "init_weights": None, "files": {}},            # an old entry: no loss
+              {"run": "s2", "init_weights": str(model), "loss": {"energy": 1.0}, "files": {}}]
+    (model / "model.json").write_text(json.dumps({"fock_trained": True, "training_stages": stages}))
+    run = tmp_path / "s2"            # s2 started from the model and was exported back into it
+    run.mkdir()
+    write_tiny_config(run / "config.toml", "data.db", loss="energy = 1.0", run=f'init_weights = "{model}"')
+    got = training_stages(run)
+    assert [st["run"] for st in got] == ["s1", "s2"]
+    assert fock_trained(run, got) is True
+    (model / "model.json").write_text(json.dumps({"fock_trained": False, "training_stages": stages}))
+    assert fock_trained(run, training_stages(run)) is False
+    # an old card whose first stage started from its own folder (exported in place)
+    (model / "model.json").write_text(json.dumps({"training_stages": stages[1:]}))
+    assert [st["run"] for st in _stages_of_model(model)] == ["s2"]
+
+
 def test_checkpoints_of_the_old_so2_basis_are_refused(tmp_path):
     """Checkpoints and model files written before the canonical SO(2) path basis hold weights for a
     machine-dependent basis: resuming, init_weights and export refuse them with a clear message."""

@@ -286,6 +286,9 @@ def test_committee_adds_an_uncertainty_without_changing_the_model(labeled_water,
     assert json.loads((tmp_path / "again" / "model.json").read_text())["committee"] == card["committee"]
     reseeded = json.loads((tmp_path / "reseeded" / "model.json").read_text())["committee"]
     assert reseeded["seed"] == 1 and reseeded["member_val_energy_mae_mev"] != card["committee"]["member_val_energy_mae_mev"]
+    assert main(["committee", str(tmp_path / "comm"), str(labeled_water), "--out", str(tmp_path / "smaller"),
+                 "--size", "2"]) == 0   # a refit may change the size
+    assert json.loads((tmp_path / "smaller" / "model.json").read_text())["committee"]["size"] == 2
 
     atoms = Atoms("OH2", positions=WATER * BOHR)
     plain, comm = atoms.copy(), atoms.copy()

@@ -47,7 +47,10 @@ def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force:
         raise ValueError(f"model {model_name!r} has no readout energy path: a committee needs one")
     config = {**card["config"], "committee_size": int(size)}
     model = build_model(config).to(dtype)
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    # an existing committee is not loaded: every member starts afresh from the readout (fit_committee), so a
+    # refit may change the size
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in base.state_dict().items() if not k.startswith("committee_mlps.")}, strict=False)
     if unexpected or any(not k.startswith("committee_mlps.") for k in missing):
         raise ValueError(f"weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     labels = "high" if card.get("hamiltonian_level_of_theory") else "reference"

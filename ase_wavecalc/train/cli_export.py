@@ -206,12 +206,20 @@ def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
             print(f"warning: the stage before {run.name} ({init}) was not found; the card lists the stages "
                   "from this one on", file=sys.stderr)
         if nxt is not None and not (nxt / "checkpoint.pt").is_file():
-            stages.extend(_stages_of_model(nxt)[::-1])
+            # a model exported in place (into the folder its run started from) lists that run already:
+            # its stages from the first one listed here on are not repeated
+            stages.extend(_before_seen(_stages_of_model(nxt), {st["run"] for st in stages})[::-1])
         run = nxt if nxt is not None and (nxt / "checkpoint.pt").is_file() else None
     return stages[::-1]
 
 
-def _stages_of_model(model_dir: Path, depth: int = 0) -> list[dict]:
+def _before_seen(stages: list[dict], names: set) -> list[dict]:
+    """``stages`` up to (not including) the first whose run is in ``names``."""
+    cut = next((i for i, st in enumerate(stages) if st["run"] in names), len(stages))
+    return stages[:cut]
+
+
+def _stages_of_model(model_dir: Path, depth: int = 0, seen: frozenset = frozenset()) -> list[dict]:
     """The training stages an exported model's card lists (earliest first), as ``training_stages`` entries
     whose ``path`` is the model directory and whose ``files`` name the copies kept there: a run started
     from an exported model inherits the stages that made it, so its card lists the whole recipe."""
@@ -222,11 +230,16 @@ def _stages_of_model(model_dir: Path, depth: int = 0) -> list[dict]:
         return []
     card = json.loads(card_path.read_text())
     stages = [dict(st, path=str(model_dir)) for st in card.get("training_stages", []) if "run" in st]
+    seen = seen | {card_path.resolve().parent}
     init = stages[0].get("init_weights") if stages and depth < 5 else None
     if init:  # a card written before stages were inherited: follow its first stage's exported model
         for base in (Path.cwd(), Path(model_dir).parent.parent):
-            if (base / init / "model.json").is_file() and not (base / init / "checkpoint.pt").is_file():
-                return _stages_of_model(base / init, depth + 1) + stages
+            older = base / init
+            # (a model exported in place names its own folder: not followed, nor any folder twice)
+            if ((older / "model.json").is_file() and not (older / "checkpoint.pt").is_file()
+                    and older.resolve() not in seen):
+                return _before_seen(_stages_of_model(older, depth + 1, seen),
+                                    {st["run"] for st in stages}) + stages
     return stages
 
 
@@ -251,12 +264,20 @@ def _copy_stage_files(stages: list[dict], out: Path) -> list[dict]:
 
 
 def fock_trained(run_dir, stages: list[dict]) -> bool:
-    """Whether F was ever trained: an F term in the loss of a stage, or a first stage that started from an
-    exported model whose card does not say ``fock_trained: false``."""
+    """Whether F was ever trained: an F term in the loss of a stage, or stages inherited from (or a first
+    stage that started from) an exported model whose card does not say ``fock_trained: false``."""
     import json
 
-    if any(float(w) > 0 for st in stages for k, w in st["loss"].items() if k.startswith(("fock", "orbital"))):
+    # (stages inherited from the card of an older model may not record their loss)
+    if any(float(w) > 0 for st in stages for k, w in (st.get("loss") or {}).items()
+           if k.startswith(("fock", "orbital"))):
         return True
+    # stages inherited from exported models: their cards say whether F was trained
+    cards = {Path(st["path"]) / "model.json" for st in stages
+             if not (Path(st["path"]) / "checkpoint.pt").is_file()}
+    cards = [c for c in cards if c.is_file()]
+    if cards:
+        return any(json.loads(c.read_text()).get("fock_trained", True) for c in cards)
     init = stages[0].get("init_weights") if stages else None
     if not init:
         return False
@@ -328,7 +349,8 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     card["name"] = out.name
     card["energy_trained"] = energy_trained   # False: a Hamiltonian-only model (no energy or forces)
     # False: an energy-only network (an MLIP baseline): its F was never trained and is not offered
-    card["fock_trained"] = fock_trained(run_dir, training_stages(run_dir))
+    stages = training_stages(run_dir)
+    card["fock_trained"] = fock_trained(run_dir, stages)
     if energy_trained:
         card["energy_path"] = {"name": energy_path, "formula": ENERGY_PATH_FORMULAS[energy_path]}
     card["charge"] = int(tables[0].charge)
@@ -341,7 +363,6 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
         card["energy_level_of_theory"] = dict(card["level_of_theory"])
     if offset_refit is not None:
         card["training"]["energy_offset_refit"] = offset_refit
-    stages = training_stages(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     card["training_stages"] = _copy_stage_files(stages, out)
     save_model(model, out, card)
