@@ -63,6 +63,7 @@ def test_shipped_model_card_is_complete(name):
         assert np.isfinite(card["test_metrics"]["energy_mae_mev"])
     stages = card["training_stages"]
     assert len({st["run"] for st in stages}) == len(stages), f"{name}: a training stage is listed twice"
+    assert not stages[0].get("init_weights"), f"{name}: the recipe does not start from scratch"
     for st in stages:
         for file in st["files"].values():
             assert (folder / file).is_file(), f"{name}: stage {st['run']} names {file}, which is not shipped"
