@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_train import TINY_MODEL, quiet, water_db, write_tiny_config  # noqa: F401  (fixture)
+from _train_helpers import quiet, write_tiny_config
 
 from ase_wavecalc import dataset
 from ase_wavecalc.correlated import run_correlated
@@ -100,7 +100,7 @@ def test_label_parts_land_on_the_frames_they_name(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def labeled_water(water_db, tmp_path_factory):  # noqa: F811
+def labeled_water(water_db, tmp_path_factory):
     """The trainer's tiny water set (RHF/STO-3G) with MP2/STO-3G energies and forces on 20 of its frames,
     computed by the `wavecalc generate --method mp2` code path."""
     from pyscf import lib
@@ -195,7 +195,7 @@ threads = 1
     assert np.isfinite(card["test_metrics"]["energy_mae_mev"])
 
 
-def test_finetune_refuses_configs_without_high_level_labels(water_db, tmp_path):  # noqa: F811
+def test_finetune_refuses_configs_without_high_level_labels(water_db, tmp_path):
     from ase_wavecalc.cli import main
 
     cfg = write_tiny_config(tmp_path / "c.toml", water_db, model='energy_path = "readout"', loss="energy = 1.0")
