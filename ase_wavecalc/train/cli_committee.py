@@ -47,10 +47,10 @@ def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force:
         raise ValueError(f"model {model_name!r} has no readout energy path: a committee needs one")
     config = {**card["config"], "committee_size": int(size)}
     model = build_model(config).to(dtype)
-    # an existing committee is not loaded: every member starts afresh from the readout (fit_committee), so a
-    # refit may change the size
-    missing, unexpected = model.load_state_dict(
-        {k: v for k, v in base.state_dict().items() if not k.startswith("committee_mlps.")}, strict=False)
+    # the weights kept bit for bit: all but an existing committee, which is refit (every member starts afresh
+    # from the readout in fit_committee, so a refit may also change the size)
+    kept = {k: v for k, v in base.state_dict().items() if not k.startswith("committee_mlps.")}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
     if unexpected or any(not k.startswith("committee_mlps.") for k in missing):
         raise ValueError(f"weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     labels = "high" if card.get("hamiltonian_level_of_theory") else "reference"
@@ -66,10 +66,8 @@ def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force:
     n_val = max(1, len(pool) // 10)
     summary = fit_committee(model, [table], [np.sort(pool[n_val:])], [np.sort(pool[:n_val])], seed=seed, log=log)
     with torch.no_grad():
-        ref = {k: v for k, v in base.state_dict().items()}
         for k, v in model.state_dict().items():
-            # an existing committee (a model trained with committee_size > 0) is refit: only it may change
-            if k in ref and not k.startswith("committee_mlps.") and not torch.equal(ref[k], v):
+            if k in kept and not torch.equal(kept[k], v):
                 raise RuntimeError(f"fitting the committee changed {k}")
     card = {k: v for k, v in card.items() if k not in ("config", "weights_sha256", "format_version", "versions")}
     card["committee"] = {**summary, "dataset": name, "labels": labels, "frames": int(len(pool)), "seed": seed}

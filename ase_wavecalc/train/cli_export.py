@@ -219,26 +219,25 @@ def _before_seen(stages: list[dict], names: set) -> list[dict]:
     return stages[:cut]
 
 
-def _stages_of_model(model_dir: Path, depth: int = 0, seen: frozenset = frozenset()) -> list[dict]:
+def _stages_of_model(model_dir: Path, seen: frozenset = frozenset()) -> list[dict]:
     """The training stages an exported model's card lists (earliest first), as ``training_stages`` entries
     whose ``path`` is the model directory and whose ``files`` name the copies kept there: a run started
-    from an exported model inherits the stages that made it, so its card lists the whole recipe."""
-    import json
-
+    from an exported model inherits the stages that made it, so its card lists the whole recipe. ``seen``:
+    the model folders already read (none is followed twice)."""
     card_path = Path(model_dir) / "model.json"
     if not card_path.is_file():
         return []
     card = json.loads(card_path.read_text())
     stages = [dict(st, path=str(model_dir)) for st in card.get("training_stages", []) if "run" in st]
     seen = seen | {card_path.resolve().parent}
-    init = stages[0].get("init_weights") if stages and depth < 5 else None
+    init = stages[0].get("init_weights") if stages else None
     if init:  # a card written before stages were inherited: follow its first stage's exported model
         for base in (Path.cwd(), Path(model_dir).parent.parent):
             older = base / init
             # (a model exported in place names its own folder: not followed, nor any folder twice)
             if ((older / "model.json").is_file() and not (older / "checkpoint.pt").is_file()
                     and older.resolve() not in seen):
-                return _before_seen(_stages_of_model(older, depth + 1, seen),
+                return _before_seen(_stages_of_model(older, seen),
                                     {st["run"] for st in stages}) + stages
     return stages
 
