@@ -195,6 +195,8 @@ def test_export_records_the_training_domain():
     dom = domain["min_pair_distance_A"]
     assert dom["1-8"] == pytest.approx(1.0, abs=1e-4)
     assert dom["1-1"] == pytest.approx(min(np.hypot(1.0, 2.0), np.hypot(1.5, 1.2)), abs=1e-4)
+    # O-H is bonded below 1.3 x (0.66 + 0.31) = 1.26 A: the 1.0 and 1.2 A pairs are, 1.5 and 2.0 A are not
+    assert domain["compositions"] == ["H2O"] and domain["bond_signatures"] == ["H-O:1"]
 
 
 def test_a_collapsing_predicted_gap_is_an_error(provider):

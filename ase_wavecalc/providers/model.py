@@ -95,14 +95,22 @@ class ModelProvider(HamiltonianProvider):
         minus ``EXTRAPOLATION_WARNING`` Angstrom warns once per provider. ``strict``: any pair closer than
         the training minimum raises (what :mod:`~ase_wavecalc.providers.fallback` uses to hand such
         geometries to the reference before the model's extrapolation can accelerate the atoms).
+
+        First, in both modes: a molecule whose composition or covalent bonds are not those of any training
+        frame (another molecule, an isomer, a broken bond; :mod:`ase_wavecalc.domain`) raises.
         """
         from ase.data import chemical_symbols
 
+        from ..domain import outside
+
+        numbers = np.asarray(numbers, dtype=int).reshape(-1)
+        pos = np.asarray(positions_bohr, dtype=float).reshape(-1, 3) * BOHR
+        reason = outside(self.card.get("training_domain") or {}, numbers, pos, self.name)
+        if reason is not None:
+            raise OutOfDomainError(reason)
         domain = (self.card.get("training_domain") or {}).get("min_pair_distance_A")
         if not domain:
             return
-        numbers = np.asarray(numbers, dtype=int).reshape(-1)
-        pos = np.asarray(positions_bohr, dtype=float).reshape(-1, 3) * BOHR
         i, j = np.triu_indices(len(numbers), 1)
         dist = np.linalg.norm(pos[i] - pos[j], axis=1)
         longest = max(float(v) for v in domain.values())

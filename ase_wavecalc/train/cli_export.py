@@ -139,11 +139,14 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
 def training_domain(tables, row_sets) -> dict:
     """The geometries a model was trained on, as the card's ``training_domain``: the shortest distance
     (Angstrom) between each element pair ("1-8": H-O, ...) and the smallest reference HOMO-LUMO gap (eV)
-    over the training frames, which ``ModelProvider`` compares every geometry and prediction against."""
+    over the training frames, which ``ModelProvider`` compares every geometry and prediction against; and
+    the training molecules' compositions and covalent bonds (:mod:`ase_wavecalc.domain`)."""
+    from ..domain import describe_frames, merge
     from ..units import BOHR, HARTREE
 
     shortest: dict[str, float] = {}
     gaps = []
+    molecules = []
     for table, rows in zip(tables, row_sets):
         if len(rows) == 0:
             continue
@@ -153,12 +156,14 @@ def training_domain(tables, row_sets) -> dict:
         z = table.numbers.numpy().astype(int)
         pos = table.positions_bohr[torch.as_tensor(np.asarray(rows))].numpy() * BOHR
         i, j = np.triu_indices(len(z), 1)
+        molecules.append(describe_frames(z, pos))
         dist = np.linalg.norm(pos[:, i] - pos[:, j], axis=-1).min(axis=0)
         for a, b, d in zip(z[i], z[j], dist):
             key = f"{min(a, b)}-{max(a, b)}"
             shortest[key] = min(shortest.get(key, np.inf), float(d))
     return {"min_pair_distance_A": {k: round(v, 4) for k, v in sorted(shortest.items())},
-            "min_homo_lumo_gap_eV": round(min(gaps), 3) if gaps else None, "source": "training frames"}
+            "min_homo_lumo_gap_eV": round(min(gaps), 3) if gaps else None, **merge(molecules),
+            "source": "training frames"}
 
 
 def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
