@@ -9,8 +9,13 @@ mean wall time (the model's forward pass included in its own), the energy error 
 each cycle for the model's density and minao (what sets the count: PySCF stops when two successive energies
 agree to conv_tol). Prints the tables, writes JSON.
 
-    python benchmarks/scf_guess.py --molecule water --frames 20
-    python benchmarks/scf_guess.py --molecule ethanol --frames 10
+``--error-scale A [A ...]`` adds what accuracy of F a cycle target needs: on the same frames, SCFs started from
+the aufbau density of F_A = F* + A (F_model - F*), F* the converged Fock matrix, i.e. the model's own error
+scaled by A (A = 1 is the model; the MAE of F_A is A times the model's). Only the occupied-virtual part of the
+error moves the density, so scaling the whole error is scaling the part that counts.
+
+    python benchmarks/scf_guess.py --molecule water --frames 20 --error-scale 0.5 0.25 0.125 0.0625
+    python benchmarks/scf_guess.py --molecule ethanol --frames 10 --error-scale 0.5 0.25 0.125 0.0625
 """
 from __future__ import annotations
 
@@ -47,7 +52,30 @@ def _scf(mol, level, guess, dm0=None):
     return mf, e_first
 
 
-def run(molecule: str, n_frames: int, log=print) -> dict:
+def _aufbau_density(fock, overlap, n_occ):
+    """(nao, nao) closed-shell density of the n_occ lowest solutions of F C = S C eps (numpy, Hartree)."""
+    from scipy.linalg import eigh
+
+    _, c = eigh(fock, overlap)
+    return 2.0 * c[:, :n_occ] @ c[:, :n_occ].T
+
+
+def _error_scan(mol, level, mf_conv, model_fock, scales) -> dict:
+    """Cycles from the density of F* + A (F_model - F*) for each A; F* the Fock matrix of the converged SCF."""
+    f_conv = mf_conv.get_fock(dm=mf_conv.make_rdm1())    # no DIIS: the Fock matrix of the converged density
+    overlap = mf_conv.get_ovlp()
+    n_occ = mol.nelectron // 2
+    out = {}
+    for a in scales:
+        fock = f_conv + a * (model_fock - f_conv)
+        mf, e_first = _scf(mol, level, "scaled", _aufbau_density(fock, overlap, n_occ))
+        out[a] = {"cycles": int(mf.cycles), "converged": bool(mf.converged),
+                  "fock_mae_uha": float(np.mean(np.abs(fock - f_conv))) * 1e6,
+                  "first_error_mev": abs(e_first - float(mf_conv.e_tot)) * HARTREE_MEV}
+    return out
+
+
+def run(molecule: str, n_frames: int, log=print, scales=()) -> dict:
     from ase_wavecalc.dataset import read_dataset
     from ase_wavecalc.integrals import make_mol
     from ase_wavecalc.providers import ModelProvider
@@ -61,15 +89,23 @@ def run(molecule: str, n_frames: int, log=print) -> dict:
     model = ModelProvider(str(ROOT / "models" / name))
     per = {g: {"cycles": [], "seconds": [], "first_error_mev": [], "converged": [], "cycle_errors_ha": []}
            for g in GUESSES}
+    scan = {float(a): {"cycles": [], "converged": [], "fock_mae_uha": [], "first_error_mev": []} for a in scales}
     for f in test:
         pos = data["positions_bohr"][where[int(f)]]
         mol = make_mol(data["numbers"], pos, level["basis"])
-        e_conv = None
+        e_conv, model_fock = None, None
         for g in GUESSES:
             t0 = time.perf_counter()
-            dm0 = model.compute(data["numbers"], pos).dm if g == "model" else None
+            dm0 = None
+            if g == "model":
+                predicted = model.compute(data["numbers"], pos)
+                dm0, model_fock = predicted.dm, np.asarray(predicted.fock)
             mf, e_first = _scf(mol, level, g, dm0)
             per[g]["seconds"].append(time.perf_counter() - t0)
+            if g == "minao" and scales:
+                for a, r in _error_scan(mol, level, mf, model_fock, scales).items():
+                    for k, v in r.items():
+                        scan[float(a)][k].append(v)
             per[g]["cycles"].append(int(mf.cycles))
             per[g]["converged"].append(bool(mf.converged))
             e_conv = float(mf.e_tot) if e_conv is None else e_conv
@@ -82,7 +118,12 @@ def run(molecule: str, n_frames: int, log=print) -> dict:
                    "median_first_cycle_error_mev": float(np.median(v["first_error_mev"])),
                    "all_converged": all(v["converged"]),
                    "median_error_by_cycle_ha": _median_by_cycle(v["cycle_errors_ha"]), **v} for g, v in per.items()}
-    return {"model": name, "level_of_theory": level, "conv_tol": 1e-9, "test_frames": test, "guesses": summary}
+    scaled = {a: {**v, "mean_cycles": float(np.mean(v["cycles"])), "ratio_to_minao": float(np.mean(v["cycles"]) / minao),
+                  "fock_mae_uha": float(np.mean(v["fock_mae_uha"])), "fock_mae_uha_by_frame": v["fock_mae_uha"],
+                  "median_first_cycle_error_mev": float(np.median(v["first_error_mev"])),
+                  "all_converged": all(v["converged"])} for a, v in scan.items()}
+    return {"model": name, "level_of_theory": level, "conv_tol": 1e-9, "test_frames": test, "guesses": summary,
+            "error_scale": scaled}
 
 
 def _median_by_cycle(traces: list[list[float]]) -> list[float]:
@@ -95,9 +136,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--molecule", choices=("water", "ethanol"), required=True)
     p.add_argument("--frames", type=int, default=10, help="held-out test frames (default 10)")
+    p.add_argument("--error-scale", type=float, nargs="*", default=[], metavar="A",
+                   help="also start from F* + A (F_model - F*) for each A (module docstring)")
     p.add_argument("--json", default=None, help="JSON path (default: benchmarks/results/)")
     args = p.parse_args(argv)
-    res = run(args.molecule, args.frames)
+    if any(a < 0 for a in args.error_scale):
+        p.error("--error-scale values must be >= 0")
+    res = run(args.molecule, args.frames, scales=args.error_scale)
     rows = [[g, f"{s['mean_cycles']:.1f}", f"{s['ratio_to_minao']:.2f}", f"{s['mean_seconds']:.2f}",
              f"{s['median_first_cycle_error_mev']:.3g}", "yes" if s["all_converged"] else "NO"]
             for g, s in res["guesses"].items()]
@@ -110,6 +155,12 @@ def main(argv=None) -> int:
     print(table(["guess"] + [str(k + 1) for k in range(n)],
                 [[g] + [f"{e:.1e}" for e in res["guesses"][g]["median_error_by_cycle_ha"]]
                  + [""] * (n - len(res["guesses"][g]["median_error_by_cycle_ha"])) for g in ("model", "minao")]))
+    if res["error_scale"]:
+        print("\nthe model's F error scaled by A (F* + A (F_model - F*)): the accuracy of F a cycle count needs")
+        print(table(["A", "F MAE (uHa)", "cycles", "/ minao", "first-cycle |dE| (meV)", "converged"],
+                    [[f"{a:g}", f"{s['fock_mae_uha']:.1f}", f"{s['mean_cycles']:.1f}", f"{s['ratio_to_minao']:.2f}",
+                      f"{s['median_first_cycle_error_mev']:.3g}", "yes" if s["all_converged"] else "NO"]
+                     for a, s in sorted(res["error_scale"].items(), reverse=True)]))
     path = write_result(f"scf_guess_{args.molecule}", {"machine": machine_info(), **res}, args.json)
     print(f"wrote {path}")
     return 0
