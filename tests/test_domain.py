@@ -9,25 +9,45 @@ import pytest
 from ase.build import molecule
 
 from ase_wavecalc import WaveCalculator
-from ase_wavecalc.domain import bond_signature, formula, outside
+from ase_wavecalc.domain import bond_signature, describe_frames, formula, merge, outside
 from ase_wavecalc.providers import OutOfDomainError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_formula_and_bonds_of_known_molecules():
-    """Hill formulas and covalent bonds of textbook structures (ase.build's G2 geometries)."""
-    expected = {"CH3CH2OH": ("C2H6O", "C-C:1 C-H:5 C-O:1 H-O:1"), "CH3OCH3": ("C2H6O", "C-H:6 C-O:2"),
-                "CH3OH": ("CH4O", "C-H:3 C-O:1 H-O:1"), "H2O": ("H2O", "H-O:2"), "H2O2": ("H2O2", "H-O:2 O-O:1")}
+    """Hill formulas and bonding patterns of textbook structures (ase.build's G2 geometries): isomers differ."""
+    expected = {"CH3CH2OH": ("C2H6O", "C[CH2O] C[CH3] H[C]x5 H[O] O[CH]"),
+                "CH3OCH3": ("C2H6O", "C[H3O]x2 H[C]x6 O[C2]"),
+                "CH3OH": ("CH4O", "C[H3O] H[C]x3 H[O] O[CH]"), "H2O": ("H2O", "H[O]x2 O[H2]"),
+                "H2O2": ("H2O2", "H[O]x2 O[HO]x2"),
+                "trans-butane": ("C4H10", "C[C2H2]x2 C[CH3]x2 H[C]x10"), "isobutane": ("C4H10", "C[C3H] C[CH3]x3 H[C]x10")}
     for name, (hill, bonds) in expected.items():
         atoms = molecule(name)
         assert formula(atoms.numbers) == hill
         assert bond_signature(atoms.numbers, atoms.positions) == bonds
+        order = np.random.default_rng(0).permutation(len(atoms))        # atom order does not matter
+        assert bond_signature(atoms.numbers[order], atoms.positions[order]) == bonds
     water = molecule("H2O")
     water.set_distance(0, 1, 2.0, fix=0)                         # one O-H pulled apart
-    assert bond_signature(water.numbers, water.positions) == "H-O:1"
+    assert bond_signature(water.numbers, water.positions) == "H[O] H[] O[H]"
     with pytest.raises(ValueError, match="3 atomic numbers but 2 positions"):
         bond_signature(water.numbers, water.positions[:2])
+
+
+def test_bonds_are_checked_against_their_own_molecule():
+    """A model of water and H2O2: both intact molecules are accepted; H2O2 with its O-O bond broken is
+    refused, with H2O2's own training pattern (not water's) in the message."""
+    pair = [molecule("H2O"), molecule("H2O2")]
+    domain = merge([describe_frames(a.numbers, a.positions[None]) for a in pair])
+    assert domain["compositions"] == ["H2O", "H2O2"]
+    for atoms in pair:
+        assert outside(domain, atoms.numbers, atoms.positions, "m") is None
+    broken = molecule("H2O2")
+    o1, o2 = [i for i, s in enumerate(broken.get_chemical_symbols()) if s == "O"]
+    broken.set_distance(o1, o2, 2.2, fix=0.5)
+    reason = outside(domain, broken.numbers, broken.positions, "m")
+    assert "(H[O]x2 O[H]x2: " in reason and "no H2O2 training frame of model 'm' (H[O]x2 O[HO]x2)" in reason
 
 
 def _ethanol_broken_oh():
@@ -41,8 +61,8 @@ def _ethanol_broken_oh():
 
 @pytest.mark.parametrize("model, atoms, message", [
     ("ethanol-pbe-def2svp", molecule("CH3OH"), "trained on C2H6O only, and this molecule is CH4O"),
-    ("ethanol-pbe-def2svp", molecule("CH3OCH3"), r"bonds of this geometry \(C-H:6 C-O:2.*another isomer"),
-    ("ethanol-pbe-def2svp", _ethanol_broken_oh(), r"\(C-C:1 C-H:5 C-O:1;.*a bond has broken"),
+    ("ethanol-pbe-def2svp", molecule("CH3OCH3"), r"bonds of this geometry \(C\[H3O\]x2 H\[C\]x6 O\[C2\]:.*another isomer"),
+    ("ethanol-pbe-def2svp", _ethanol_broken_oh(), r"\(C\[CH2O\] C\[CH3\] H\[C\]x5 H\[\] O\[C\]:.*a bond has broken"),
     ("water-pbe-def2svp", molecule("H2O2"), "trained on H2O only, and this molecule is H2O2"),
 ], ids=["methanol", "dimethyl-ether", "broken-OH", "H2O2"])
 def test_shipped_models_refuse_what_they_were_not_trained_on(model, atoms, message):
@@ -71,8 +91,22 @@ def test_another_molecule_goes_to_pyscf_with_out_of_domain_reference():
     assert "H2O2" in atoms.calc.provider.last_reason
 
 
+def test_refine_scf_starts_refused_molecules_from_pyscfs_guess():
+    """refine="scf" returns PySCF's SCF either way: where the model refuses the molecule it starts from
+    PySCF's default guess (warned) instead of failing."""
+    atoms = molecule("H2O2")
+    atoms.calc = WaveCalculator(model="water-pbe-def2svp", refine="scf")
+    with pytest.warns(UserWarning, match="trained on H2O only.*default guess"):
+        energy = atoms.get_potential_energy()
+    exact = molecule("H2O2")
+    exact.calc = WaveCalculator(method="pbe", basis="def2-svp", grid_level=3)
+    assert energy == pytest.approx(exact.get_potential_energy(), abs=1e-5)
+    assert atoms.calc.scf_cycles > 0
+
+
 def _shipped_cards():
-    return sorted(glob.glob(str(ROOT / "models" / "*" / "model.json")))
+    return sorted(glob.glob(str(ROOT / "models" / "*" / "model.json"))
+                  + glob.glob(str(ROOT / "benchmarks" / "baselines" / "*" / "model.json")))
 
 
 @pytest.mark.parametrize("card_path", _shipped_cards(), ids=lambda p: Path(p).parent.name)

@@ -196,7 +196,15 @@ def test_export_records_the_training_domain():
     assert dom["1-8"] == pytest.approx(1.0, abs=1e-4)
     assert dom["1-1"] == pytest.approx(min(np.hypot(1.0, 2.0), np.hypot(1.5, 1.2)), abs=1e-4)
     # O-H is bonded below 1.3 x (0.66 + 0.31) = 1.26 A: the 1.0 and 1.2 A pairs are, 1.5 and 2.0 A are not
-    assert domain["compositions"] == ["H2O"] and domain["bond_signatures"] == ["H-O:1"]
+    assert domain["compositions"] == ["H2O"]
+    assert domain["bond_signatures"] == {"H2O": ["H[O] H[] O[H]"]}
+    # only the training rows count: a third frame with both O-H bonds, outside the rows, is not recorded
+    pos3 = torch.cat([pos, torch.tensor([[[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]]) / 0.52917721092])
+    eps3 = torch.cat([eps, eps[:1]])
+    table3 = SimpleNamespace(numbers=torch.tensor([8, 1, 1]), positions_bohr=pos3, n_occ=2, mo_energy=eps3)
+    assert training_domain([table3], [np.array([0, 1])])["bond_signatures"] == {"H2O": ["H[O] H[] O[H]"]}
+    assert training_domain([table3], [np.array([1, 2])])["bond_signatures"] == {
+        "H2O": ["H[O] H[] O[H]", "H[O]x2 O[H2]"]}
 
 
 def test_a_collapsing_predicted_gap_is_an_error(provider):

@@ -392,6 +392,13 @@ def test_train_export_load_evaluate_with_real_model(water_db, tmp_path):
         pred = model.double()(batch.numbers, batch.positions_bohr, batch.batch)["fock"]
     direct = float((pred - batch.fock).abs().mean()) * 1e6
     assert metrics["fock_mae_uha"] == pytest.approx(direct, rel=1e-4)
+    # the card records the training molecule; evaluating on another one warns (a card claiming H2O2 here)
+    assert card["training_domain"]["compositions"] == ["H2O"]
+    claimed = json.loads((out / "model.json").read_text())
+    claimed["training_domain"]["compositions"] = ["H2O2"]
+    (out / "model.json").write_text(json.dumps(claimed))
+    with pytest.warns(UserWarning, match="holds H2O, but model .* was trained on H2O2 only"):
+        assert main(["evaluate", str(out), str(water_db)]) == 0
 
 
 def test_export_reports_test_metrics_per_dataset(water_db, tmp_path):

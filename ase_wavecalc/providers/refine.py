@@ -5,7 +5,9 @@ close to the converged one, so a PySCF SCF started from it needs few cycles. ``S
 returns PySCF's converged results (energy, forces, orbitals, density, dipole and charges are then exact
 at the model's level, to ``conv_tol``) and records in ``info``: ``scf_cycles`` (PySCF's count),
 ``initial_guess`` ("model density"), ``model_seconds`` and ``scf_seconds``. An SCF that does not converge
-raises ``CalculationFailed``, as for the plain PySCF provider.
+raises ``CalculationFailed``, as for the plain PySCF provider. Where the model refuses the geometry
+(``OutOfDomainError``: another molecule, broken bonds, atoms closer than in training), the SCF starts from
+PySCF's default guess (``initial_guess`` "default", the reason in ``model_refused``; warned once).
 
 The level of theory comes from the model card (``fallback.reference_provider_for``); a transfer-learned
 model, whose energies are trained on another level than its Hamiltonian, is refused: refining would return
@@ -14,8 +16,9 @@ the Hamiltonian's level's energy under the model's name.
 from __future__ import annotations
 
 import time
+import warnings
 
-from .base import HamiltonianProvider, HamiltonianResult
+from .base import HamiltonianProvider, HamiltonianResult, OutOfDomainError
 from .fallback import reference_provider_for
 
 __all__ = ["SCFRefinedProvider"]
@@ -43,6 +46,7 @@ class SCFRefinedProvider(HamiltonianProvider):
         self.scf.reuse_density = False        # every geometry starts from the model, never from the last SCF
         self.basis, self.elements, self.charge = model.basis, model.elements, model.charge
         self.name = f"{model.name} + SCF"
+        self._warned = False
         self.card = model.card
 
     def describe(self) -> dict:
@@ -50,12 +54,24 @@ class SCFRefinedProvider(HamiltonianProvider):
 
     def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
         t0 = time.perf_counter()
-        guess = self.model.compute(numbers, positions_bohr, want_gradient=False)
-        dm0 = guess.dm                      # a deferred result builds F and P here
+        try:
+            dm0 = self.model.compute(numbers, positions_bohr, want_gradient=False).dm   # a deferred result builds P
+        except OutOfDomainError as exc:
+            # the result is PySCF's either way: a molecule or geometry the model refuses starts from PySCF's
+            # default guess instead of failing
+            dm0, refused = None, str(exc)
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"{refused}; refine='scf' starts PySCF from its default guess there (warned once)",
+                              UserWarning, stacklevel=4)
+        else:
+            refused = None
         t_model = time.perf_counter() - t0
         result = self.scf.compute(numbers, positions_bohr, want_gradient=want_gradient, dm0=dm0,
                                   guess_name="model density")
         result.info["model_seconds"] = t_model
+        if refused is not None:
+            result.info["model_refused"] = refused
         return result
 
     def hessian(self, numbers, positions_bohr):

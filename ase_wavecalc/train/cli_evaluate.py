@@ -46,11 +46,15 @@ def evaluate(model_ref: str, dataset_path, frames: str = "test", batch_size: int
     """Load a model and dataset, select frames, and return the metrics dict (see module docstring)."""
     import torch
 
+    import warnings
+
+    from ..domain import formula
     from .data import load_table, read_frame_ids
     from .metrics import evaluate_model
 
     dataset_path = Path(dataset_path)
     ref = Path(model_ref)
+    card = {}
     if ref.is_dir() and (ref / "checkpoint.pt").is_file():
         from .cli_export import load_run_model
         model, _ = load_run_model(ref)
@@ -63,6 +67,12 @@ def evaluate(model_ref: str, dataset_path, frames: str = "test", batch_size: int
     if dtype in ("float32", "float64"):
         model = model.to(torch.float64 if dtype == "float64" else torch.float32)
     table = load_table(dataset_path)
+    trained_on = ((card.get("training_domain") or {}).get("compositions")) or []
+    if trained_on and formula(table.numbers.numpy()) not in trained_on:
+        # measuring a model on molecules it never saw can be the point (transferability), so a warning
+        warnings.warn(f"{dataset_path.name} holds {formula(table.numbers.numpy())}, but model {model_ref!r} was "
+                      f"trained on {', '.join(trained_on)} only (the calculator refuses such molecules)",
+                      UserWarning, stacklevel=2)
     if frames == "all":
         ids = [int(f) for f in table.frame]
     elif frames == "test":
