@@ -5,7 +5,7 @@ transfer-learned model are checked against these few frames instead. Frames are 
 (none was trained on), first N in the card's order; a re-run continues an existing output file.
 
     python benchmarks/ccsdt_forces.py --model models/ethanol-pbe-def2svp --dataset data/ethanol_pbe_def2svp.db \
-        --basis cc-pvdz --frames 6 --out data/ethanol_ccsdt_cc-pvdz_forces/part-000.npz
+        --basis cc-pvdz --frames 12 --out data/ethanol_ccsdt_cc-pvdz_forces/part-000.npz
 """
 from __future__ import annotations
 
