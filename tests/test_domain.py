@@ -79,29 +79,20 @@ def test_shipped_model_accepts_its_own_molecule():
     assert np.isfinite(atoms.get_potential_energy())
 
 
-def test_another_molecule_goes_to_pyscf_with_out_of_domain_reference():
-    """out_of_domain="reference" computes the refused molecule with PySCF at the model's level."""
+@pytest.mark.parametrize("option, warning", [
+    ({"out_of_domain": "reference"}, "computed with the reference"),
+    ({"refine": "scf"}, "trained on H2O only.*default guess"),
+], ids=["out_of_domain=reference", "refine=scf"])
+def test_a_refused_molecule_goes_to_pyscf_where_asked(option, warning):
+    """out_of_domain="reference" computes a refused molecule with PySCF at the model's level; refine="scf",
+    PySCF's SCF either way, starts it from PySCF's default guess instead of the model's density. Both warn."""
     atoms = molecule("H2O2")
-    atoms.calc = WaveCalculator(model="water-pbe-def2svp", out_of_domain="reference")
-    with pytest.warns(UserWarning, match="computed with the reference"):
+    atoms.calc = WaveCalculator(model="water-pbe-def2svp", **option)
+    with pytest.warns(UserWarning, match=warning):
         energy = atoms.get_potential_energy()
     exact = molecule("H2O2")
     exact.calc = WaveCalculator(method="pbe", basis="def2-svp", grid_level=3)
     assert energy == pytest.approx(exact.get_potential_energy(), abs=1e-5)
-    assert "H2O2" in atoms.calc.provider.last_reason
-
-
-def test_refine_scf_starts_refused_molecules_from_pyscfs_guess():
-    """refine="scf" returns PySCF's SCF either way: where the model refuses the molecule it starts from
-    PySCF's default guess (warned) instead of failing."""
-    atoms = molecule("H2O2")
-    atoms.calc = WaveCalculator(model="water-pbe-def2svp", refine="scf")
-    with pytest.warns(UserWarning, match="trained on H2O only.*default guess"):
-        energy = atoms.get_potential_energy()
-    exact = molecule("H2O2")
-    exact.calc = WaveCalculator(method="pbe", basis="def2-svp", grid_level=3)
-    assert energy == pytest.approx(exact.get_potential_energy(), abs=1e-5)
-    assert atoms.calc.scf_cycles > 0
 
 
 def _shipped_cards():
