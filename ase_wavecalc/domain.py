@@ -16,7 +16,8 @@ Two atoms are bonded when closer than ``BOND_SCALE`` x the sum of their covalent
 is the multiset of atom environments, each atom's element with the Hill formula of its bonded neighbours
 (``C[CH2O]``: a carbon bonded to one C, two H and one O). That is one round of Weisfeiler-Lehman refinement of
 the bond graph: it tells apart ethanol and dimethyl ether, n- and iso-butane, 1- and 2-propanol, and notices
-any bond that breaks or forms; graphs that only differ further out (rings of different sizes built from the
+a bond that breaks or forms (unless other changes restore every atom's environment); graphs that only differ
+further out (rings of different sizes built from the
 same environments) can share a pattern. ``outside`` gives the reason a geometry is outside the recorded
 domain, or None; cards without these keys (exports before they existed) are not checked. Angstrom throughout.
 """
