@@ -45,8 +45,8 @@ def formula(numbers) -> str:
     return _hill([chemical_symbols[int(z)] for z in np.asarray(numbers, dtype=int).reshape(-1)])
 
 
-def bonded_pairs(numbers, positions_angstrom) -> np.ndarray:
-    """(n_bonds, 2) atom indices i < j closer than ``BOND_SCALE`` x their summed covalent radii.
+def bonded_pairs(numbers, positions_angstrom, scale: float = BOND_SCALE) -> np.ndarray:
+    """(n_bonds, 2) atom indices i < j (in that order) closer than ``scale`` x their summed covalent radii.
 
     numbers: (n,) atomic numbers; positions_angstrom: (n, 3)."""
     from ase.data import covalent_radii
@@ -56,7 +56,7 @@ def bonded_pairs(numbers, positions_angstrom) -> np.ndarray:
     if len(z) != len(pos):
         raise ValueError(f"{len(z)} atomic numbers but {len(pos)} positions")
     i, j = np.triu_indices(len(z), 1)
-    bonded = np.linalg.norm(pos[i] - pos[j], axis=1) < BOND_SCALE * (covalent_radii[z[i]] + covalent_radii[z[j]])
+    bonded = np.linalg.norm(pos[i] - pos[j], axis=1) < scale * (covalent_radii[z[i]] + covalent_radii[z[j]])
     return np.stack([i[bonded], j[bonded]], axis=1)
 
 

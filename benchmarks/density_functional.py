@@ -294,7 +294,8 @@ def md_stability(energy_fn, numbers, data, rows, temperatures, seeds, steps):
     from ase.calculators.calculator import Calculator, all_changes
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    from ase_wavecalc.domain import bonded_pairs
 
     class _Calc(Calculator):
         implemented_properties = ["energy", "forces"]
@@ -305,8 +306,7 @@ def md_stability(energy_fn, numbers, data, rows, temperatures, seeds, steps):
             self.results = {"energy": e * units.Hartree, "forces": -g * units.Hartree / units.Bohr}
 
     def bonds(atoms):
-        i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.2))
-        return {(a, b) for a, b in zip(i, j) if a < b}
+        return {(int(a), int(b)) for a, b in bonded_pairs(atoms.numbers, atoms.positions, 1.2)}
 
     runs = []
     for T in temperatures:

@@ -26,11 +26,10 @@ from _common import (DEFAULT_MODELS, MOLECULES, finish_machine_info, machine_inf
 
 
 def bond_graph(atoms, factor: float = 1.25) -> frozenset:
-    """Pairs (i, j) closer than ``factor`` x the sum of their covalent radii (ASE's natural cutoffs)."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
+    """Pairs (i, j), i < j, closer than ``factor`` x the sum of their covalent radii."""
+    from ase_wavecalc.domain import bonded_pairs
 
-    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=factor))
-    return frozenset((int(a), int(b)) for a, b in zip(i, j) if a < b)
+    return frozenset((int(a), int(b)) for a, b in bonded_pairs(atoms.numbers, atoms.positions, factor))
 
 
 def first_broken_frame(traj) -> int | None:

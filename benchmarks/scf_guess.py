@@ -52,23 +52,19 @@ def _scf(mol, level, guess, dm0=None):
     return mf, e_first
 
 
-def _aufbau_density(fock, overlap, n_occ):
-    """(nao, nao) closed-shell density of the n_occ lowest solutions of F C = S C eps (numpy, Hartree)."""
-    from scipy.linalg import eigh
-
-    _, c = eigh(fock, overlap)
-    return 2.0 * c[:, :n_occ] @ c[:, :n_occ].T
-
-
 def _error_scan(mol, level, mf_conv, model_fock, scales) -> dict:
     """Cycles from the density of F* + A (F_model - F*) for each A; F* the Fock matrix of the converged SCF."""
+    import torch
+
+    from ase_wavecalc.electronic import closed_shell_density
+
     f_conv = mf_conv.get_fock(dm=mf_conv.make_rdm1())    # no DIIS: the Fock matrix of the converged density
-    overlap = mf_conv.get_ovlp()
-    n_occ = mol.nelectron // 2
+    overlap = torch.from_numpy(mf_conv.get_ovlp())
     out = {}
     for a in scales:
         fock = f_conv + a * (model_fock - f_conv)
-        mf, e_first = _scf(mol, level, "scaled", _aufbau_density(fock, overlap, n_occ))
+        dm0 = closed_shell_density(torch.from_numpy(fock), overlap, mol.nelectron // 2).numpy()
+        mf, e_first = _scf(mol, level, "scaled", dm0)
         out[a] = {"cycles": int(mf.cycles), "converged": bool(mf.converged),
                   "fock_mae_uha": float(np.mean(np.abs(fock - f_conv))) * 1e6,
                   "first_error_mev": abs(e_first - float(mf_conv.e_tot)) * HARTREE_MEV}
@@ -93,7 +89,7 @@ def run(molecule: str, n_frames: int, log=print, scales=()) -> dict:
     for f in test:
         pos = data["positions_bohr"][where[int(f)]]
         mol = make_mol(data["numbers"], pos, level["basis"])
-        e_conv, model_fock = None, None
+        model_fock, minao_scf = None, None
         for g in GUESSES:
             t0 = time.perf_counter()
             dm0 = None
@@ -102,15 +98,15 @@ def run(molecule: str, n_frames: int, log=print, scales=()) -> dict:
                 dm0, model_fock = predicted.dm, np.asarray(predicted.fock)
             mf, e_first = _scf(mol, level, g, dm0)
             per[g]["seconds"].append(time.perf_counter() - t0)
-            if g == "minao" and scales:
-                for a, r in _error_scan(mol, level, mf, model_fock, scales).items():
-                    for k, v in r.items():
-                        scan[float(a)][k].append(v)
+            minao_scf = mf if g == "minao" else minao_scf
             per[g]["cycles"].append(int(mf.cycles))
             per[g]["converged"].append(bool(mf.converged))
-            e_conv = float(mf.e_tot) if e_conv is None else e_conv
             per[g]["first_error_mev"].append(abs(e_first - float(mf.e_tot)) * HARTREE_MEV)
             per[g]["cycle_errors_ha"].append(mf.cycle_errors)
+        if scales:
+            for a, r in _error_scan(mol, level, minao_scf, model_fock, scales).items():
+                for k, v in r.items():
+                    scan[float(a)][k].append(v)
         log(f"frame {f}: " + ", ".join(f"{g} {per[g]['cycles'][-1]}" for g in GUESSES))
     minao = np.mean(per["minao"]["cycles"])
     summary = {g: {"mean_cycles": float(np.mean(v["cycles"])), "ratio_to_minao": float(np.mean(v["cycles"]) / minao),

@@ -81,16 +81,9 @@ def kabsch_rmsd(a: np.ndarray, b: np.ndarray, masses: np.ndarray | None = None) 
 
 def bonds(atoms, scale: float = 1.2) -> list[tuple[int, int]]:
     """Covalently bonded pairs (i < j): distance below ``scale`` times the sum of covalent radii."""
-    from ase.data import covalent_radii
+    from ase_wavecalc.domain import bonded_pairs
 
-    pairs = []
-    r = covalent_radii[atoms.numbers]
-    d = atoms.get_all_distances()
-    for i in range(len(atoms)):
-        for j in range(i + 1, len(atoms)):
-            if d[i, j] < scale * (r[i] + r[j]):
-                pairs.append((i, j))
-    return pairs
+    return [(int(i), int(j)) for i, j in bonded_pairs(atoms.numbers, atoms.positions, scale)]
 
 
 def bond_label(atoms, i: int, j: int) -> str:

@@ -105,10 +105,11 @@ class ModelProvider(HamiltonianProvider):
 
         numbers = np.asarray(numbers, dtype=int).reshape(-1)
         pos = np.asarray(positions_bohr, dtype=float).reshape(-1, 3) * BOHR
-        reason = outside(self.card.get("training_domain") or {}, numbers, pos, self.name)
+        recorded = self.card.get("training_domain") or {}
+        reason = outside(recorded, numbers, pos, self.name)
         if reason is not None:
             raise OutOfDomainError(reason)
-        domain = (self.card.get("training_domain") or {}).get("min_pair_distance_A")
+        domain = recorded.get("min_pair_distance_A")
         if not domain:
             return
         i, j = np.triu_indices(len(numbers), 1)
