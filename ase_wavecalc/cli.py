@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "committee": ("ase_wavecalc.train.cli_committee", "add an uncertainty committee (energy_std, forces_std) to a model"),
     "evaluate": ("ase_wavecalc.train.cli_evaluate", "evaluate a model on a dataset (Hamiltonian metrics)"),
     "export": ("ase_wavecalc.train.cli_export", "export a training checkpoint as a shipped model"),
+    "fit": ("ase_wavecalc.fit.cli_fit", "from a molecule to a trained model in one command (sample, label, train, test)"),
     "md": ("ase_wavecalc.md", "run molecular dynamics with WaveCalculator"),
     "ir": ("ase_wavecalc.ir", "infrared spectrum: harmonic (ase Infrared) and from MD dipoles"),
 }

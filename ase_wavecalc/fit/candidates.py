@@ -1,0 +1,145 @@
+"""Phase "sample" of a fit: candidate geometries for labelling, and the held-out test geometries.
+
+1. The start: the input structure relaxed with the sampling driver (GFN2-xTB when tblite is installed).
+2. Training candidates: Langevin MD at each recipe temperature (own seed each), plus random displacements
+   along the driver's normal modes with Boltzmann amplitudes at those temperatures (the stretched and bent
+   tails that MD visits rarely). They are put in farthest-point order of a descriptor of the geometry
+   (inverse interatomic distances), so that whatever number the budget labels is spread over the pool.
+3. Test geometries: MD trajectories of their own (other seeds) at the test temperatures; never trained on.
+
+Positions are stored in Angstrom in ``candidates.npz`` (arrays ``numbers``, ``train``, ``test``,
+``train_source``); the datasets of the labelling phase take them from there.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["relax", "normal_mode_samples", "farthest_point_order", "make_candidates"]
+
+KB_EV = 8.617333262e-5   # eV/K
+
+
+def relax(atoms, driver: str = "auto", charge: int = 0, fmax: float = 0.01, steps: int = 500):
+    """The structure relaxed with the sampling driver (BFGS; eV/A); returns (atoms, driver name)."""
+    from ase.optimize import BFGS
+
+    from ..sampling import make_driver
+
+    atoms = atoms.copy()
+    name, calc = make_driver(driver, charge=charge)
+    atoms.calc = calc
+    BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps)
+    atoms.calc = None
+    return atoms, name
+
+
+def normal_mode_samples(atoms, n: int, temperatures, rng, driver: str = "auto", charge: int = 0):
+    """(n, N, 3) Angstrom: the minimum displaced along all normal modes at once, each mode's amplitude
+    Gaussian with the classical variance kT / (m omega^2) at a temperature drawn from ``temperatures``."""
+    from ase.vibrations import VibrationsData
+
+    from ..sampling import make_driver
+
+    if n <= 0:
+        return np.zeros((0, len(atoms), 3))
+    a = atoms.copy()
+    _, a.calc = make_driver(driver, charge=charge)
+    # finite-difference Hessian (eV/A^2), central differences
+    x0, h = a.positions.copy(), 0.005
+    n3 = 3 * len(a)
+    hess = np.zeros((n3, n3))
+    for k in range(n3):
+        for sign in (1, -1):
+            p = x0.copy().reshape(-1)
+            p[k] += sign * h
+            a.positions = p.reshape(-1, 3)
+            hess[k] -= sign * a.get_forces().reshape(-1) / (2 * h)
+    a.positions = x0
+    hess = 0.5 * (hess + hess.T)
+    vib = VibrationsData.from_2d(a, hess)
+    masses = np.repeat(a.get_masses(), 3)
+    mw = hess / np.sqrt(np.outer(masses, masses))
+    w2, modes = np.linalg.eigh(mw)
+    keep = w2 > 1e-3 * w2.max()                     # drop the 6 (5) translations and rotations
+    w2, modes = w2[keep], modes[:, keep]
+    out = np.empty((n, len(a), 3))
+    temps = np.asarray(list(temperatures), dtype=float)
+    del vib
+    for i in range(n):
+        t = temps[i % len(temps)]
+        q = rng.normal(size=len(w2)) * np.sqrt(KB_EV * t / w2)      # mass-weighted amplitudes (eV/A^2/amu units)
+        out[i] = x0 + (modes @ q / np.sqrt(masses)).reshape(-1, 3)
+    return out
+
+
+def _descriptor(positions):
+    """(F, N(N-1)/2): inverse interatomic distances (1/A) of each frame."""
+    positions = np.asarray(positions)
+    i, j = np.triu_indices(positions.shape[1], k=1)
+    d = np.linalg.norm(positions[:, i] - positions[:, j], axis=-1)
+    return 1.0 / d
+
+
+def farthest_point_order(positions, start: int = 0) -> np.ndarray:
+    """Indices of the frames in farthest-point order of the inverse-distance descriptor: each next frame is
+    the one farthest from all frames before it."""
+    x = _descriptor(positions)
+    n = len(x)
+    order = np.empty(n, dtype=np.int64)
+    dist = np.full(n, np.inf)
+    cur = int(start)
+    for k in range(n):
+        order[k] = cur
+        dist = np.minimum(dist, np.linalg.norm(x - x[cur], axis=1))
+        dist[order[:k + 1]] = -1.0
+        cur = int(np.argmax(dist))
+    return order
+
+
+def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: int = 0, seed: int = 0,
+                    progress=None) -> dict:
+    """Relax, sample, order. Returns arrays (Angstrom): numbers, start, train (n_train, N, 3) in farthest-point
+    order, train_source (str per frame: "md300", "nm", ...), test (n_test, N, 3), and info."""
+    from ..sampling import sample_geometries
+
+    log = progress or (lambda line: None)
+    driver = sampling["driver"]
+    start, driver_name = relax(atoms, driver=driver, charge=charge)
+    log(f"start structure relaxed with {driver_name}")
+    rng = np.random.default_rng(seed)
+    temps = [float(t) for t in sampling["temperatures"]]
+    n_nm = int(round(float(sampling["normal_mode_fraction"]) * n_train))
+    n_md = max(len(temps), n_train - n_nm)
+    frames, source = [], []
+    for k, t in enumerate(temps):
+        m = n_md // len(temps) + (1 if k < n_md % len(temps) else 0)
+        pos, _ = sample_geometries(start, m, temperature=t, interval=int(sampling["interval"]),
+                                   friction=float(sampling["friction"]), seed=seed * 1000 + 11 + k,
+                                   driver=driver, charge=charge)
+        frames.append(pos)
+        source += [f"md{t:g}"] * m
+        log(f"  {m} candidates from Langevin MD at {t:g} K")
+    if n_nm:
+        frames.append(normal_mode_samples(start, n_nm, temps, rng, driver=driver, charge=charge))
+        source += ["normal_modes"] * n_nm
+        log(f"  {n_nm} candidates displaced along the normal modes")
+    train = np.concatenate(frames)
+    order = farthest_point_order(train, start=0)
+    train, source = train[order], [source[i] for i in order]
+    tests, test_source = [], []
+    ttemps = [float(t) for t in sampling["test_temperatures"]]
+    for k, t in enumerate(ttemps):
+        m = n_test // len(ttemps) + (1 if k < n_test % len(ttemps) else 0)
+        if m == 0:
+            continue
+        # one frame every 4 intervals: test frames further apart than the training candidates
+        pos, _ = sample_geometries(start, m, temperature=t, interval=4 * int(sampling["interval"]),
+                                   friction=float(sampling["friction"]), seed=seed * 1000 + 501 + k,
+                                   driver=driver, charge=charge)
+        tests.append(pos)
+        test_source += [f"md{t:g}"] * m
+    test = np.concatenate(tests) if tests else np.zeros((0, len(atoms), 3))
+    log(f"  {len(test)} held-out test geometries from their own trajectories at {', '.join(f'{t:g}' for t in ttemps)} K")
+    return {"numbers": np.asarray(start.numbers), "start": start.positions.copy(), "train": train,
+            "train_source": np.asarray(source), "test": test, "test_source": np.asarray(test_source),
+            "driver": driver_name}

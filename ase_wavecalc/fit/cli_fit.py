@@ -1,0 +1,113 @@
+"""``wavecalc fit MOLECULE --out MODEL_DIR --budget 2h``: from a molecule to a model in one command.
+
+Exit status: 0 when the model is written, 2 for input refused before any work, 130/143 when interrupted (the
+same command resumes), 1 on other errors.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["add_cli_arguments", "cli_main", "parse_budget"]
+
+
+def parse_budget(text: str) -> float:
+    """Seconds from "2h", "90m", "3h30m", "45min", "7200s" or a bare number of hours."""
+    s = str(text).strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s) * 3600.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|hours?|m|min|minutes?|s|sec|seconds?)", s)
+    if not parts or "".join(a + b for a, b in parts) != s:
+        raise ValueError(f"cannot read the budget {text!r}: use e.g. 2h, 90m, 3h30m")
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    return sum(float(a) * unit[b[0]] for a, b in parts)
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("molecule", metavar="MOLECULE",
+                        help="an ASE molecule name (H2O, CH3CH2OH, ...), a SMILES string (needs RDKit) or a "
+                             "structure file ASE reads (xyz, sdf, ...; path@INDEX picks a frame)")
+    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory of the model to write")
+    parser.add_argument("--budget", default="2h", help="wall time for the whole fit (e.g. 2h, 90m, 3h30m)")
+    parser.add_argument("--method", default="pbe", help="PySCF RKS functional, or hf")
+    parser.add_argument("--basis", default="def2-svp", help="PySCF basis set")
+    parser.add_argument("--charge", type=int, default=0, help="total charge (closed shell)")
+    parser.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="cores: labelling processes in the labelling phase; training takes one of them later")
+    parser.add_argument("--workdir", default=None,
+                        help="work directory (datasets, runs, state; default: MODEL_DIR.work); the same command "
+                             "resumes from it")
+    parser.add_argument("--data-out", default=None, help="folder for the npz parts of the labelled data "
+                                                        "(default: WORKDIR/data)")
+    parser.add_argument("--recipe", default=None, help="a TOML recipe merged over the shipped default")
+    parser.add_argument("--data", default=None, metavar="FRAMES.db",
+                        help="frames already labelled at the same level of theory (a wavecalc dataset), trained on")
+    parser.add_argument("--dask-scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="label on a Dask cluster instead of local processes")
+    parser.add_argument("--seed", type=int, default=0, help="sampling and training seed")
+    parser.add_argument("--print-recipe", action="store_true", help="print the default recipe and exit")
+
+
+def _refuse(message: str) -> int:
+    print(f"wavecalc fit: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cli_main(args) -> int:
+    from .molecule import FitInputError, check_molecule, label_seconds_estimate, resolve_molecule
+    from .recipe import RecipeError, default_recipe_text, load_recipe
+
+    if args.print_recipe:
+        print(default_recipe_text())
+        return 0
+    try:
+        budget_s = parse_budget(args.budget)
+        recipe, recipe_text = load_recipe(args.recipe)
+        atoms = resolve_molecule(args.molecule)
+        check_molecule(atoms, args.basis, args.charge, args.method)
+        if args.workers < 1:
+            raise FitInputError(f"--workers must be >= 1, got {args.workers}")
+        if args.data is not None and not Path(args.data).is_file():
+            raise FitInputError(f"--data {args.data!r} does not exist")
+        # the smallest budget: the recipe's floor, or the time to label 30 frames in the labelling phase
+        t_label = label_seconds_estimate(atoms, args.basis, args.method)
+        ends = recipe["budget"]["phase_end"]
+        need = max(60.0 * float(recipe["budget"]["minimum_min"]),
+                   30 * t_label / args.workers / (ends["label"] - ends["sample"]))
+        if budget_s < need:
+            raise FitInputError(f"a budget of {budget_s / 60:.0f} min is too small for one round of this molecule "
+                                f"({atoms.get_chemical_formula()}, ~{t_label:.0f} s per reference): the minimum is "
+                                f"{need / 60:.0f} min")
+    except (FitInputError, RecipeError, ValueError) as exc:
+        return _refuse(str(exc))
+    from .pipeline import FitInterrupted, run_fit
+
+    out = Path(args.out)
+    workdir = Path(args.workdir) if args.workdir else out.with_name(out.name + ".work")
+    request = {"molecule": args.molecule, "numbers": [int(z) for z in atoms.numbers],
+               "positions": atoms.positions.tolist(), "method": args.method.lower(), "basis": args.basis.lower(),
+               "charge": int(args.charge), "budget_s": budget_s, "workers": int(args.workers),
+               "seed": int(args.seed), "name": args.name or out.name,
+               "command": "wavecalc fit " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+               if len(sys.argv) > 2 and sys.argv[1] == "fit" else None}
+    try:
+        run_fit(request, recipe, recipe_text, workdir, out, data_out=args.data_out,
+                dask_scheduler=args.dask_scheduler, user_data=args.data,
+                log=lambda s: print(s, flush=True))
+    except FitInterrupted as exc:
+        print(f"wavecalc fit: interrupted ({exc}); run the same command to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("wavecalc fit: interrupted; run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        from .state import FitLockedError
+        if isinstance(exc, (FitLockedError, ValueError)):
+            return _refuse(str(exc))
+        raise
+    print(f"model written to {out}; report: {out / 'report.md'}")
+    return 0

@@ -1,0 +1,175 @@
+"""Labelling for a fit: PySCF references of queued candidate frames, in queue order, until a deadline.
+
+The queue (``fit.json`` key ``label_queue``: a list of [dataset file name, [frame ids in order]]) says what to
+label; every dataset file holds its candidates (``dataset.write_candidates``), so a frame is known by its id.
+Labellers run as their own processes (``python -m ase_wavecalc.fit.labelling WORKDIR --shard K --shards N``),
+each taking every N-th queue entry, one thread each, so that they label beside a training process; or, with a
+Dask cluster, as tasks submitted from the fit's process. Each finished frame is one SQLite transaction
+(``generate._store``), so a labeller killed at any moment loses at most the frame it was computing, and a
+labeller whose fit process died stops (it checks its parent).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["create_dataset", "pending", "start_labellers", "stop_labellers", "label_with_executor", "main"]
+
+
+def create_dataset(path, numbers, positions_angstrom, settings: dict, source: str) -> None:
+    """A dataset file holding the candidates (frame ids 0..F-1) and the reference settings, if not yet there."""
+    from ..dataset import check_metadata, connect, read_candidates, write_candidates
+    from ..units import angstrom_to_bohr
+
+    db = connect(path, create=True)
+    check_metadata(db.metadata, settings, repr(str(path)))
+    if read_candidates(db) is None:
+        write_candidates(db, numbers, angstrom_to_bohr(np.asarray(positions_angstrom)),
+                         info={**settings, "sampler": {"mode": "file", "source": source}})
+
+
+def pending(workdir, queue) -> list[tuple[str, int]]:
+    """(dataset name, frame) of the queue not yet in their files (converged or not), in queue order."""
+    from ..dataset import connect, frame_ids
+
+    out = []
+    for name, frames in queue:
+        done = frame_ids(connect(Path(workdir) / name))
+        out += [(name, int(f)) for f in frames if int(f) not in done]
+    return out
+
+
+def _options(request: dict, recipe: dict) -> dict:
+    lab = recipe["labels"]
+    return {"method": request["method"], "basis": request["basis"], "conv_tol": float(lab["conv_tol"]),
+            "grid_level": int(lab["grid_level"]), "charge": int(request["charge"]),
+            "max_cycle": int(lab["max_cycle"]), "gradient": True}
+
+
+def _store_outcome(db, numbers, candidates, outcome, summary) -> None:
+    from ..generate import _store
+
+    _store(db, outcome, numbers, candidates, set(), [], summary)
+
+
+def _label_shard(workdir: Path, shard: int, shards: int, deadline: float) -> int:
+    from ..dataset import connect, read_candidates
+    from ..generate import _reference_task
+
+    parent = os.getppid()
+    state = json.loads((workdir / "fit.json").read_text())
+    options = _options(state["request"], state["recipe"])
+    todo = pending(workdir, state["label_queue"])[shard::shards]
+    dbs, cands = {}, {}
+    summary = {"computed": 0, "not_converged": []}
+    for name, frame in todo:
+        if time.time() >= deadline or os.getppid() != parent:
+            break
+        if name not in dbs:
+            dbs[name] = connect(workdir / name)
+            cands[name] = read_candidates(dbs[name])
+        numbers, candidates = cands[name]
+        outcome = _reference_task(frame, numbers, candidates[frame], options)
+        _store_outcome(dbs[name], numbers, candidates, outcome, summary)
+    return 0
+
+
+def start_labellers(workdir, n: int, deadline: float) -> list[subprocess.Popen]:
+    """``n`` labeller processes (one thread each) over the queue of ``workdir`` until ``deadline`` (time.time())."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = []
+    for k in range(n):
+        cmd = [sys.executable, "-m", "ase_wavecalc.fit.labelling", str(workdir), "--shard", str(k),
+               "--shards", str(n), "--deadline", repr(float(deadline))]
+        log = open(Path(workdir) / f"labeller_{k}.log", "a")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=False))
+    return procs
+
+
+def stop_labellers(procs, wait_s: float = 0.0) -> None:
+    """Let labellers finish for up to ``wait_s`` seconds, then stop them (a frame in progress is lost, none other)."""
+    t_end = time.monotonic() + wait_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, t_end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def label_with_executor(workdir, queue, request: dict, recipe: dict, executor, deadline: float,
+                        in_flight: int = 64) -> None:
+    """Label the queue on a ``concurrent.futures`` executor (a Dask cluster) until ``deadline``; frames
+    come back in any order and are stored as they come. A task lost with its worker is simply pending next time."""
+    import concurrent.futures as cf
+
+    from ..dataset import connect, read_candidates
+    from ..generate import _reference_task
+
+    workdir = Path(workdir)
+    options = _options(request, recipe)
+    todo = pending(workdir, queue)
+    dbs = {name: connect(workdir / name) for name, _ in queue}
+    cands = {name: read_candidates(db) for name, db in dbs.items()}
+    summary = {"computed": 0, "not_converged": []}
+    futures = {}
+    it = iter(todo)
+    while True:
+        while len(futures) < in_flight and time.time() < deadline:
+            item = next(it, None)
+            if item is None:
+                break
+            name, frame = item
+            numbers, candidates = cands[name]
+            futures[executor.submit(_reference_task, frame, numbers, candidates[frame], options)] = name
+        if not futures:
+            return
+        finished, _ = cf.wait(futures, timeout=max(1.0, deadline - time.time()), return_when=cf.FIRST_COMPLETED)
+        for fut in finished:
+            name = futures.pop(fut)
+            try:
+                outcome = fut.result()
+            except Exception:  # noqa: BLE001  (a lost worker: the frame stays pending)
+                continue
+            _store_outcome(dbs[name], *cands[name], outcome, summary)
+        if time.time() >= deadline and not finished:
+            for fut in futures:
+                fut.cancel()
+            return
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="one labeller of a `wavecalc fit` work directory")
+    parser.add_argument("workdir")
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--deadline", type=float, required=True, help="time.time() at which to stop")
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    return _label_shard(Path(args.workdir), args.shard, args.shards, args.deadline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""``run_fit``: the phases of ``wavecalc fit`` in order, each resumable, against one budget of wall time.
+
+| phase | what | cores |
+|---|---|---|
+| sample | relax the molecule, candidates (MD at several temperatures, normal modes), held-out test geometries | 1 |
+| label | PySCF references: the test frames, then the candidates in farthest-point order | all workers |
+| fock | the Hamiltonian network on F | 1 training + labelling beside it |
+| readout | energy and forces from the frozen network's atom features | 1 training + labelling beside it |
+| active | committee, MD on it, label where it is unsure, train the readout on | 1 + 1 |
+| final | export, committee, test through WaveCalculator, MD stability, timing, report, npz parts | 1-2 |
+
+A phase ends when the fit's clock (``state.FitState``) reaches its deadline from the recipe. Every phase records
+in ``fit.json`` what it finished; a killed fit re-enters the phase it was in and continues it (a training run
+resumes from its checkpoint, labelling from the frames in the dataset files).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .recipe import PHASES, phase_deadlines
+
+__all__ = ["FitRequest", "run_fit", "FitInterrupted"]
+
+POOL, TEST, USER = "pool.db", "test.db", "user.db"
+
+
+class FitInterrupted(RuntimeError):
+    """A signal stopped a training phase; everything done so far is saved and the same command resumes."""
+
+
+class FitRequest(dict):
+    """What the user asked for: molecule spec, numbers, positions (Angstrom), method, basis, charge, budget_s,
+    workers, seed, command (the command line, recorded in the card)."""
+
+
+def _check_same_request(old: dict, new: dict) -> None:
+    keys = ("method", "basis", "charge", "numbers", "seed")
+    diff = [k for k in keys if old.get(k) != new.get(k)]
+    if diff:
+        raise ValueError(f"the work directory holds a fit of another request (differs in {', '.join(diff)}); "
+                         "use another --workdir or the same options")
+
+
+class Fit:
+    def __init__(self, state, request: dict, recipe: dict, out: Path, data_out: Path, log, executor=None,
+                 user_data: str | None = None):
+        self.st, self.req, self.recipe, self.log = state, request, recipe, log
+        self.work = state.workdir
+        self.out, self.data_out = Path(out), Path(data_out)
+        self.executor = executor
+        self.user_data = user_data
+        self.deadlines = phase_deadlines(recipe, float(request["budget_s"]))
+        self.workers = max(1, int(request.get("workers", 2)))
+
+    # -- clock -----------------------------------------------------------------------------------------
+    def left(self, phase: str) -> float:
+        return self.deadlines[phase] - self.st.elapsed()
+
+    def wall_deadline(self, phase: str) -> float:
+        return time.time() + max(0.0, self.left(phase))
+
+    # -- labelling -------------------------------------------------------------------------------------
+    def labelled(self, name: str) -> int:
+        from ..dataset import connect, frame_ids
+        p = self.work / name
+        return len(frame_ids(connect(p), converged=True)) if p.exists() else 0
+
+    def label_until(self, phase: str, workers: int, queue=None, stop_when_done=True) -> None:
+        """Label the queue with ``workers`` processes (or the executor) until the phase's deadline."""
+        from .labelling import label_with_executor, pending, start_labellers, stop_labellers
+
+        if queue is not None:
+            self.st.set("label_queue", queue)
+        queue = self.st.get("label_queue")
+        if not pending(self.work, queue) or self.left(phase) <= 0:
+            return
+        if self.executor is not None:
+            label_with_executor(self.work, queue, self.req, self.recipe, self.executor, self.wall_deadline(phase))
+            return
+        procs = start_labellers(self.work, workers, self.wall_deadline(phase))
+        try:
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+        finally:
+            stop_labellers(procs)
+
+    def background_labelling(self, phase: str):
+        """Start labelling beside training (one process, or the executor in a thread); returns a stop callable."""
+        from .labelling import label_with_executor, pending, start_labellers, stop_labellers
+
+        queue = self.st.get("label_queue")
+        if self.workers < 2 and self.executor is None or not pending(self.work, queue):
+            return lambda: None
+        if self.executor is not None:
+            t = threading.Thread(target=label_with_executor, daemon=True,
+                                 args=(self.work, queue, self.req, self.recipe, self.executor,
+                                       self.wall_deadline(phase)))
+            t.start()
+            return lambda: t.join(timeout=60)
+        procs = start_labellers(self.work, self.workers - 1, self.wall_deadline(phase))
+        return lambda: stop_labellers(procs)
+
+    # -- phases ----------------------------------------------------------------------------------------
+    def phase_sample(self) -> None:
+        from ase import Atoms
+
+        from .candidates import make_candidates
+        from .labelling import create_dataset
+        from .molecule import label_seconds_estimate
+
+        rec = self.recipe["sampling"]
+        budget = float(self.req["budget_s"])
+        atoms = Atoms(numbers=self.req["numbers"], positions=self.req["positions"])
+        t_label = label_seconds_estimate(atoms, self.req["basis"], self.req["method"])
+        ends = self.recipe["budget"]["phase_end"]
+        core_s = budget * ((ends["label"] - ends["sample"]) * self.workers
+                           + (ends["readout"] - ends["label"]) * (self.workers - 1))
+        expected = max(20, int(core_s / t_label))
+        n_test = int(min(int(rec["test_frames"]), max(4, float(rec["test_fraction_max"]) * expected)))
+        n_train = int(min(int(rec["max_candidates"]), max(40, float(rec["candidates_per_label"]) * expected)))
+        self.log(f"[sample] ~{t_label:.1f} s per reference on one core: the budget labels ~{expected} frames; "
+                 f"sampling {n_train} candidates and {n_test} test geometries")
+        t0 = time.perf_counter()
+        c = make_candidates(atoms, rec, n_train, n_test, charge=int(self.req["charge"]),
+                            seed=int(self.req["seed"]), progress=lambda s: self.log("[sample] " + s))
+        np.savez_compressed(self.work / "candidates.npz", **{k: v for k, v in c.items() if k != "driver"})
+        from ..reference import reference_settings
+        settings = reference_settings(self.req["method"], self.req["basis"], float(self.recipe["labels"]["conv_tol"]),
+                                      int(self.recipe["labels"]["grid_level"]))
+        settings["max_cycle"] = int(self.recipe["labels"]["max_cycle"])
+        create_dataset(self.work / TEST, c["numbers"], c["test"], settings, "fit test trajectories")
+        create_dataset(self.work / POOL, c["numbers"], c["train"], settings, "fit candidates (farthest-point order)")
+        if self.user_data:
+            self._import_user_data(settings)
+        queue = [[TEST, list(range(len(c["test"])))], [POOL, list(range(len(c["train"])))]]
+        self.st.set("label_queue", queue)
+        self.st.mark_done("sample", seconds=round(time.perf_counter() - t0, 1), driver=c["driver"],
+                          n_candidates=int(len(c["train"])), n_test=int(len(c["test"])),
+                          label_seconds_estimate=round(t_label, 2), expected_frames=expected)
+
+    def _import_user_data(self, settings: dict) -> None:
+        from ..dataset import check_metadata, connect, metadata
+
+        meta = metadata(self.user_data)
+        check_metadata(meta, {k: v for k, v in settings.items() if k in ("method", "xc", "basis")},
+                       repr(self.user_data))
+        shutil.copyfile(self.user_data, self.work / USER)
+        self.log(f"[sample] {len(connect(self.work / USER).select())} user frames from {self.user_data}")
+
+    def train_sets(self) -> list[str]:
+        names = [POOL] + ([USER] if (self.work / USER).exists() else [])
+        names += sorted(p.name for p in self.work.glob("al_*.db"))
+        return names
+
+    def _train(self, name: str, phase: str, table: str, extra_run: dict | None = None,
+               optimizer_extra: dict | None = None) -> dict:
+        from .training import dataset_specs, phase_config, train_for
+
+        rec = self.recipe[table]
+        run_dir = self.work / "runs" / name
+        specs = dataset_specs(self.work, self.train_sets(), float(rec["val_fraction"]))
+        if not specs:
+            raise RuntimeError("no labelled frames to train on: the labelling phase produced none (see labeller_*.log)")
+        tables = {k: dict(rec[k]) for k in ("model", "loss", "optimizer", "scheduler", "run")}
+        # every phase's network is the Fock network's architecture (plus, for the readout, its energy parts)
+        tables["model"] = {**self.recipe["fock"]["model"], **tables["model"]}
+        text = phase_config(tables, specs,
+                            seed=int(self.req["seed"]), run_extra=extra_run, optimizer_extra=optimizer_extra)
+        stop_bg = self.background_labelling(phase)
+        try:
+            result = train_for(run_dir, text, self.left(phase), log=_Throttled(self.log, f"[{phase}] "))
+        finally:
+            stop_bg()
+        if result["stopped"] == "signal":
+            raise FitInterrupted(f"training run {run_dir} stopped by a signal")
+        return result
+
+    def phase_label(self) -> None:
+        self.label_until("label", self.workers)
+        n_test, n_pool = self.labelled(TEST), self.labelled(POOL)
+        if n_pool < 8:   # no useful model from fewer: keep labelling (the budget check at the start makes this rare)
+            self.log(f"[label] only {n_pool} frames labelled by the deadline: labelling 8 before training")
+            from .labelling import start_labellers, stop_labellers
+            while self.labelled(POOL) < 8:
+                procs = start_labellers(self.work, self.workers, time.time() + 60)
+                stop_labellers(procs, wait_s=70)
+            n_pool = self.labelled(POOL)
+        self.st.mark_done("label", test_frames=n_test, train_frames=n_pool)
+        self.log(f"[label] {n_test} test and {n_pool} training frames labelled")
+
+    def phase_fock(self) -> None:
+        r = self._train("fock", "fock", "fock")
+        self.st.mark_done("fock", **r)
+
+    def phase_readout(self) -> None:
+        r = self._train("readout", "readout", "readout", extra_run={"init_weights": str(self.work / "runs" / "fock")})
+        self.st.set("last_readout", "readout")
+        self.st.mark_done("readout", **r)
+
+    def _export(self, run: str, out: Path, committee: bool = True) -> None:
+        from ..train.cli_committee import add_committee
+        from ..train.cli_export import export_run
+
+        export_run(self.work / "runs" / run, out, test=False, force=True, refit_frames=400)
+        if committee:
+            add_committee(str(out), str(self.work / POOL), str(out), size=int(self.recipe["committee"]["size"]),
+                          force=True, log=lambda s: None)
+
+    def phase_active(self) -> None:
+        from ase import Atoms
+        from ase.io import write
+
+        from .active import explore
+        from .labelling import create_dataset, pending
+
+        rec = self.recipe["active"]
+        rounds = self.st.get("active_rounds", [])
+        length = self.deadlines["active"] - self.deadlines["readout"]
+        while self.left("active") > min(60.0, 0.5 * length):
+            r = len(rounds)
+            al = f"al_{r}.db"
+            if not (self.work / al).exists():
+                model_dir = self.work / "models" / f"round_{r}"
+                self._export(self.st.get("last_readout"), model_dir)
+                cand = np.load(self.work / "candidates.npz")
+                start = Atoms(numbers=cand["numbers"], positions=cand["start"])
+                t_end = self.deadlines["active"]
+                found = explore(model_dir, start, rec["temperatures"], int(rec["steps"]), float(rec["friction"]),
+                                int(rec["select_every"]), int(rec["max_frames_per_round"]), float(rec["spread_quantile"]),
+                                seed=int(self.req["seed"]) + r, log=lambda s: self.log("[active] " + s),
+                                deadline=lambda: self.st.elapsed() > t_end - 0.5 * length)
+                if not found["frames"]:
+                    self.log("[active] no frame selected: the committee agrees along the runs")
+                    rounds.append({"round": r, "selected": 0, "runs": found["runs"]})
+                    self.st.set("active_rounds", rounds)
+                    break
+                write(self.work / f"al_{r}.traj", found["frames"])
+                settings = json.loads(json.dumps(_settings_of(self.work / POOL)))
+                create_dataset(self.work / al, cand["numbers"], np.stack([a.positions for a in found["frames"]]),
+                               settings, f"active learning round {r}")
+                rounds.append({"round": r, "selected": len(found["frames"]), "runs": found["runs"]})
+                self.st.set("active_rounds", rounds)
+            queue = self.st.get("label_queue")
+            names = [q[0] for q in queue]
+            if al not in names:
+                from ..dataset import connect, read_candidates
+                n = len(read_candidates(connect(self.work / al))[1])
+                self.st.set("label_queue", [[al, list(range(n))]] + queue)
+            self.label_until("active", self.workers)
+            if pending(self.work, [[al, self.st.get("label_queue")[0][1]]]):
+                break    # out of time while labelling: the frames wait for the next invocation's final phase
+            name = f"readout_al{r}"
+            prev = self.work / "runs" / self.st.get("last_readout")
+            self._train(name, "active", "readout", extra_run={"init_weights": str(prev)},
+                        optimizer_extra={"lr": float(rec["continue_lr"])})
+            self.st.set("last_readout", name)
+        self.st.mark_done("active", rounds=len(rounds))
+
+    def phase_final(self) -> None:
+        from .report import final_report
+
+        if not self.st.get("exported"):
+            self.log(f"[final] exporting {self.st.get('last_readout')} to {self.out}")
+            self._export(self.st.get("last_readout"), self.out)
+            self.st.set("exported", True)
+        final_report(self)
+        self.st.mark_done("final")
+
+
+class _Throttled:
+    """The trainer's log: per-epoch lines at most once a minute (all of them are in the run's train.log)."""
+
+    def __init__(self, log, prefix: str, every_s: float = 60.0):
+        self.log, self.prefix, self.every_s, self.last = log, prefix, every_s, -1e9
+
+    def __call__(self, line: str) -> None:
+        if line.lstrip().startswith("epoch"):
+            if time.monotonic() - self.last < self.every_s:
+                return
+            self.last = time.monotonic()
+        self.log(self.prefix + line)
+
+
+def _settings_of(path) -> dict:
+    from ..dataset import metadata
+    meta = metadata(path)
+    return {k: meta[k] for k in ("method", "xc", "basis", "grid_level", "conv_tol", "conv_tol_grad", "pyscf_version",
+                                 "units", "max_cycle") if k in meta}
+
+
+def run_fit(request: dict, recipe: dict, recipe_text: str, workdir, out, data_out=None, log=print,
+            dask_scheduler: str | None = None, user_data: str | None = None) -> dict:
+    """Run (or resume) a fit; returns the final state dict. Raises FitInterrupted on a signal."""
+    from .state import FitState
+
+    executor, close = None, (lambda: None)
+    if dask_scheduler:
+        from ..generate import _make_executor
+        executor, _, close = _make_executor(None, dask_scheduler, 1)
+    workdir = Path(workdir)
+    try:
+        with FitState(workdir) as st:
+            if "request" in st.data:
+                _check_same_request(st.data["request"], request)
+                if float(request["budget_s"]) != float(st.data["request"]["budget_s"]):
+                    log(f"budget changed to {request['budget_s'] / 3600:.2f} h")
+                st.data["request"].update(budget_s=request["budget_s"], workers=request["workers"])
+                recipe = st.data["recipe"]
+            else:
+                st.data.update(request=dict(request), recipe=recipe, recipe_text=recipe_text)
+                st.save()
+            fit = Fit(st, st.data["request"], recipe, Path(out), Path(data_out or workdir / "data"), log,
+                      executor=executor, user_data=user_data)
+            for phase in PHASES:
+                if st.done(phase):
+                    continue
+                t0 = st.elapsed()
+                log(f"== phase {phase} (fit clock {t0 / 60:.1f} of {fit.deadlines['final'] / 60:.0f} min; this "
+                    f"phase until {fit.deadlines[phase] / 60:.1f} min)")
+                getattr(fit, f"phase_{phase}")()
+                st.data.setdefault("phase_seconds", {})[phase] = round(
+                    st.data.get("phase_seconds", {}).get(phase, 0.0) + st.elapsed() - t0, 1)
+                st.save()
+            return dict(st.data)
+    finally:
+        close()
