@@ -40,7 +40,7 @@ def _assert_same_outputs(a, b):
         out_a, out_b = a(NUMBERS, POSITIONS, None), b(NUMBERS, POSITIONS, None)
     assert set(out_a) == set(out_b) == {"fock", "delta_hcore", "atomic_energy_sum", "learned_energy"}
     for key in out_a:
-        assert torch.equal(out_a[key], out_b[key]), key
+        torch.testing.assert_close(out_a[key], out_b[key], rtol=0, atol=1e-12, msg=key)
     assert float(out_a["learned_energy"].abs().sum()) > 0
 
 

@@ -14,10 +14,8 @@ from ase_wavecalc.npz_import import import_npz
 from ase_wavecalc.integrals import make_mol
 from ase_wavecalc.units import BOHR, HARTREE, HARTREE_PER_BOHR
 
-# shared/ lies beside the repository (CI clones it there); /work/shared on the development machines
-SHARED = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data"))
-               if p.is_dir()), Path("/work/shared/data"))
-WATER_PARTS = sorted((SHARED / "water_pbe_def2svp").glob("part-*.npz"))
+# the npz parts committed with the repository (data/, the same files as shared/data)
+WATER_PARTS = sorted((Path(__file__).resolve().parents[1] / "data" / "water_pbe_def2svp").glob("part-*.npz"))
 NUMBERS = np.array([8, 1, 1])
 
 
@@ -174,8 +172,8 @@ def test_candidates_store_and_grow(tmp_path):
         write_candidates(db, NUMBERS, pos + 0.1)
 
 
-@pytest.mark.skipif(not WATER_PARTS, reason="shared npz data not present")
 def test_import_npz_resumes_and_matches_pyscf(tmp_path):
+    assert len(WATER_PARTS) >= 2, "data/water_pbe_def2svp/part-*.npz missing from the checkout"
     out = tmp_path / "water.db"
     s = import_npz(out, WATER_PARTS[:1], max_frames=3, progress=False)
     assert s["written"] == 3
@@ -210,14 +208,12 @@ def test_import_npz_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         import_npz(tmp_path / "x.db", [tmp_path / "missing.npz"], progress=False)
     assert cli.main(["import-npz", str(tmp_path / "x.db"), str(tmp_path / "missing.npz"), "--quiet"]) == 1
-    if WATER_PARTS:  # a generate dataset owns its frame ids: no imports into it
-        gen = tmp_path / "gen.db"
-        write_candidates(connect(gen, create=True), NUMBERS, np.zeros((2, 3, 3)))
-        with pytest.raises(DatasetError, match="generate"):
-            import_npz(gen, WATER_PARTS[:1], max_frames=1, progress=False)
+    gen = tmp_path / "gen.db"  # a generate dataset owns its frame ids: no imports into it
+    write_candidates(connect(gen, create=True), NUMBERS, np.zeros((2, 3, 3)))
+    with pytest.raises(DatasetError, match="generate"):
+        import_npz(gen, WATER_PARTS[:1], max_frames=1, progress=False)
 
 
-@pytest.mark.skipif(not WATER_PARTS, reason="shared npz data not present")
 def test_export_npz_round_trip_keeps_frames_and_ids(tmp_path):
     """`wavecalc export-npz` then `import-npz` gives back every array and the frame ids, gaps included (the
     ids of a `generate` file are candidate indices, and splits are computed from them)."""
@@ -282,8 +278,7 @@ def test_export_npz_round_trip_of_a_charged_hf_dataset(tmp_path):
     assert list(after["frame"]) == [0, 3]
     np.testing.assert_allclose(after["hcore"], before["hcore"], atol=1e-10)
     np.testing.assert_array_equal(after["fock"], before["fock"])
-    if WATER_PARTS:   # frames of another charge do not go into the same file
-        neutral = tmp_path / "neutral.db"
-        import_npz(neutral, WATER_PARTS[:1], max_frames=1, progress=False)
-        with pytest.raises(DatasetError, match="charge"):
-            import_npz(neutral, parts, progress=False)
+    neutral = tmp_path / "neutral.db"   # frames of another charge do not go into the same file
+    import_npz(neutral, WATER_PARTS[:1], max_frames=1, progress=False)
+    with pytest.raises(DatasetError, match="charge"):
+        import_npz(neutral, parts, progress=False)

@@ -76,7 +76,7 @@ def test_translation_invariance_and_symmetric_output():
     moved = model(z, r + torch.tensor([3.0, -1.5, 12.0], dtype=torch.float64))
     F = out["fock"][0]
     assert _rel(moved["fock"][0], F) < 1e-12
-    assert torch.equal(F, F.T)
+    assert torch.equal(F, F.T)   # exact: F = (M + M^T) / 2 elementwise, and a + b == b + a in floating point
     assert torch.equal(out["delta_hcore"][0], out["delta_hcore"][0].T)
 
 
@@ -238,9 +238,11 @@ def test_save_load_roundtrip(tmp_path):
     loaded, card2 = load_model(tmp_path / "m")
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert card2["name"] == "test" and not loaded.training
+    saved = model.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())   # the weights, bit for bit
     out = loaded(z, r)
     for key in ("fock", "delta_hcore", "atomic_energy_sum"):
-        assert torch.equal(out[key], ref[key])
+        torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-12, msg=key)
     loaded32, _ = load_model(tmp_path / "m", dtype=torch.float32)
     assert loaded32(z, r.float())["fock"].dtype == torch.float32
 
