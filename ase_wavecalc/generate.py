@@ -11,7 +11,9 @@
 Killed at any moment (even ``kill -9``), the same command resumes: the candidates come back from the
 file and only frames without a row are computed. SCF failures are stored as ``converged=False`` rows
 (reported, skipped by ``read_dataset``, retried with ``--retry-failed``); other worker errors leave the
-frame to do and make the exit status 1.
+frame to do and make the exit status 1. Mistakes in the input (a missing structure file, settings out of
+range, a reference setting that differs from the file's) are found before the file is created or changed,
+and end with one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 
@@ -91,11 +95,12 @@ def _refuse_foreign_frames(db) -> None:
                            "(an imported dataset?); generate into a new file")
 
 
-def _ensure_file_candidates(db, structure, charge: int, settings: dict):
-    """Candidates of the file, taken from the structure file's frames and stored first if it has none."""
+def _ensure_file_candidates(db, structure, file_request, settings: dict):
+    """Candidates of the file, taken from the structure file's frames (``_file_request``) and stored first
+    if it has none."""
     from .units import angstrom_to_bohr
 
-    request, numbers, positions = _file_request(structure, charge)
+    request, numbers, positions = file_request
     stored = read_candidates(db)
     if stored is not None:
         sampler = db.metadata.get("sampler", {})
@@ -109,8 +114,9 @@ def _ensure_file_candidates(db, structure, charge: int, settings: dict):
     return read_candidates(db)
 
 
-def _ensure_candidates(db, structure, request: dict, settings: dict, driver: str, progress: bool):
-    """Candidates of the file, sampling and storing them first if the file has none."""
+def _ensure_candidates(db, atoms, request: dict, settings: dict, driver: str, progress: bool):
+    """Candidates of the file, sampling them from ``atoms`` (the loaded structure) and storing them first
+    if the file has none."""
     stored = read_candidates(db)
     if stored is not None and db.metadata.get("sampler", {}).get("mode") == "file":
         raise DatasetError(f"{db.filename!r} holds candidates taken from a structure file "
@@ -129,10 +135,9 @@ def _ensure_candidates(db, structure, request: dict, settings: dict, driver: str
         # a larger --n-frames continues the same trajectory: resample, check, append the new frames
     else:
         _refuse_foreign_frames(db)
-    from .sampling import load_structure, sample_geometries
+    from .sampling import sample_geometries
     from .units import angstrom_to_bohr
 
-    atoms = load_structure(structure)
     t0 = time.perf_counter()
     positions, info = sample_geometries(
         atoms, request["n_frames"], temperature=request["temperature_K"], interval=request["interval_steps"],
@@ -185,14 +190,30 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
     t_start = time.perf_counter()
     settings = reference_settings(method, basis, conv_tol, grid_level)
     settings["max_cycle"] = int(max_cycle)
-    db = connect(out, create=True)
-    check_metadata(db.metadata, settings, repr(db.filename))
+    # what a user can get wrong is checked before the file is created or changed
+    out = Path(out)
+    if out.is_file():
+        check_metadata(connect(out).metadata, settings, repr(str(out)))
     if geometries:
-        numbers, candidates = _ensure_file_candidates(db, structure, charge, settings)
+        file_request = _file_request(structure, charge)
     else:
+        from .sampling import check_sampling_settings, load_structure
+
+        check_sampling_settings(n_frames, temperature, interval, timestep, friction, equilibration)
+        atoms = load_structure(structure)
         request = _sampler_request(structure, n_frames, temperature, interval, timestep, friction,
                                    equilibration, seed, charge)
-        numbers, candidates = _ensure_candidates(db, structure, request, settings, driver, progress)
+    created = not out.exists()
+    db = connect(out, create=True)
+    try:
+        if geometries:
+            numbers, candidates = _ensure_file_candidates(db, structure, file_request, settings)
+        else:
+            numbers, candidates = _ensure_candidates(db, atoms, request, settings, driver, progress)
+    except BaseException:   # e.g. the sampling MD failed or was interrupted: leave no empty file behind
+        if created and _holds_nothing(db):
+            _remove_dataset_file(out)
+        raise
 
     done = frame_ids(db)
     failed_before = frame_ids(db, converged=False)
@@ -232,7 +253,7 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
                 outcome = fut.result()
             except Exception as exc:  # a worker error that is not an SCF failure: leave the frame to do
                 summary["errors"][i] = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, cf.process.BrokenProcessPool):
+                if isinstance(exc, BrokenProcessPool):
                     raise
             else:
                 _store(db, outcome, numbers, candidates, failed_before, ref_seconds, summary)
@@ -253,6 +274,19 @@ def generate(structure, out, method: str = "pbe", basis: str = "def2-svp", n_fra
     summary["not_converged_in_file"] = sorted(frame_ids(db, converged=False))
     summary["seconds"] = time.perf_counter() - t_start
     return summary
+
+
+def _holds_nothing(db) -> bool:
+    try:
+        return read_candidates(db) is None and not frame_ids(db)
+    except Exception:  # noqa: BLE001  (an unreadable new file holds nothing worth keeping)
+        return True
+
+
+def _remove_dataset_file(path: Path) -> None:
+    """Delete a dataset file this run created, with SQLite's side files."""
+    for p in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
+        p.unlink(missing_ok=True)
 
 
 def _store(db, outcome, numbers, candidates, failed_before, ref_seconds, summary):
@@ -291,11 +325,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset file (ASE SQLite .db), created or resumed")
     g = parser.add_argument_group("reference")
     g.add_argument("--method", default="pbe",
-                   help="'hf' or a PySCF xc functional (default pbe); 'ccsd(t)' or 'mp2': high-level labels for "
+                   help="'hf' or a PySCF xc functional; 'ccsd(t)' or 'mp2': high-level labels for "
                         "the frames of an existing dataset (with --geometries DATA.db --out DATA.db)")
-    g.add_argument("--basis", default="def2-svp", help="PySCF basis name (default def2-svp)")
-    g.add_argument("--conv-tol", type=float, default=1e-11, help="SCF energy tolerance, Hartree (1e-11)")
-    g.add_argument("--grid-level", type=int, default=3, help="DFT grid level (default 3)")
+    g.add_argument("--basis", default="def2-svp", help="PySCF basis name")
+    g.add_argument("--conv-tol", type=float, default=1e-11, help="SCF energy tolerance, Hartree")
+    g.add_argument("--grid-level", type=int, default=3, help="DFT grid level")
     g.add_argument("--max-cycle", type=int, default=100, help="SCF iterations before a frame counts as failed")
     g.add_argument("--charge", type=int, default=0, help="total charge (closed shell only)")
     g.add_argument("--energies-only", action="store_true",
@@ -304,13 +338,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    help="correlated methods: label at most this many frames in this run")
     g.add_argument("--retry-failed", action="store_true", help="recompute frames stored as not converged")
     s = parser.add_argument_group("sampling (Langevin MD; not with --geometries)")
-    s.add_argument("--n-frames", type=int, default=100, help="number of candidate geometries (default 100)")
-    s.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
-    s.add_argument("--interval", type=int, default=25, help="MD steps between frames (default 25)")
-    s.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
-    s.add_argument("--friction", type=float, default=0.02, help="Langevin friction, 1/fs (default 0.02)")
-    s.add_argument("--equilibration", type=int, default=200, help="MD steps before the first frame (200)")
-    s.add_argument("--seed", type=int, default=0, help="random seed of the MD (default 0)")
+    s.add_argument("--n-frames", type=int, default=100, help="number of candidate geometries")
+    s.add_argument("--temperature", type=float, default=300.0, help="K")
+    s.add_argument("--interval", type=int, default=25, help="MD steps between frames")
+    s.add_argument("--timestep", type=float, default=0.5, help="fs")
+    s.add_argument("--friction", type=float, default=0.02, help="Langevin friction, 1/fs")
+    s.add_argument("--equilibration", type=int, default=200, help="MD steps before the first frame")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the MD")
     s.add_argument("--driver", choices=("auto", "xtb", "pyscf"), default="auto",
                    help="MD forces: GFN2-xTB via tblite (auto if installed) or PySCF HF/STO-3G")
     s.add_argument("--geometries", action="store_true",
@@ -328,15 +362,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _label_main(args) -> int:
     """``--method ccsd(t)|mp2``: high-level labels for the frames of an existing dataset (labels.py)."""
-    from pathlib import Path
-
     from .labels import label_frames
 
     if not args.geometries or Path(args.structure).resolve() != Path(args.out).resolve():
         print("wavecalc generate: error: a correlated method labels the frames of an existing dataset: "
               "wavecalc generate DATA.db --geometries --method ccsd(t) --basis cc-pvtz --out DATA.db "
               "(the labels go into the rows that hold the low-level Hamiltonian)", file=sys.stderr)
-        return 1
+        return 2
     executor, cleanup = None, (lambda: None)
     if (args.workers or 1) > 1 or args.dask_scheduler:
         executor, _, cleanup = _make_executor(args.workers, args.dask_scheduler, 1 << 30, args.threads)
@@ -350,7 +382,7 @@ def _label_main(args) -> int:
         return 130
     except (DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"wavecalc generate: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     finally:
         if executor is not None:
             executor.shutdown(wait=True)
@@ -368,7 +400,7 @@ def cli_main(args) -> int:
     if args.energies_only or args.max_frames is not None:
         print("wavecalc generate: error: --energies-only and --max-frames go with a correlated --method "
               "(ccsd(t), mp2)", file=sys.stderr)
-        return 1
+        return 2
     try:
         s = generate(args.structure, args.out, method=args.method, basis=args.basis, n_frames=args.n_frames,
                      temperature=args.temperature, interval=args.interval, seed=args.seed,
@@ -381,13 +413,13 @@ def cli_main(args) -> int:
         print("\nwavecalc generate: interrupted; finished frames are saved, re-run the same command to resume",
               file=sys.stderr)
         return 130
-    except cf.process.BrokenProcessPool as exc:
+    except BrokenProcessPool as exc:
         print(f"wavecalc generate: a worker process died ({exc}; out of memory?); finished frames are saved, "
               "re-run the same command (perhaps with fewer --workers) to resume", file=sys.stderr)
         return 1
     except (DatasetError, ValueError, FileNotFoundError, ImportError) as exc:
         print(f"wavecalc generate: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     n_bad = len(s["not_converged_in_file"])
     print(f"{s['out']}: {s['n_candidates'] - n_bad - len(s['errors'])} good frames of {s['n_candidates']}; "
           f"this run computed {s['computed']} in {s['seconds']:.1f} s"

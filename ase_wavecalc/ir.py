@@ -145,7 +145,7 @@ def cli_main(args) -> int:
             dipoles, timestep = rec["dipole"], args.timestep
     except (InputError, CalculationFailed, ValueError, FileNotFoundError) as exc:
         print(f"wavecalc ir: error: {exc}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(exc, CalculationFailed) else 2   # 1: the run failed, 2: the input is wrong
     freq, intensity = dipole_spectrum(dipoles, timestep, args.max_cm)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:

@@ -83,6 +83,6 @@ def cli_main(args) -> int:
         parts = export_npz(args.dataset, args.out, part_size=args.part_size, progress=not args.quiet)
     except (DatasetError, FileNotFoundError) as exc:
         print(f"wavecalc export-npz: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{args.dataset}: {len(parts)} parts in {args.out}")
     return 0

@@ -190,7 +190,7 @@ def cli_main(args) -> int:
                        progress=not args.quiet)
     except (DatasetError, FileNotFoundError) as exc:
         print(f"wavecalc import-npz: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{args.out}: wrote {s['written']} frames, skipped {s['skipped']} already present, "
           f"{s['frames_in_file']} frames in file ({s['seconds']:.1f} s)")
     return 0

@@ -26,7 +26,8 @@ from ase.calculators.calculator import CalculationFailed, Calculator, all_change
 from .units import HARTREE, HARTREE_PER_BOHR, angstrom_to_bohr
 from .validation import n_occupied
 
-__all__ = ["load_structure", "make_driver", "PySCFDriver", "sample_geometries", "start_velocities", "langevin"]
+__all__ = ["load_structure", "make_driver", "PySCFDriver", "sample_geometries", "check_sampling_settings",
+           "start_velocities", "langevin"]
 
 MAX_TEMPERATURE = 2000.0  # K; beyond this molecules fall apart within a few hundred fs
 
@@ -194,6 +195,22 @@ def make_driver(driver: str = "auto", charge: int = 0):
     return "HF/STO-3G (PySCF)", PySCFDriver(method="hf", basis="sto-3g", charge=charge)
 
 
+def check_sampling_settings(n_frames: int, temperature: float, interval: int, timestep: float,
+                            friction: float, equilibration: int) -> None:
+    """ValueError naming the first setting of ``sample_geometries`` out of range (temperature in K,
+    timestep in fs, friction in 1/fs, the rest counts), so that callers can check before they start."""
+    for name, value, low in (("n_frames", n_frames, 1), ("interval", interval, 1),
+                             ("equilibration", equilibration, 0)):
+        if int(value) != value or value < low:
+            raise ValueError(f"{name} must be a whole number >= {low}, got {value}")
+    if not 0 < temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE:g}] K, got {temperature}")
+    if not timestep > 0:
+        raise ValueError(f"timestep must be > 0 fs, got {timestep}")
+    if not friction >= 0:
+        raise ValueError(f"friction must be >= 0 1/fs, got {friction}")
+
+
 def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval: int = 25,
                       timestep: float = 0.5, friction: float = 0.02, seed: int = 0,
                       equilibration: int = 200, driver: str = "auto", charge: int = 0,
@@ -206,13 +223,8 @@ def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval
     ``info`` records every setting (stored as sampler metadata by ``wavecalc generate``).
     """
 
+    check_sampling_settings(n_frames, temperature, interval, timestep, friction, equilibration)
     n_frames, interval, equilibration = int(n_frames), int(interval), int(equilibration)
-    if n_frames < 1 or interval < 1 or equilibration < 0:
-        raise ValueError("need n_frames >= 1, interval >= 1 and equilibration >= 0")
-    if not 0 < temperature <= MAX_TEMPERATURE:
-        raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE:g}] K, got {temperature}")
-    if not (timestep > 0 and friction >= 0):
-        raise ValueError("need timestep > 0 fs and friction >= 0 1/fs")
     atoms = atoms.copy()
     if atoms.pbc.any():
         raise ValueError("sampling is for isolated molecules (pbc must be False)")

@@ -207,7 +207,7 @@ def test_import_npz_resumes_and_matches_pyscf(tmp_path):
 def test_import_npz_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         import_npz(tmp_path / "x.db", [tmp_path / "missing.npz"], progress=False)
-    assert cli.main(["import-npz", str(tmp_path / "x.db"), str(tmp_path / "missing.npz"), "--quiet"]) == 1
+    assert cli.main(["import-npz", str(tmp_path / "x.db"), str(tmp_path / "missing.npz"), "--quiet"]) == 2
     gen = tmp_path / "gen.db"  # a generate dataset owns its frame ids: no imports into it
     write_candidates(connect(gen, create=True), NUMBERS, np.zeros((2, 3, 3)))
     with pytest.raises(DatasetError, match="generate"):
@@ -245,7 +245,7 @@ def test_export_npz_round_trip_keeps_frames_and_ids(tmp_path):
         export_npz(src, tmp_path / "parts", progress=False)
     with pytest.raises(DatasetError, match="already frames"):
         import_npz(src, parts[:1], progress=False)
-    assert cli.main(["export-npz", str(src), str(tmp_path / "parts"), "--quiet"]) == 1
+    assert cli.main(["export-npz", str(src), str(tmp_path / "parts"), "--quiet"]) == 2
 
 
 def test_export_npz_round_trip_of_a_charged_hf_dataset(tmp_path):

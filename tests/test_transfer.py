@@ -202,7 +202,7 @@ def test_finetune_refuses_configs_without_high_level_labels(water_db, tmp_path):
     cfg = write_tiny_config(tmp_path / "c.toml", water_db, model='energy_path = "readout"', loss="energy = 1.0")
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "model.json").write_text("{}")
-    assert main(["finetune", str(tmp_path / "base"), str(cfg), "--out", str(tmp_path / "r")]) == 1
+    assert main(["finetune", str(tmp_path / "base"), str(cfg), "--out", str(tmp_path / "r")]) == 2
 
 
 def test_linear_transfer_head_fits_in_closed_form_and_its_forces_are_exact(labeled_water, tmp_path):
