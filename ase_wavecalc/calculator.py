@@ -34,7 +34,8 @@ Electronic structure (methods of the calculator; computed on demand, cached with
 Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf" or a PySCF xc name),
 ``basis``, ``charge`` (default: what the Atoms say, else the model's trained charge, else 0), ``spin`` (2S;
 only 0), ``conv_tol``, ``grid_level``, ``max_cycle``,
-``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``), with
+``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``; a ``method``
+or ``basis`` given with it must name a level the model was trained on, else ``InputError``), with
 ``dtype``, ``out_of_domain`` ("raise", the default: geometries outside the model's training domain raise
 ``InputError``; "reference": they are computed with PySCF at the model's level of theory instead, see
 ``providers/fallback.py``), ``reference_log`` (an ASE trajectory collecting those geometries) and ``refine``
@@ -52,7 +53,7 @@ from ase.calculators.calculator import (CalculationFailed, Calculator, InputErro
 from . import electronic
 from .reference import ReferenceNotConverged
 from .units import BOHR, HARTREE, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
-from .validation import charge_and_spin_of, check_atoms
+from .validation import charge_and_spin_of, check_atoms, check_model_level
 
 __all__ = ["WaveCalculator"]
 
@@ -110,6 +111,7 @@ class WaveCalculator(Calculator):
         self._provider = provider
         self._result = None
         self._charge = None       # the charge of the last calculation (parameters or the Atoms)
+        self._given = set()       # the parameters set by the user (not defaults): method/basis vs a model
         bad = sorted(set(kwargs) - set(self.default_parameters))
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
@@ -127,6 +129,7 @@ class WaveCalculator(Calculator):
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
                              f"{sorted(self.default_parameters)}")
+        self._given.update(k for k in kwargs if k != "parameters")
         changed = super().set(**kwargs)
         if changed and self._provider_given is None:
             self._provider = None   # rebuilt with the new settings on the next calculation
@@ -163,13 +166,14 @@ class WaveCalculator(Calculator):
         if p.get("model") is not None:
             from .model.io import ModelFileError
 
-            try:
-                provider = providers.ModelProvider(
-                    p["model"], charge=None if p["charge"] is None else int(p["charge"]), dtype=p["dtype"])
+            try:   # the charge is compared in calculate(), with the charge the Atoms may carry
+                provider = providers.ModelProvider(p["model"], dtype=p["dtype"])
             except (FileNotFoundError, ValueError, KeyError, OSError, ModelFileError) as exc:
-                # unknown name, missing or corrupt model files, wrong charge or dtype, ...
+                # unknown name, missing or corrupt model files, wrong dtype, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "
                                  f"{exc}") from exc
+            check_model_level(getattr(provider, "name", str(p["model"])), getattr(provider, "card", None) or {},
+                              *(p[k] if k in self._given else None for k in ("method", "basis")))
             if p.get("refine") == "scf":
                 try:
                     return providers.SCFRefinedProvider(provider, conv_tol=p["conv_tol"],
@@ -218,9 +222,10 @@ class WaveCalculator(Calculator):
                     spin=spin, basis=basis if isinstance(basis, str) else None,
                     charges=getattr(provider, "charges", None))
         if int(getattr(provider, "charge", charge)) != int(charge):
-            raise InputError(f"{provider!r} computes charge {provider.charge}, but {source} asks for charge "
-                             f"{charge}" + (" (a trained model computes the charge it was trained for)"
-                                            if self.parameters.get("model") is not None else ""))
+            name = getattr(provider, "name", None) or getattr(getattr(provider, "model", None), "name", None)
+            what = f"model {name!r} was trained for" if name else f"{type(provider).__name__} computes"
+            raise InputError(f"{what} molecules of total charge {provider.charge} and computes no other; charge "
+                             f"{charge} was asked for ({source})")
 
         want_gradient = "forces" in properties or "forces_std" in properties
         numbers = self.atoms.numbers.copy()

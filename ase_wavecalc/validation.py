@@ -23,7 +23,7 @@ import numpy as np
 from ase.calculators.calculator import InputError
 from ase.data import chemical_symbols
 
-__all__ = ["check_atoms", "charge_and_spin_of", "n_occupied", "MIN_DISTANCE"]
+__all__ = ["check_atoms", "charge_and_spin_of", "check_model_level", "n_occupied", "MIN_DISTANCE"]
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
 
@@ -206,3 +206,35 @@ def n_occupied(numbers, charge: int = 0, mol=None) -> int:
     if n_elec <= 0 or n_elec % 2:
         raise ValueError(f"{n_elec} electrons: only closed-shell molecules (even electron count) are supported")
     return n_elec // 2
+
+
+def _method_key(method) -> str:
+    m = str(method).strip().lower()
+    return "hf" if m in ("hf", "rhf") else m
+
+
+def _basis_key(basis) -> str:
+    return "".join(ch for ch in str(basis).lower() if ch not in "-_ ")   # as PySCF matches basis names
+
+
+def check_model_level(name: str, card: dict, method=None, basis=None) -> None:
+    """``InputError`` when a ``method`` or ``basis`` given together with a model contradicts every level of
+    theory the model was trained on (its card's ``level_of_theory``, and ``energy_level_of_theory`` for a
+    transfer-learned model): a model predicts its own level, whatever the parameters say. None: not given."""
+    levels = {}
+    for what, lv in (("orbitals", card.get("level_of_theory")), ("energies", card.get("energy_level_of_theory"))):
+        if lv:
+            kind = str(lv.get("method", "")).lower()
+            lv_method = _method_key(lv.get("xc") if kind == "rks" else lv.get("method") or lv.get("xc"))
+            levels.setdefault((lv_method, str(lv.get("basis") or card.get("basis"))), []).append(what)
+    if (method is None and basis is None) or not levels:
+        return
+    for lv_method, lv_basis in levels:
+        if ((method is None or _method_key(method) == lv_method)
+                and (basis is None or _basis_key(basis) == _basis_key(lv_basis))):
+            return
+    named = [f"{m.upper()}/{b}" + (f" ({' and '.join(w)})" if len(levels) > 1 else "")
+             for (m, b), w in levels.items()]
+    asked = ", ".join(f"{k}={v!r}" for k, v in (("method", method), ("basis", basis)) if v is not None)
+    raise InputError(f"model {name!r} was trained on {' and '.join(named)} and predicts that, not {asked}: "
+                     f"leave method and basis out with a model (or drop model= to run PySCF at {asked})")

@@ -381,8 +381,12 @@ def test_a_model_refuses_a_charge_it_was_not_trained_for():
     atoms = molecule("H2O")
     atoms.info["charge"] = 2
     calc = WaveCalculator(model="water-pbe-def2svp")
-    with pytest.raises(InputError, match="atoms.info\\['charge'\\] asks for charge 2"):
+    words = "model 'water-pbe-def2svp' was trained for molecules of total charge 0"
+    with pytest.raises(InputError, match=words + ".*charge 2 was asked for \\(atoms.info\\['charge'\\]\\)") as info:
         calc.get_potential_energy(atoms)
+    assert "ModelProvider(" not in str(info.value)
+    with pytest.raises(InputError, match=words + ".*charge 2 was asked for \\(charge parameter\\)"):
+        WaveCalculator(model="water-pbe-def2svp", charge=2).get_potential_energy(molecule("H2O"))
 
 
 def test_model_provider_does_not_change_the_module_it_is_given():
