@@ -1,7 +1,7 @@
 """Active learning for a fit: Langevin MD on the committee model, and the frames worth labelling.
 
-A frame is selected where the committee's energy spread is in the top ``spread_quantile`` of its run and above
-the model card's warning threshold, and, for a run the model stopped (a geometry outside its training domain),
+A frame is selected where the committee's energy spread is in the top ``spread_quantile`` of its run or above
+the model card's warning threshold (the most uncertain first), and, for a run the model stopped (a geometry outside its training domain),
 the frames just before the stop. Frames come out at least ``select_every`` steps apart.
 """
 from __future__ import annotations
@@ -57,7 +57,9 @@ def explore(model_dir, start_atoms, temperatures, steps: int, friction: float, s
         if stopped and seen:
             picked += list(range(max(0, len(seen) - 4), len(seen)))
         if len(spreads) and np.isfinite(spreads).any():
-            cut = max(np.nanquantile(spreads, spread_quantile), threshold)
+            # the run's least certain frames; where the card's warning threshold is lower, every frame above it
+            cut = min(np.nanquantile(spreads, spread_quantile), threshold) if threshold > 0 else \
+                np.nanquantile(spreads, spread_quantile)
             order = np.argsort(-np.nan_to_num(spreads, nan=-1.0))
             picked += [int(i) for i in order if spreads[i] >= cut]
         picked = sorted(set(picked))[: max(1, max_frames // max(1, len(temperatures)))]

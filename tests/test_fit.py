@@ -1,0 +1,144 @@
+"""`wavecalc fit`: bad input refused before any work, the recipe, the candidate order, and the whole pipeline
+end to end on a tiny case (water, HF/STO-3G, a tiny network) with SIGKILL at random moments and resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ase_wavecalc.cli import main as wavecalc
+from ase_wavecalc.fit.cli_fit import parse_budget
+from ase_wavecalc.fit.recipe import RecipeError, load_recipe
+
+TINY = Path(__file__).parent / "data" / "fit_tiny_recipe.toml"
+
+
+def test_budget_strings():
+    assert parse_budget("2h") == 7200
+    assert parse_budget("90m") == 5400
+    assert parse_budget("3h30m") == 3 * 3600 + 1800
+    assert parse_budget("1.5") == 5400
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget("two hours")
+
+
+def test_recipe_merges_and_refuses_typos(tmp_path):
+    recipe, _ = load_recipe(TINY)
+    assert recipe["committee"]["size"] == 2                      # from the user recipe
+    assert recipe["labels"]["conv_tol"] == 1e-10                 # from the default
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sampling]\ntemperatrues = [300.0]\n")
+    with pytest.raises(RecipeError, match="temperatrues.*temperatures"):
+        load_recipe(bad)
+    bad.write_text("[budget]\nphase_end = { sample = 0.5, label = 0.4, fock = 0.6, readout = 0.7, active = 0.8, final = 1.0 }\n")
+    with pytest.raises(RecipeError, match="increase"):
+        load_recipe(bad)
+
+
+def test_farthest_point_order_spreads_the_first_frames():
+    from ase_wavecalc.fit.candidates import _descriptor, farthest_point_order
+
+    rng = np.random.default_rng(1)
+    base = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    frames = base + rng.normal(scale=0.05, size=(60, 3, 3))
+    order = farthest_point_order(frames)
+    assert sorted(order.tolist()) == list(range(60))
+    x = _descriptor(frames)
+    # each chosen frame is the farthest from those before it
+    for k in range(1, 10):
+        d = np.min(np.linalg.norm(x[:, None] - x[order[:k]][None], axis=-1), axis=1)
+        d[order[:k]] = -1
+        assert np.isclose(d[order[k]], d.max())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["Au2", "--basis", "sto-3g"], "Au"),                         # an element the basis does not have
+    (["CH3"], "open shell"),                                      # a radical
+    (["H2O", "--budget", "1m"], "minimum is"),                    # below the recipe's floor
+    (["nonexistent.xyz"], "does not exist"),
+    (["C1CC(", "--budget", "2h"], "RDKit"),                       # unparseable SMILES, or RDKit not installed
+    (["H2O", "--method", "nosuchfunctional"], "nosuchfunctional"),
+    (["H2O", "--budget", "soon"], "budget"),
+])
+def test_bad_input_is_refused_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "model"
+    if argv[0] == "Au2":
+        from ase import Atoms
+        Atoms("Au2", positions=[[0, 0, 0], [0, 0, 2.5]]).write(tmp_path / "au2.xyz")
+        argv = [str(tmp_path / "au2.xyz")] + argv[1:]
+    code = wavecalc(["fit", *argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1               # one line, naming the problem
+    assert not out.exists() and not out.with_name("model.work").exists()
+
+
+def _labelled(workdir: Path) -> dict:
+    from ase_wavecalc.dataset import connect
+
+    out = {}
+    for db in sorted(workdir.glob("*.db")):
+        rows = [r.frame for r in connect(db).select(include_data=False)]
+        assert len(rows) == len(set(rows)), f"{db.name}: a frame labelled twice"
+        out[db.name] = set(rows)
+    return out
+
+
+def _fit_cmd(workdir, out, budget):
+    return [sys.executable, "-m", "ase_wavecalc.cli", "fit", "H2O", "--method", "hf", "--basis", "sto-3g",
+            "--budget", budget, "--recipe", str(TINY), "--out", str(out), "--workdir", str(workdir)]
+
+
+def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
+    """The whole pipeline on water/STO-3G with a 100 s budget, killed twice (SIGKILL) at random moments; the
+    same command resumes. No labelled frame is lost or labelled twice, training steps carry on, the budget is
+    honoured, and the model works through WaveCalculator against PySCF computed here."""
+    workdir, out = tmp_path / "work", tmp_path / "water-fit"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = np.random.default_rng(int(time.time()))     # random moments; what must hold holds for every moment
+    history = []
+    for kill_after in (rng.uniform(4, 20), rng.uniform(10, 40)):
+        p = subprocess.Popen(_fit_cmd(workdir, out, "100s"), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(kill_after)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        time.sleep(1.0)       # labellers die with their parent (PR_SET_PDEATHSIG)
+        history.append(_labelled(workdir))
+    done = subprocess.run(_fit_cmd(workdir, out, "100s"), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = _labelled(workdir)
+    for before in history:                        # nothing labelled before a kill is lost
+        for name, frames in before.items():
+            assert frames <= final[name]
+    state = json.loads((workdir / "fit.json").read_text())
+    assert state["invocations"] == 3
+    assert state["elapsed_s"] <= 100 * 1.25 + 20       # the fit's clock over all three invocations
+    assert all(state["phases"][p] == "done" for p in ("sample", "label", "fock", "readout", "active", "final"))
+
+    card = json.loads((out / "model.json").read_text())
+    assert card["test_metrics"]["via"] == "WaveCalculator" and card["test_metrics"]["n_frames"] > 0
+    assert "recipe" in card["fit"] and card["fit"]["command"].startswith("wavecalc fit H2O")
+    assert (out / "report.md").is_file()
+    for part in ("pool", "test"):
+        assert list((workdir / "data" / part).glob("part-*.npz"))
+
+    # the model against PySCF at its level of theory, on a held-out geometry computed here
+    from ase.build import molecule
+    from ase_wavecalc import WaveCalculator
+
+    atoms = molecule("H2O")
+    atoms.positions[0] += [0.02, -0.01, 0.03]
+    atoms.calc = WaveCalculator(model=str(out))
+    e_model, f_model = atoms.get_potential_energy(), atoms.get_forces()
+    ref = atoms.copy()
+    ref.calc = WaveCalculator(method="hf", basis="sto-3g")
+    assert abs(e_model - ref.get_potential_energy()) < 0.05            # eV: a trained model, not a guess
+    assert np.abs(f_model - ref.get_forces()).max() < 0.5              # eV/A
