@@ -139,6 +139,12 @@ class WaveCalculator(Calculator):
         super().reset()
         self._result = None
 
+    def __getstate__(self):
+        """Pickling a used calculator: parameters, Atoms and provider (the loaded model, its counters), but
+        not the last results, which may hold a model's autograd graph: the unpickled calculator computes
+        them again on the first request (the same values)."""
+        return {**self.__dict__, "_result": None, "results": {}}
+
     @property
     def provider(self):
         """The Hamiltonian provider (built from the parameters on first use)."""

@@ -48,3 +48,32 @@ def test_a_model_accepts_its_own_level_spelled_out_and_set_checks_too():
     assert np.isfinite(cc.get_potential_energy(atoms))
     with pytest.raises(InputError, match=r"PBE/def2-svp \(orbitals\) and CCSD\(T\)/cc-pvtz \(energies\)"):
         WaveCalculator(model="water-ccsdt-transfer", method="mp2").get_potential_energy(atoms)
+
+
+# ---------------------------------------------------------------------------------------------- item 4
+
+@pytest.mark.parametrize("kwargs", [dict(model=MODEL), dict(model="water-pbe-def2svp-hamiltonian"),
+                                    dict(model=MODEL, out_of_domain="reference"),
+                                    dict(method="hf", basis="sto-3g")])
+def test_a_used_calculator_and_its_atoms_pickle(kwargs):
+    """After energy, forces, dipole and the orbitals (a readout model's deferred Hamiltonian, its committee
+    forces): the calculator and an Atoms carrying it pickle, and the copies give the same results."""
+    import pickle
+
+    atoms = _water(seed=1)
+    atoms.calc = WaveCalculator(**kwargs)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    dipole, homo_lumo = atoms.get_dipole_moment(), atoms.calc.get_homo_lumo()
+    committee = kwargs == dict(model=MODEL)
+    if committee:
+        std = atoms.calc.get_property("forces_std", atoms)
+    calc = pickle.loads(pickle.dumps(atoms.calc))
+    copy = pickle.loads(pickle.dumps(atoms))
+    assert atoms.get_potential_energy() == energy           # the original keeps its results
+    for got in (calc.get_potential_energy(atoms), copy.get_potential_energy()):
+        assert got == pytest.approx(energy, abs=1e-8)
+    np.testing.assert_allclose(copy.get_forces(), forces, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(copy.get_dipole_moment(), dipole, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(copy.calc.get_homo_lumo(), homo_lumo, rtol=0, atol=1e-8)
+    if committee:
+        np.testing.assert_allclose(copy.calc.get_property("forces_std", copy), std, rtol=0, atol=1e-8)

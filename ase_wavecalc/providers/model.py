@@ -80,6 +80,11 @@ class ModelProvider(HamiltonianProvider):
         if self.has_energy:
             _warn_if_inaccurate(self.name, self.card.get("test_metrics") or {})
 
+    def __getstate__(self):
+        """Pickling (multiprocessing, ASE's parallel tools): without the last geometry's result, whose
+        deferred parts hold the autograd graph; an unpickled provider computes it again when asked."""
+        return {**self.__dict__, "_cache": None}
+
     def describe(self) -> dict:
         return {"provider": "ModelProvider", "model": self.name, "basis": self.basis,
                 "level_of_theory": self.card.get("level_of_theory"), "dtype": str(self.dtype).split(".")[-1],
