@@ -45,6 +45,9 @@ ready-made provider object may be passed as ``provider=`` instead (then method/b
 """
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 import torch
 from ase.calculators.calculator import (CalculationFailed, Calculator, InputError,
@@ -71,6 +74,16 @@ _NUMERICAL_FAILURES = (np.linalg.LinAlgError, torch.linalg.LinAlgError, electron
                        ReferenceNotConverged)
 
 
+def _serialized(method):
+    """One request at a time per calculator (its lock, reentrant): a calculator shared by threads gives each
+    the results of its own geometry (ASE keeps one ``atoms``/``results`` per calculator)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class WaveCalculator(Calculator):
     """ASE calculator for closed-shell molecules from a Kohn-Sham/Fock Hamiltonian.
 
@@ -86,6 +99,10 @@ class WaveCalculator(Calculator):
     failures of the electronic-structure code (an SCF that does not converge, a singular overlap matrix,
     a closed HOMO-LUMO gap) raise ``CalculationFailed``; any other exception is a bug and propagates as
     itself.
+
+    Threads may share a calculator: its requests run one at a time (a reentrant lock), each with its own
+    geometry's results. A calculator (also a used one, and Atoms carrying it) pickles; the copy computes its
+    results again on the first request.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "dipole", "charges", "energy_std", "forces_std")
@@ -112,6 +129,7 @@ class WaveCalculator(Calculator):
         self._result = None
         self._charge = None       # the charge of the last calculation (parameters or the Atoms)
         self._given = set()       # the parameters set by the user (not defaults): method/basis vs a model
+        self._lock = threading.RLock()   # serializes calculations of threads sharing this calculator
         bad = sorted(set(kwargs) - set(self.default_parameters))
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
@@ -124,6 +142,7 @@ class WaveCalculator(Calculator):
         super().__init__(restart=restart, label=label, atoms=atoms, directory=directory, **kwargs)
 
     # -- parameters ------------------------------------------------------------------------------
+    @_serialized
     def set(self, **kwargs):
         bad = sorted(set(kwargs) - set(self.default_parameters) - {"parameters"})
         if bad:
@@ -142,8 +161,19 @@ class WaveCalculator(Calculator):
     def __getstate__(self):
         """Pickling a used calculator: parameters, Atoms and provider (the loaded model, its counters), but
         not the last results, which may hold a model's autograd graph: the unpickled calculator computes
-        them again on the first request (the same values)."""
-        return {**self.__dict__, "_result": None, "results": {}}
+        them again on the first request (the same values). The lock is not pickled; each copy has its own."""
+        state = {**self.__dict__, "_result": None, "results": {}}
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    @_serialized
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        """ASE's get_property (compare the Atoms, calculate if needed, return the result) under the lock."""
+        return super().get_property(name, atoms, allow_calculation)
 
     @property
     def provider(self):
@@ -210,6 +240,7 @@ class WaveCalculator(Calculator):
         return changes
 
     # -- the calculation -------------------------------------------------------------------------
+    @_serialized
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         if self.atoms is None:
@@ -274,6 +305,7 @@ class WaveCalculator(Calculator):
                 require_energy()      # raises PropertyNotImplementedError with the provider's reason
             raise PropertyNotImplementedError(f"{provider!r} did not provide {missing}")
 
+    @_serialized
     def _electronic(self, atoms=None):
         """The HamiltonianResult of ``atoms`` (default: the last atoms; calculated if needed)."""
         if atoms is None and self.atoms is None:
@@ -332,6 +364,7 @@ class WaveCalculator(Calculator):
         homo, lumo = self.get_homo_lumo()
         return 0.5 * (homo + lumo)
 
+    @_serialized
     def get_hessian(self, atoms=None):
         """(3N, 3N) Hessian of the energy in eV/Angstrom^2 (rows and columns atom-major: x0, y0, z0, x1, ...),
         analytic: double autograd through a model's energy path, PySCF's analytic Hessian for the exact SCF.

@@ -77,3 +77,79 @@ def test_a_used_calculator_and_its_atoms_pickle(kwargs):
     np.testing.assert_allclose(copy.calc.get_homo_lumo(), homo_lumo, rtol=0, atol=1e-8)
     if committee:
         np.testing.assert_allclose(copy.calc.get_property("forces_std", copy), std, rtol=0, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------- item 5
+
+def test_threads_sharing_a_calculator_get_their_own_geometrys_results():
+    """Two threads, two geometries, one calculator. Thread B asks once thread A's calculation has written
+    its results, and A then waits (up to 2 s) for B's calculation: without the calculator's lock B's
+    results would be what A reads; with it, B waits for A's whole request."""
+    import threading
+
+    calc = WaveCalculator(model=MODEL)
+    a, b = _water(seed=2), _water(seed=3, scale=0.06)
+    expected = {}
+    for name, atoms in (("a", a), ("b", b)):
+        atoms.calc = calc
+        expected[name] = (atoms.get_potential_energy(), atoms.get_forces())
+    assert abs(expected["a"][0] - expected["b"][0]) > 1e-3
+    calc.reset()
+    a_written, b_done = threading.Event(), threading.Event()
+    real = calc.calculate
+
+    def calculate(atoms=None, properties=("energy",), system_changes=()):
+        real(atoms, properties, system_changes)
+        if atoms is a:
+            a_written.set()
+            b_done.wait(timeout=2.0)      # long enough for B to overwrite the results if nothing stops it
+        elif atoms is b:
+            b_done.set()
+
+    calc.calculate = calculate
+    got, errors = {}, []
+
+    def run(name, atoms):
+        try:
+            if name == "b":
+                a_written.wait()
+            got[name] = (atoms.get_potential_energy(), atoms.get_forces())
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=("a", a)), threading.Thread(target=run, args=("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for name in ("a", "b"):
+        assert got[name][0] == pytest.approx(expected[name][0], abs=1e-8)
+        np.testing.assert_allclose(got[name][1], expected[name][1], rtol=0, atol=1e-8)
+
+
+def test_many_requests_from_two_threads():
+    import threading
+
+    calc = WaveCalculator(model=MODEL)
+    geometries = [_water(seed=s) for s in (4, 5)]
+    expected = []
+    for atoms in geometries:
+        atoms.calc = calc
+        expected.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_dipole_moment()))
+    wrong = []
+
+    def run(k):
+        atoms = geometries[k]
+        for _ in range(15):
+            e, f, d = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_dipole_moment()
+            if (abs(e - expected[k][0]) > 1e-8 or np.abs(f - expected[k][1]).max() > 1e-8
+                    or np.abs(d - expected[k][2]).max() > 1e-8):
+                wrong.append(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
