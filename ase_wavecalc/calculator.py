@@ -11,6 +11,12 @@ Properties (``atoms.get_...``), computed from one Hamiltonian per geometry:
 | energy_std | () | eV | committee spread of the energy (models with a committee; with every energy) |
 | forces_std | (n, 3) | eV/Angstrom | committee spread of the forces, per component (on request) |
 
+``calc.results`` holds only ASE's properties (``ase.calculators.calculator.all_properties``), so that
+``SinglePointCalculator(atoms, **calc.results)`` and ASE's writers take it; the two spreads are in
+``calc.uncertainty`` (``calc.get_property("energy_std", atoms)`` works as for the others), and
+``atoms.info["energy_std"]`` (eV) of the Atoms computed carries the energy's, so that trajectories and
+extxyz files keep it.
+
 With a readout-energy model (model card ``energy_path = "readout"``) energy and forces do not need the
 Hamiltonian: dipole, charges and everything below are then computed on the first request at a geometry.
 
@@ -66,6 +72,7 @@ _PYSCF_KEYS = ("method", "basis", "conv_tol", "grid_level", "max_cycle", "grid_r
 # parameters that configure a model provider
 _MODEL_KEYS = ("model", "dtype", "out_of_domain", "reference_log", "refine")
 _OUT_OF_DOMAIN = ("raise", "reference")
+_SPREADS = ("energy_std", "forces_std")   # kept in calc.uncertainty, not in calc.results
 # what a provider's compute may raise that the calculator reports as CalculationFailed: numerical failures of
 # the electronic-structure code (a singular or non-positive-definite matrix, a closed HOMO-LUMO gap, an SCF
 # that does not converge). InputError (OutOfDomainError included), CalculationFailed and
@@ -131,6 +138,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         self._charge = None       # the charge of the last calculation (parameters or the Atoms)
         self._given = set()       # the parameters set by the user (not defaults): method/basis vs a model
         self._lock = threading.RLock()   # serializes calculations of threads sharing this calculator
+        self.uncertainty = {}     # the committee spreads of the last calculation (eV, eV/Angstrom)
         bad = sorted(set(kwargs) - set(self.default_parameters))
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
@@ -158,12 +166,13 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
     def reset(self):
         super().reset()
         self._result = None
+        self.uncertainty = {}
 
     def __getstate__(self):
         """Pickling a used calculator: parameters, Atoms and provider (the loaded model, its counters), but
         not the last results, which may hold a model's autograd graph: the unpickled calculator computes
         them again on the first request (the same values). The lock is not pickled; each copy has its own."""
-        state = {**self.__dict__, "_result": None, "results": {}}
+        state = {**self.__dict__, "_result": None, "results": {}, "uncertainty": {}}
         state.pop("_lock", None)
         return state
 
@@ -173,8 +182,41 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
 
     @_serialized
     def get_property(self, name, atoms=None, allow_calculation=True):
-        """ASE's get_property (compare the Atoms, calculate if needed, return the result) under the lock."""
-        return super().get_property(name, atoms, allow_calculation)
+        """ASE's get_property (compare the Atoms, calculate if needed, return the result) under the lock;
+        energy_std and forces_std from ``self.uncertainty``, after the energy or forces of ``atoms``."""
+        value = super().get_property("forces" if name == "forces_std" else "energy" if name in _SPREADS
+                                     else name, atoms, allow_calculation)
+        if atoms is not None and value is not None:
+            self._tag(atoms)           # also when the results were cached (another Atoms at the same geometry)
+        if name not in _SPREADS or value is None:
+            return value
+        if name not in self.uncertainty:
+            if not allow_calculation:
+                return None
+            if name == "energy_std":   # it comes with every energy of a committee model
+                self._no_committee(name)
+            self._add_forces_std()
+        value = self.uncertainty[name]
+        return value.copy() if isinstance(value, np.ndarray) else value
+
+    def _tag(self, atoms):
+        """``atoms.info["energy_std"]``: the last calculation's energy spread (eV), or none (a stale one goes)."""
+        if "energy_std" in self.uncertainty:
+            atoms.info["energy_std"] = self.uncertainty["energy_std"]
+        else:
+            atoms.info.pop("energy_std", None)
+
+    def _no_committee(self, name):
+        raise PropertyNotImplementedError(f"{_name_of(self.provider)} has no committee: no {name} (add one with "
+                                          "`wavecalc committee`)")
+
+    def _add_forces_std(self):
+        """The committee spread of the forces at the last geometry (eV/Angstrom, per component)."""
+        uncertainty = getattr(self.provider, "uncertainty", None)
+        if uncertainty is None:
+            self._no_committee("forces_std")
+        spread = uncertainty(self.atoms.numbers.copy(), self.atoms.positions / BOHR)
+        self.uncertainty["forces_std"] = np.asarray(spread["gradient_std"], dtype=float) * HARTREE / BOHR
 
     @property
     def provider(self):
@@ -260,10 +302,9 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
                     spin=spin, basis=basis if isinstance(basis, str) else None,
                     charges=getattr(provider, "charges", None))
         if int(getattr(provider, "charge", charge)) != int(charge):
-            name = getattr(provider, "name", None) or getattr(getattr(provider, "model", None), "name", None)
-            what = f"model {name!r} was trained for" if name else f"{type(provider).__name__} computes"
-            raise InputError(f"{what} molecules of total charge {provider.charge} and computes no other; charge "
-                             f"{charge} was asked for ({source})")
+            what = "was trained for" if _name_of(provider).startswith("model") else "computes"
+            raise InputError(f"{_name_of(provider)} {what} molecules of total charge {provider.charge} and computes "
+                             f"no other; charge {charge} was asked for ({source})")
 
         want_gradient = "forces" in properties or "forces_std" in properties
         numbers = self.atoms.numbers.copy()
@@ -276,7 +317,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
             raise CalculationFailed(f"{provider!r} failed: {type(exc).__name__}: {exc}") from exc
         self._result = result
 
-        self.results = {}
+        self.results, self.uncertainty = {}, {}
         # a readout-energy model defers its Hamiltonian: dipole and charges (from P) only when asked for
         if getattr(result, "materialized", True) or {"dipole", "charges"} & set(properties):
             mol = result.mol
@@ -292,14 +333,12 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
             self.results["forces"] = gradient_au_to_forces_ev(np.asarray(result.gradient, dtype=float))
         info = getattr(result, "info", {}) or {}
         if "energy_std" in info:   # a model with a committee: its spread comes with every energy
-            self.results["energy_std"] = hartree_to_ev(float(info["energy_std"]))
+            self.uncertainty["energy_std"] = hartree_to_ev(float(info["energy_std"]))
+        if atoms is not None:      # the Atoms computed carry it, into trajectories
+            self._tag(atoms)
         if "forces_std" in properties:
-            uncertainty = getattr(provider, "uncertainty", None)
-            if uncertainty is None:
-                raise PropertyNotImplementedError(f"{provider!r} has no uncertainty estimate")
-            spread = uncertainty(numbers, positions_bohr)
-            self.results["forces_std"] = np.asarray(spread["gradient_std"], dtype=float) * HARTREE / BOHR
-        missing = [name for name in properties if name not in self.results]
+            self._add_forces_std()
+        missing = [name for name in properties if name not in self.results and name not in self.uncertainty]
         if missing:
             require_energy = getattr(provider, "require_energy", None)
             if require_energy is not None:
@@ -366,6 +405,12 @@ def _level_name(level: dict, basis=None) -> str:
     method = level.get("xc") if str(level.get("method", "")).lower() == "rks" else level.get("method")
     method = method or level.get("xc") or "?"
     return f"{str(method).upper()}/{level.get('basis') or basis or '?'}"
+
+
+def _name_of(provider) -> str:
+    """"model 'NAME'" for a model provider (also wrapped), else the provider's class name, for messages."""
+    name = getattr(provider, "name", None) or getattr(getattr(provider, "model", None), "name", None)
+    return f"model {name!r}" if name else type(provider).__name__
 
 
 def _ao_dipole(mol):

@@ -40,7 +40,9 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
     """Run MD on ``atoms`` with ``calc``; returns a dict with times (fs) and energies (eV) per frame.
 
     ``properties=("dipole",)`` also records the dipole (e*Angstrom, (T, 3) under "dipole") of every frame
-    and writes it to the trajectory (a readout model computes its density for it each step).
+    and writes it to the trajectory (a readout model computes its density for it each step). A model with a
+    committee adds "energy_std_eV" (its energy spread, eV, per frame); the trajectory keeps it as each
+    frame's ``atoms.info["energy_std"]``.
 
     Velocities start from a Maxwell-Boltzmann distribution at ``temperature`` with zero total momentum
     and angular momentum; ``seed`` makes the run reproducible. Langevin is ``sampling.langevin`` (the centre
@@ -80,6 +82,10 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
         record["ekin_eV"].append(ekin)
         record["etot_eV"].append(epot + ekin)
         record["temperature_K"].append(atoms.get_temperature())
+        if "energy_std" in atoms.info:   # a committee's spread (WaveCalculator puts it there)
+            record.setdefault("energy_std_eV", [np.nan] * (len(record["time_fs"]) - 1))
+        if "energy_std_eV" in record:
+            record["energy_std_eV"].append(float(atoms.info.get("energy_std", np.nan)))
 
     dyn.attach(observe, interval=1)
     traj = None
@@ -121,8 +127,12 @@ def run_md(atoms, calc, ensemble="nve", temperature=300.0, timestep=0.5, steps=2
               f"{out['max_deviation_meV_per_atom']:.4f} meV/atom"
               + (f", fitted slope {out['drift_meV_per_atom_per_ps']:+.4f} meV/atom/ps" if duration_ps else ""),
               file=log)
+        if "energy_std_eV" in out and np.isfinite(out["energy_std_eV"]).any():
+            print(f"  committee energy spread: mean {1e3 * np.nanmean(out['energy_std_eV']):.2f} meV, max "
+                  f"{1e3 * np.nanmax(out['energy_std_eV']):.2f} meV", file=log)
         if trajectory:
-            print(f"  trajectory written to {trajectory}", file=log)
+            print(f"  trajectory written to {trajectory}" + (" (each frame's atoms.info['energy_std'] in eV)"
+                                                             if "energy_std_eV" in out else ""), file=log)
     return out
 
 

@@ -48,7 +48,7 @@ def frame_errors(model, dataset, frames=None) -> dict:
         f_ref = -data["gradient"][i] * HARTREE_EV / BOHR
         rows["energy_error_mev"].append((e - data["e_tot"][i] * HARTREE_EV) * 1e3)
         rows["force_mae_mev_a"].append(np.abs(f - f_ref).mean() * 1e3)
-        rows["energy_std_mev"].append(calc.results["energy_std"] * 1e3)
+        rows["energy_std_mev"].append(calc.get_property("energy_std", atoms) * 1e3)
         rows["forces_std_mev_a"].append(calc.get_property("forces_std", atoms).mean() * 1e3)
     out = {k: np.asarray(v) for k, v in rows.items()}
     err = out["energy_error_mev"]
@@ -99,7 +99,7 @@ def md_warnings(model, molecule: str, temperature: float, seeds, steps: int, eve
                 a.calc = calc
                 try:
                     a.get_potential_energy()
-                    spread.append((k, calc.results["energy_std"] * 1e3))
+                    spread.append((k, calc.get_property("energy_std", a) * 1e3))
                 except (InputError, CalculationFailed):
                     break
         first = next((k for k, v in spread if v > limit), None)

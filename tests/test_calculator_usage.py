@@ -153,3 +153,62 @@ def test_many_requests_from_two_threads():
     for t in threads:
         t.join()
     assert not wrong
+
+
+# ---------------------------------------------------------------------------------------------- item 6
+
+def test_results_are_what_ase_takes_and_the_spreads_travel_in_atoms_info(tmp_path):
+    """calc.results holds only ASE's properties (SinglePointCalculator takes them); energy_std and
+    forces_std come from get_property / calc.uncertainty, and atoms.info["energy_std"] survives ASE's
+    trajectory and extxyz files."""
+    from ase.calculators.calculator import PropertyNotImplementedError, all_properties
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import Trajectory, read, write
+
+    atoms = _water(seed=6)
+    atoms.calc = WaveCalculator(model=MODEL)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    std_f = atoms.calc.get_property("forces_std", atoms)
+    atoms.get_dipole_moment()
+    std_e = atoms.calc.get_property("energy_std", atoms)
+    assert std_e > 0 and std_f.shape == (3, 3) and std_f.max() > 0
+    assert set(atoms.calc.results) <= set(all_properties)
+    assert atoms.info["energy_std"] == std_e == atoms.calc.uncertainty["energy_std"]
+    single = atoms.copy()
+    single.calc = SinglePointCalculator(single, **atoms.calc.results)
+    assert single.get_potential_energy() == energy
+    with Trajectory(tmp_path / "x.traj", "w") as traj:
+        traj.write(atoms)
+    write(tmp_path / "x.extxyz", atoms)
+    for back in (read(tmp_path / "x.traj"), read(tmp_path / "x.extxyz")):
+        assert back.info["energy_std"] == pytest.approx(std_e, rel=1e-12)
+        assert back.get_potential_energy() == pytest.approx(energy, abs=1e-8)
+    # another geometry: its own spread, in the Atoms; a model without a committee removes a stale one
+    other = _water(seed=7, scale=0.06)
+    other.calc = atoms.calc
+    other.get_potential_energy()
+    assert other.info["energy_std"] == atoms.calc.get_property("energy_std", other) != std_e
+    other.calc = WaveCalculator(model="water-pbe-def2svp-hamiltonian")
+    other.get_potential_energy()
+    assert "energy_std" not in other.info and not other.calc.uncertainty
+    with pytest.raises(PropertyNotImplementedError, match="no committee"):
+        other.calc.get_property("energy_std", other)
+
+
+def test_md_trajectory_keeps_the_energy_spread_of_every_frame(tmp_path):
+    """`wavecalc md` with a committee model: each written frame carries its own energy_std (that of a fresh
+    calculation at its positions)."""
+    from ase.io import read
+
+    from ase_wavecalc.cli import main
+
+    traj = tmp_path / "md.traj"
+    assert main(["md", "H2O", "--model", MODEL, "--steps", "4", "--trajectory", str(traj)]) == 0
+    frames = read(traj, ":")
+    assert len(frames) == 5
+    fresh = WaveCalculator(model=MODEL)
+    spreads = [f.info["energy_std"] for f in frames]
+    for frame, std in zip(frames, spreads):
+        probe = frame.copy()
+        assert fresh.get_property("energy_std", probe) == pytest.approx(std, rel=1e-9, abs=1e-12)
+    assert len(set(spreads)) > 1

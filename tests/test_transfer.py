@@ -313,8 +313,9 @@ def test_committee_adds_an_uncertainty_without_changing_the_model(labeled_water,
     comm.calc = WaveCalculator(model=str(tmp_path / "comm"))
     assert comm.get_potential_energy() == pytest.approx(plain.get_potential_energy(), rel=0, abs=1e-9)
     np.testing.assert_allclose(comm.get_forces(), plain.get_forces(), rtol=0, atol=1e-9)
-    near = comm.calc.results["energy_std"]
-    assert near > 0 and "energy_std" not in plain.calc.results
+    near = comm.calc.get_property("energy_std", comm)
+    assert near > 0 and near == comm.calc.uncertainty["energy_std"] == comm.info["energy_std"]
+    assert "energy_std" not in plain.calc.uncertainty and "energy_std" not in plain.info
     std_f = comm.calc.get_property("forces_std", comm)
     assert std_f.shape == (3, 3) and np.all(std_f >= 0) and std_f.max() > 0
     from ase.calculators.calculator import PropertyNotImplementedError
