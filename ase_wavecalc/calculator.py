@@ -39,7 +39,8 @@ Electronic structure (methods of the calculator; computed on demand, cached with
 
 Parameters (``default_parameters``; anything else is rejected): ``method`` ("hf" or a PySCF xc name),
 ``basis``, ``charge`` (default: what the Atoms say, else the model's trained charge, else 0), ``spin`` (2S;
-only 0), ``conv_tol``, ``grid_level``, ``max_cycle``,
+only 0; ``mult`` or ``multiplicity``, 2S + 1, as other ASE calculators and geomeTRIC spell it, are taken
+as ``spin``), ``conv_tol``, ``grid_level``, ``max_cycle``,
 ``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``; a ``method``
 or ``basis`` given with it must name a level the model was trained on, else ``InputError``), with
 ``dtype``, ``out_of_domain`` ("raise", the default: geometries outside the model's training domain raise
@@ -63,7 +64,7 @@ from . import electronic
 from .calculator_electronic import ElectronicStructureMixin, _torch
 from .reference import ReferenceNotConverged
 from .units import BOHR, HARTREE, bohr_to_angstrom, gradient_au_to_forces_ev, hartree_to_ev
-from .validation import charge_and_spin_of, check_atoms, check_model_level
+from .validation import charge_and_spin_of, check_atoms, check_model_level, spin_from_multiplicity
 
 __all__ = ["WaveCalculator"]
 
@@ -139,6 +140,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         self._given = set()       # the parameters set by the user (not defaults): method/basis vs a model
         self._lock = threading.RLock()   # serializes calculations of threads sharing this calculator
         self.uncertainty = {}     # the committee spreads of the last calculation (eV, eV/Angstrom)
+        kwargs = spin_from_multiplicity(kwargs)
         bad = sorted(set(kwargs) - set(self.default_parameters))
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
@@ -153,6 +155,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
     # -- parameters ------------------------------------------------------------------------------
     @_serialized
     def set(self, **kwargs):
+        kwargs = spin_from_multiplicity(kwargs)
         bad = sorted(set(kwargs) - set(self.default_parameters) - {"parameters"})
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "

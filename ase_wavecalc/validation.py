@@ -23,9 +23,13 @@ import numpy as np
 from ase.calculators.calculator import InputError
 from ase.data import chemical_symbols
 
-__all__ = ["check_atoms", "charge_and_spin_of", "check_model_level", "n_occupied", "MIN_DISTANCE"]
+__all__ = ["check_atoms", "charge_and_spin_of", "check_model_level", "spin_from_multiplicity", "n_occupied",
+           "MIN_DISTANCE", "MULTIPLICITY_NAMES"]
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
+# calculator parameters that give the spin multiplicity 2S + 1, as other ASE calculators spell it (geomeTRIC's
+# ASE engine, ORCA and Gaussian: mult; Psi4: multiplicity); WaveCalculator's own ``spin`` is 2S
+MULTIPLICITY_NAMES = ("mult", "multiplicity")
 
 
 def _symbol(z: int) -> str:
@@ -145,6 +149,29 @@ def _integer(value, what: str) -> int:
     if not np.isfinite(number) or abs(number - round(number)) > 1e-6:
         raise InputError(f"{what} must be an integer, got {value!r}")
     return int(round(number))
+
+
+def spin_from_multiplicity(params: dict) -> dict:
+    """``params`` with ``mult``/``multiplicity`` (2S + 1) given as ``spin`` (2S). ``InputError`` for a
+    multiplicity that is not an integer >= 1, or spellings that give different spins (``spin=None``: not
+    given)."""
+    given = {k: params[k] for k in MULTIPLICITY_NAMES if k in params}
+    if not given:
+        return params
+    spins = {}
+    for name, value in given.items():
+        multiplicity = _integer(value, f"{name} (the spin multiplicity 2S + 1)")
+        if multiplicity < 1:
+            raise InputError(f"{name} is the spin multiplicity 2S + 1 (>= 1), got {value!r}")
+        spins[name] = multiplicity - 1
+    if params.get("spin") is not None:
+        spins["spin"] = _integer(params["spin"], "spin (2S)")
+    if len(set(spins.values())) > 1:
+        raise InputError("contradicting spins: " + ", ".join(f"{k}={params[k]!r}" for k in spins)
+                         + f" ({' and '.join(MULTIPLICITY_NAMES)} are 2S + 1, spin is 2S)")
+    out = {k: v for k, v in params.items() if k not in MULTIPLICITY_NAMES}
+    out["spin"] = next(iter(spins.values()))
+    return out
 
 
 def charge_and_spin_of(atoms, charge=0, spin=0, default_charge: int = 0) -> tuple[int, int, str]:

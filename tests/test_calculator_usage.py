@@ -212,3 +212,30 @@ def test_md_trajectory_keeps_the_energy_spread_of_every_frame(tmp_path):
         probe = frame.copy()
         assert fresh.get_property("energy_std", probe) == pytest.approx(std, rel=1e-9, abs=1e-12)
     assert len(set(spreads)) > 1
+
+
+# ---------------------------------------------------------------------------------------------- item 7
+
+def test_multiplicity_spellings_of_other_ase_calculators():
+    """mult (geomeTRIC's ASE engine, ORCA, Gaussian) and multiplicity (Psi4) are 2S + 1, taken as spin
+    (2S); a triplet is refused as an open shell, contradictions and nonsense as InputError."""
+    atoms = _water(seed=8)
+    atoms.calc = WaveCalculator(model=MODEL)
+    energy = atoms.get_potential_energy()
+    for kwargs in (dict(model=MODEL, mult=1), dict(model=MODEL, multiplicity=1, spin=0),
+                   dict(model=MODEL, mult=1.0, multiplicity=1)):
+        calc = WaveCalculator(**kwargs)
+        assert calc.parameters["spin"] == 0 and "mult" not in calc.parameters
+        assert calc.get_potential_energy(atoms) == pytest.approx(energy, abs=1e-9)
+    calc = WaveCalculator(method="hf", basis="sto-3g", mult=3)
+    assert calc.parameters["spin"] == 2
+    with pytest.raises(InputError, match="closed-shell"):
+        calc.get_potential_energy(atoms)
+    calc.set(mult=1)
+    assert calc.parameters["spin"] == 0 and np.isfinite(calc.get_potential_energy(atoms))
+    for kwargs, words in ((dict(mult=1, spin=2), "contradicting spins: mult=1, spin=2"),
+                          (dict(mult=2, multiplicity=1), "contradicting spins"),
+                          (dict(mult=0), "2S \\+ 1 \\(>= 1\\)"), (dict(multiplicity="singlet"), "must be a number"),
+                          (dict(mult=1.5), "must be an integer")):
+        with pytest.raises(InputError, match=words):
+            WaveCalculator(model=MODEL, **kwargs)
