@@ -25,6 +25,17 @@ __all__ = ["import_npz", "add_cli_arguments", "cli_main"]
 _NPZ_ARRAYS = ("numbers", "positions", "fock", "e_tot", "gradient", "mo_energy", "dipole_au")
 
 
+def _symmetric_from_triu(triu) -> np.ndarray:
+    """(F, n(n+1)/2) upper triangles (numpy.triu_indices order) -> (F, n, n) symmetric float64 matrices."""
+    triu = np.asarray(triu, dtype=np.float64)
+    n = int(round((np.sqrt(8 * triu.shape[-1] + 1) - 1) / 2))
+    out = np.zeros(triu.shape[:-1] + (n, n))
+    iu = np.triu_indices(n)
+    out[..., iu[0], iu[1]] = triu
+    out[..., iu[1], iu[0]] = triu
+    return out
+
+
 def _source_name(part: Path) -> str:
     return f"{part.parent.name}/{part.name}"
 
@@ -102,6 +113,9 @@ def import_npz(out, parts, max_frames: int | None = None, batch_size: int = 50,
         for part in parts:
             with np.load(part, allow_pickle=False) as npz:
                 d = {k: npz[k] for k in npz.files}
+            if "fock_triu" in d and "fock" not in d:   # a compact part (export-npz --compact)
+                d["fock"] = _symmetric_from_triu(d.pop("fock_triu"))
+                d["mo_energy"] = np.asarray(d["mo_energy"], dtype=np.float64)
             missing = [k for k in _NPZ_ARRAYS if k not in d]
             if missing:
                 raise DatasetError(f"{str(part)!r} lacks arrays {missing}")

@@ -57,6 +57,7 @@ class Fit:
         self.user_data = user_data
         self.deadlines = phase_deadlines(recipe, float(request["budget_s"]))
         self.workers = max(1, int(request.get("workers", 2)))
+        self._bg = None
 
     # -- clock -----------------------------------------------------------------------------------------
     def left(self, phase: str) -> float:
@@ -90,21 +91,37 @@ class Fit:
         finally:
             stop_labellers(procs)
 
-    def background_labelling(self, phase: str):
-        """Start labelling beside training (one process, or the executor in a thread); returns a stop callable."""
-        from .labelling import label_with_executor, pending, start_labellers, stop_labellers
+    def background_labelling(self, until_phase: str = "readout") -> None:
+        """Keep labelling beside training until ``until_phase`` ends (one process per spare worker, or the
+        executor in a thread); started once and left running across training runs, so no frame in progress is
+        thrown away when one run hands over to the next."""
+        from .labelling import label_with_executor, pending, start_labellers
 
+        if self._bg is not None:
+            return
         queue = self.st.get("label_queue")
         if self.workers < 2 and self.executor is None or not pending(self.work, queue):
-            return lambda: None
+            return
         if self.executor is not None:
             t = threading.Thread(target=label_with_executor, daemon=True,
                                  args=(self.work, queue, self.req, self.recipe, self.executor,
-                                       self.wall_deadline(phase)))
+                                       self.wall_deadline(until_phase)))
             t.start()
-            return lambda: t.join(timeout=60)
-        procs = start_labellers(self.work, self.workers - 1, self.wall_deadline(phase))
-        return lambda: stop_labellers(procs)
+            self._bg = ("thread", t)
+        else:
+            self._bg = ("procs", start_labellers(self.work, self.workers - 1, self.wall_deadline(until_phase)))
+
+    def stop_background(self) -> None:
+        from .labelling import stop_labellers
+
+        if self._bg is None:
+            return
+        kind, handle = self._bg
+        if kind == "procs":
+            stop_labellers(handle)
+        else:
+            handle.join(timeout=60)
+        self._bg = None
 
     # -- phases ----------------------------------------------------------------------------------------
     def phase_sample(self) -> None:
@@ -172,11 +189,8 @@ class Fit:
         tables["model"] = {**self.recipe["fock"]["model"], **tables["model"]}
         text = phase_config(tables, specs,
                             seed=int(self.req["seed"]), run_extra=extra_run, optimizer_extra=optimizer_extra)
-        stop_bg = self.background_labelling(phase)
-        try:
-            result = train_for(run_dir, text, self.left(phase), log=_Throttled(self.log, f"[{phase}] "))
-        finally:
-            stop_bg()
+        self.background_labelling("readout")
+        result = train_for(run_dir, text, self.left(phase), log=_Throttled(self.log, f"[{phase}] "))
         if result["stopped"] == "signal":
             raise FitInterrupted(f"training run {run_dir} stopped by a signal")
         return result
@@ -195,11 +209,27 @@ class Fit:
         self.log(f"[label] {n_test} test and {n_pool} training frames labelled")
 
     def phase_fock(self) -> None:
-        r = self._train("fock", "fock", "fock")
-        self.st.mark_done("fock", **r)
+        """``fock.rounds`` runs, each on the frames labelled when it starts (the other core keeps labelling),
+        each from the previous one's weights with a fresh optimizer; the time split evenly among them."""
+        rounds = int(self.recipe["fock"].get("rounds", 1))
+        start = self.deadlines["label"]
+        length = self.deadlines["fock"] - start
+        results = []
+        for k in range(rounds):
+            name = "fock" if k == 0 else f"fock_{k}"
+            end = start + length * (k + 1) / rounds
+            if k + 1 < rounds and (self.work / "runs" / f"fock_{k + 1}").exists():
+                continue                                     # a later round has started: this one is done
+            extra = {} if k == 0 else {"init_weights": str(self.work / "runs" / self.st.get("last_fock"))}
+            opt = {} if k == 0 else {"lr": float(self.recipe["fock"]["optimizer"]["lr"]) * 0.5}
+            self.deadlines["_fock_round"] = end
+            results.append(self._train(name, "_fock_round", "fock", extra_run=extra, optimizer_extra=opt))
+            self.st.set("last_fock", name)
+        self.st.mark_done("fock", rounds=results)
 
     def phase_readout(self) -> None:
-        r = self._train("readout", "readout", "readout", extra_run={"init_weights": str(self.work / "runs" / "fock")})
+        fock = self.work / "runs" / self.st.get("last_fock", "fock")
+        r = self._train("readout", "readout", "readout", extra_run={"init_weights": str(fock)})
         self.st.set("last_readout", "readout")
         self.st.mark_done("readout", **r)
 
@@ -219,6 +249,7 @@ class Fit:
         from .active import explore
         from .labelling import create_dataset, pending
 
+        self.stop_background()
         rec = self.recipe["active"]
         rounds = self.st.get("active_rounds", [])
         length = self.deadlines["active"] - self.deadlines["readout"]
@@ -317,16 +348,23 @@ def run_fit(request: dict, recipe: dict, recipe_text: str, workdir, out, data_ou
                 st.save()
             fit = Fit(st, st.data["request"], recipe, Path(out), Path(data_out or workdir / "data"), log,
                       executor=executor, user_data=user_data)
-            for phase in PHASES:
-                if st.done(phase):
-                    continue
-                t0 = st.elapsed()
-                log(f"== phase {phase} (fit clock {t0 / 60:.1f} of {fit.deadlines['final'] / 60:.0f} min; this "
-                    f"phase until {fit.deadlines[phase] / 60:.1f} min)")
-                getattr(fit, f"phase_{phase}")()
-                st.data.setdefault("phase_seconds", {})[phase] = round(
-                    st.data.get("phase_seconds", {}).get(phase, 0.0) + st.elapsed() - t0, 1)
-                st.save()
+            try:
+                _run_phases(st, fit, log)
+            finally:
+                fit.stop_background()
             return dict(st.data)
     finally:
         close()
+
+
+def _run_phases(st, fit, log) -> None:
+    for phase in PHASES:
+        if st.done(phase):
+            continue
+        t0 = st.elapsed()
+        log(f"== phase {phase} (fit clock {t0 / 60:.1f} of {fit.deadlines['final'] / 60:.0f} min; this "
+            f"phase until {fit.deadlines[phase] / 60:.1f} min)")
+        getattr(fit, f"phase_{phase}")()
+        st.data.setdefault("phase_seconds", {})[phase] = round(
+            st.data.get("phase_seconds", {}).get(phase, 0.0) + st.elapsed() - t0, 1)
+        st.save()

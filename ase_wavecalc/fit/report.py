@@ -211,7 +211,7 @@ def final_report(fit) -> dict:
             target = fit.data_out / Path(name).stem
             if target.exists():
                 shutil.rmtree(target)
-            export_npz(work / name, target, progress=False)
+            export_npz(work / name, target, progress=False, compact=True)
         st.set("npz_exported", True)
     p = np.load(work / "test_pairs.npz")
     runs = sorted((work / "runs").iterdir())
