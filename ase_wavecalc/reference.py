@@ -77,8 +77,11 @@ def reference_settings(method="pbe", basis="def2-svp", conv_tol=1e-11, grid_leve
 def run_reference(numbers, positions_angstrom, method: str = "pbe", basis: str = "def2-svp",
                   conv_tol: float = 1e-11, grid_level: int = 3, charge: int = 0, spin: int = 0,
                   gradient: bool = True, max_cycle: int = 100, conv_tol_grad: float | None = None,
-                  verbose: int = 0) -> dict:
+                  verbose: int = 0, dm0=None) -> dict:
     """Closed-shell SCF (RHF for ``method`` "hf"/"rhf", else RKS with ``xc=method``) and its gradient.
+
+    ``dm0``: (nao, nao) initial density matrix (PySCF AO order; e.g. a model's prediction), else PySCF's
+    default guess (minao). Only the start of the SCF differs: the converged result is the same.
 
     Positions in Angstrom (converted with ``units.BOHR``, the molecule is built in Bohr, never
     reoriented). ``conv_tol`` (energy, Hartree) and ``conv_tol_grad`` (orbital gradient; default
@@ -119,7 +122,7 @@ def run_reference(numbers, positions_angstrom, method: str = "pbe", basis: str =
         cycles[0] = envs.get("cycle", cycles[0] - 1) + 1
 
     mf.callback = count
-    e_tot = mf.kernel()
+    e_tot = mf.kernel(dm0=None if dm0 is None else np.asarray(dm0, dtype=float))
     if not mf.converged:
         raise ReferenceNotConverged(
             f"{settings['method'].upper()}/{settings['xc']}/{basis} SCF not converged in {max_cycle} cycles "
@@ -144,7 +147,7 @@ def run_reference(numbers, positions_angstrom, method: str = "pbe", basis: str =
         "dipole": np.asarray(dipole, dtype=float),
         "metadata": settings,
         "info": {"scf_cycles": int(cycles[0]), "seconds": time.perf_counter() - t0, "converged": True,
-                 "gradient": bool(gradient)},
+                 "gradient": bool(gradient), "guess": "minao" if dm0 is None else "given"},
     }
 
 

@@ -60,15 +60,68 @@ def _store_outcome(db, numbers, candidates, outcome, summary) -> None:
     _store(db, outcome, numbers, candidates, set(), [], summary)
 
 
+class _Guess:
+    """The SCF start from the fit's newest Fock network (``fit.json`` key ``guess_run``, a run directory):
+    the closed-shell density of its predicted F. Reloaded when the fit names a newer run."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.run, self.model = workdir, None, None
+
+    def density(self, numbers, positions_bohr, basis: str, charge: int):
+        import torch
+
+        run = json.loads((self.workdir / "fit.json").read_text()).get("guess_run")
+        if not run:
+            return None
+        if run != self.run:
+            from ..train.cli_export import load_run_model
+            try:
+                model, _ = load_run_model(self.workdir / "runs" / run)
+            except (OSError, RuntimeError, KeyError):
+                return None        # a checkpoint being written: the default guess this time
+            self.run, self.model = run, model.double()
+        from ..electronic import closed_shell_density
+        from ..integrals import make_mol
+        from ..validation import n_occupied
+
+        mol = make_mol(numbers, positions_bohr, basis, charge=charge)
+        with torch.no_grad():
+            out = self.model(torch.as_tensor(numbers), torch.as_tensor(positions_bohr, dtype=torch.float64))
+            fock = out["fock"][0] if out["fock"].dim() == 3 else out["fock"]
+            try:
+                dm = closed_shell_density(fock, torch.as_tensor(mol.intor("int1e_ovlp")),
+                                          n_occupied(numbers, charge))
+            except ValueError:     # a closed predicted gap: no use as a start
+                return None
+        return dm.numpy()
+
+
+def _label_one(frame, numbers, positions_bohr, options, guess: _Guess | None):
+    """(frame, "ok", result) or (frame, "not_converged", message, cycles), as ``generate._reference_task``."""
+    from ..reference import ReferenceNotConverged, run_reference
+    from ..units import bohr_to_angstrom
+
+    dm0 = None
+    if guess is not None:
+        dm0 = guess.density(numbers, positions_bohr, options["basis"], int(options["charge"]))
+    try:
+        result = run_reference(numbers, bohr_to_angstrom(np.asarray(positions_bohr)), dm0=dm0, **options)
+    except ReferenceNotConverged as exc:
+        if dm0 is None:
+            return frame, "not_converged", str(exc), exc.cycles
+        return _label_one(frame, numbers, positions_bohr, options, None)     # once more from PySCF's guess
+    return frame, "ok", result
+
+
 def _label_shard(workdir: Path, shard: int, shards: int, deadline: float) -> int:
     from ..dataset import connect, read_candidates
-    from ..generate import _reference_task
 
     parent = os.getppid()
     state = json.loads((workdir / "fit.json").read_text())
     options = _options(state["request"], state["recipe"])
     todo = pending(workdir, state["label_queue"])[shard::shards]
     dbs, cands = {}, {}
+    guess = _Guess(workdir) if state["recipe"]["labels"].get("model_guess", True) else None
     summary = {"computed": 0, "not_converged": []}
     for name, frame in todo:
         if time.time() >= deadline or os.getppid() != parent:
@@ -77,7 +130,7 @@ def _label_shard(workdir: Path, shard: int, shards: int, deadline: float) -> int
             dbs[name] = connect(workdir / name)
             cands[name] = read_candidates(dbs[name])
         numbers, candidates = cands[name]
-        outcome = _reference_task(frame, numbers, candidates[frame], options)
+        outcome = _label_one(frame, numbers, candidates[frame], options, guess)
         _store_outcome(dbs[name], numbers, candidates, outcome, summary)
     return 0
 

@@ -223,8 +223,10 @@ class Fit:
             extra = {} if k == 0 else {"init_weights": str(self.work / "runs" / self.st.get("last_fock"))}
             opt = {} if k == 0 else {"lr": float(self.recipe["fock"]["optimizer"]["lr"]) * 0.5}
             self.deadlines["_fock_round"] = end
+            self.st.set("guess_run", self.st.get("last_fock"))    # labellers start SCFs from the newest F
             results.append(self._train(name, "_fock_round", "fock", extra_run=extra, optimizer_extra=opt))
             self.st.set("last_fock", name)
+            self.st.set("guess_run", name)
         self.st.mark_done("fock", rounds=results)
 
     def phase_readout(self) -> None:
