@@ -155,8 +155,10 @@ class Fit:
         create_dataset(self.work / POOL, c["numbers"], c["train"], settings, "fit candidates (farthest-point order)")
         if self.user_data:
             self._import_user_data(settings)
-        queue = [[TEST, list(range(len(c["test"])))], [POOL, list(range(len(c["train"])))]]
-        self.st.set("label_queue", queue)
+        # the labelling phase labels training frames only; the test frames come first after it (beside the
+        # first training run), since nothing needs them before the final phase
+        self.st.set("label_queue", [[POOL, list(range(len(c["train"])))]])
+        self.st.set("test_queue", [[TEST, list(range(len(c["test"])))]])
         self.st.mark_done("sample", seconds=round(time.perf_counter() - t0, 1), driver=c["driver"],
                           n_candidates=int(len(c["train"])), n_test=int(len(c["test"])),
                           label_seconds_estimate=round(t_label, 2), expected_frames=expected)
@@ -205,6 +207,7 @@ class Fit:
                 procs = start_labellers(self.work, self.workers, time.time() + 60)
                 stop_labellers(procs, wait_s=70)
             n_pool = self.labelled(POOL)
+        self.st.set("label_queue", self.st.get("test_queue") + self.st.get("label_queue"))
         self.st.mark_done("label", test_frames=n_test, train_frames=n_pool)
         self.log(f"[label] {n_test} test and {n_pool} training frames labelled")
 
@@ -296,7 +299,15 @@ class Fit:
         self.st.mark_done("active", rounds=len(rounds))
 
     def phase_final(self) -> None:
+        from .labelling import pending
         from .report import final_report
+
+        if pending(self.work, self.st.get("test_queue")):     # e.g. --workers 1: no labelling beside training
+            self.log("[final] labelling the test frames")
+            self.label_until("final", self.workers, queue=self.st.get("test_queue"))
+            if pending(self.work, self.st.get("test_queue")):
+                raise RuntimeError("the budget ran out before the test frames were labelled: resume with a larger "
+                                   "--budget")
 
         if not self.st.get("exported"):
             self.log(f"[final] exporting {self.st.get('last_readout')} to {self.out}")
