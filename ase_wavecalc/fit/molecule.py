@@ -26,7 +26,7 @@ def _from_smiles(smiles: str):
         from rdkit.Chem import AllChem
     except ImportError:
         raise FitInputError(f"{smiles!r} is neither a file nor an ASE molecule name; as a SMILES string it needs "
-                            "RDKit, which is not installed (pip install rdkit, or 'ase-wavecalc[smiles]')") from None
+                            "RDKit, which is not installed: pip install 'ase-wavecalc[smiles]' (or pip install rdkit)") from None
     RDLogger.DisableLog("rdApp.*")
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
