@@ -85,9 +85,19 @@ class Fit:
             label_with_executor(self.work, queue, self.req, self.recipe, self.executor, self.wall_deadline(phase))
             return
         procs = start_labellers(self.work, workers, self.wall_deadline(phase))
+        names = [q[0] for q in queue]
+        start = {n: self.labelled(n) for n in names}
+        t0 = last = time.monotonic()
         try:
             while any(p.poll() is None for p in procs):
                 time.sleep(1.0)
+                if time.monotonic() - last > 120:       # a status line every two minutes
+                    last = time.monotonic()
+                    done = {n: self.labelled(n) for n in names}
+                    new = sum(done[n] - start[n] for n in names)
+                    self.log(f"[{phase}] " + ", ".join(f"{n} {done[n]}" for n in names) + f" labelled; "
+                             f"{new / ((last - t0) / 60):.1f} frames/min on {workers} workers; "
+                             f"{max(0.0, self.left(phase)) / 60:.0f} min left in this phase")
         finally:
             stop_labellers(procs)
 
