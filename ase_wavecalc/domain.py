@@ -4,12 +4,14 @@ A Hamiltonian network trained on one molecule's geometries (PhiSNet-style) has l
 nothing else. Run on another one of the same elements (methanol through an ethanol model) or on an isomer
 (dimethyl ether), or on a geometry where a bond has broken, it still returns numbers, and they are wrong
 by tenths of an eV to hundreds of eV with no other sign. The model card's ``training_domain`` therefore
-records, besides the shortest pair distances (``providers/model.py``):
+records:
 
 | key | what | example |
 |---|---|---|
 | ``compositions`` | Hill formulas of the training molecules | ``["C2H6O"]`` |
 | ``bond_signatures`` | per formula, the distinct bonding patterns of its training frames | ``{"C2H6O": ["C[CH2O] C[CH3] H[C]x5 H[O] O[CH]"]}`` |
+| ``min_pair_distance_A`` | per element pair, the shortest distance of any two atoms | ``{"6-6": 1.4143, ...}`` |
+| ``max_bond_length_A`` | per element pair, the longest bond (bonded as below) | ``{"6-6": 1.7038, ...}`` |
 
 Two atoms are bonded when closer than ``BOND_SCALE`` x the sum of their covalent radii (ASE's
 ``covalent_radii``, Cordero et al. 2008): 1.39 A for C-H, 1.26 A for O-H, 1.98 A for C-C. A bonding pattern
@@ -19,7 +21,9 @@ the bond graph: it tells apart ethanol and dimethyl ether, n- and iso-butane, 1-
 a bond that breaks or forms (unless other changes restore every atom's environment); graphs that only differ
 further out (rings of different sizes built from the
 same environments) can share a pattern. ``outside`` gives the reason a geometry is outside the recorded
-domain, or None; cards without these keys (exports before they existed) are not checked. Angstrom throughout.
+compositions and bonds, or None; ``pair_distances`` compares its pair distances with the recorded range
+(warning or refusal, see there). Cards without a key (exports before it existed) are not checked for it.
+Angstrom throughout.
 """
 from __future__ import annotations
 
@@ -27,9 +31,16 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["BOND_SCALE", "formula", "bonded_pairs", "bond_signature", "describe_frames", "merge", "outside"]
+__all__ = ["BOND_SCALE", "formula", "bonded_pairs", "bond_signature", "describe_frames", "merge", "outside",
+           "longest_bonds", "pair_distances"]
 
 BOND_SCALE = 1.3    # x (r_cov,a + r_cov,b): bonded
+
+# pair distances against the training range (pair_distances)
+EXTRAPOLATION_ERROR = 0.8     # x the shortest training distance of the element pair: refused
+EXTRAPOLATION_WARNING = 0.05  # Angstrom closer than that distance: a warning
+STRETCH_ERROR = 1.1           # x the longest training bond of the element pair: refused
+STRETCH_WARNING = 0.05        # Angstrom longer than that bond: a warning
 
 
 def _hill(symbols) -> str:
@@ -115,3 +126,105 @@ def outside(domain: dict, numbers, positions_angstrom, model_name: str) -> str |
                     f"{model_name!r} ({' | '.join(patterns)}): a bond has broken or formed, or this is another "
                     "isomer, which the model was not trained on")
     return None
+
+
+def _pair_key(za, zb) -> str:
+    """The card's key of an element pair: the atomic numbers, smaller first ("1-6": C-H)."""
+    return f"{min(int(za), int(zb))}-{max(int(za), int(zb))}"
+
+
+def longest_bonds(numbers, positions_angstrom) -> dict[str, float]:
+    """Per element pair ("6-6": C-C), the longest bond in frames of one molecule, Angstrom.
+
+    numbers: (n,); positions_angstrom: (n_frames, n, 3). Bonded means closer than ``BOND_SCALE`` x the summed
+    covalent radii (as in :func:`bonded_pairs`), so the key is missing for element pairs never bonded."""
+    from ase.data import covalent_radii
+
+    z = np.asarray(numbers, dtype=int).reshape(-1)
+    frames = np.asarray(positions_angstrom, dtype=float).reshape(-1, len(z), 3)
+    i, j = np.triu_indices(len(z), 1)
+    dist = np.linalg.norm(frames[:, i] - frames[:, j], axis=-1)                 # (n_frames, n_pairs)
+    bonded = dist < BOND_SCALE * (covalent_radii[z[i]] + covalent_radii[z[j]])
+    longest: dict[str, float] = {}
+    for k in np.flatnonzero(bonded.any(axis=0)):
+        key = _pair_key(z[i[k]], z[j[k]])
+        longest[key] = max(longest.get(key, 0.0), float(dist[bonded[:, k], k].max()))
+    return longest
+
+
+def pair_distances(domain: dict, numbers, positions_angstrom, model_name: str,
+                   strict: bool = False) -> tuple[str | None, dict[str, str]]:
+    """(refusal, warnings): why these pair distances are outside the training range of ``domain`` (a card's
+    ``training_domain``): the refusal a sentence or None, the warnings {"close": sentence, "stretched":
+    sentence} for the first pair of each kind (empty when none; with a refusal, always empty).
+
+    Close pairs (``min_pair_distance_A``): closer than the shortest training distance of the element pair
+    minus ``EXTRAPOLATION_WARNING`` (0.05 A) warns, below ``EXTRAPOLATION_ERROR`` (0.8) x it is refused.
+    Stretched bonds (``max_bond_length_A``): a pair bonded here (:func:`bonded_pairs`, the bond graph of
+    the signatures) longer than the longest training bond of its element pair plus ``STRETCH_WARNING``
+    (0.05 A, the margin of the close pairs) warns, longer than ``STRETCH_ERROR`` (1.1) x it is refused.
+
+    Why 1.1x, tighter than the 0.8x of compression: compressed further, a pair only climbs a repulsive wall,
+    which the network has seen rising; stretched, a bond goes towards breaking, where the electronic
+    structure changes character (the HOMO-LUMO gap closes; that is how a network Hamiltonian fails, see
+    ``check_gap``). The shipped MD data reach about 1.12x the equilibrium length (C-C 1.70 A against
+    1.53, O-H 1.16 against 0.97), so 1.1x of the training maximum is about 1.23x equilibrium, 0.35 A for
+    C-C: the inflection point of a Morse curve (r_e + ln 2 / a, a ~ 2 per Angstrom for C-C, C-O, C-H),
+    beyond which the restoring force falls off and nothing the model learned shapes the curve. Stretched
+    as far as ``BOND_SCALE`` x the covalent radii, the pair is no longer bonded and :func:`outside`
+    refuses the changed bonds instead, so the two checks cover a bond to its end.
+
+    ``strict``: any close pair below its training minimum, and any bond beyond its training maximum, is a
+    refusal (the out-of-domain fallback hands such geometries to the reference method). Element pairs the
+    card has no entry for are not checked. positions_angstrom: (n, 3)."""
+    from ase.data import chemical_symbols
+
+    z = np.asarray(numbers, dtype=int).reshape(-1)
+    pos = np.asarray(positions_angstrom, dtype=float).reshape(-1, 3)
+    shortest = domain.get("min_pair_distance_A") or {}
+    longest = domain.get("max_bond_length_A") or {}
+    warnings: dict[str, str] = {}
+
+    def label(a, b, d):
+        return f"atoms {a} ({chemical_symbols[z[a]]}) and {b} ({chemical_symbols[z[b]]}) are {d:.3f} Angstrom apart"
+
+    def pair_name(a, b):
+        za, zb = sorted((int(z[a]), int(z[b])))
+        return f"{chemical_symbols[za]}-{chemical_symbols[zb]}"
+
+    i, j = np.triu_indices(len(z), 1)
+    dist = np.linalg.norm(pos[i] - pos[j], axis=1)
+    farthest = max((float(v) for v in shortest.values()), default=0.0)
+    for k in np.argsort(dist):
+        if dist[k] >= farthest:   # sorted: no later pair is below its limit
+            break
+        limit = shortest.get(_pair_key(z[i[k]], z[j[k]]))
+        if limit is None:
+            continue
+        limit, a, b, d = float(limit), int(i[k]), int(j[k]), float(dist[k])
+        where = f"the shortest {pair_name(a, b)} distance in model {model_name!r}'s training data ({limit:.3f} A)"
+        if strict and d < limit:
+            return f"{label(a, b, d)}, below {where}", {}
+        if d < EXTRAPOLATION_ERROR * limit:
+            return f"{label(a, b, d)}, far below {where}: outside what the model can describe", {}
+        if d < limit - EXTRAPOLATION_WARNING:
+            warnings.setdefault("close", f"{label(a, b, d)}, below {where}: the model extrapolates")
+    if longest:
+        bonds = bonded_pairs(z, pos)
+        lengths = np.linalg.norm(pos[bonds[:, 0]] - pos[bonds[:, 1]], axis=1) if len(bonds) else np.zeros(0)
+        for k in np.argsort(-lengths):
+            limit = longest.get(_pair_key(z[bonds[k, 0]], z[bonds[k, 1]]))
+            if limit is None:
+                continue
+            limit, a, b, d = float(limit), int(bonds[k, 0]), int(bonds[k, 1]), float(lengths[k])
+            where = (f"the longest {pair_name(a, b)} bond in model {model_name!r}'s training data "
+                     f"({limit:.3f} A)")
+            if strict and d > limit:
+                return f"{label(a, b, d)}, a bond stretched beyond {where}", {}
+            if d > STRETCH_ERROR * limit:
+                return (f"{label(a, b, d)}, a bond stretched far beyond {where}, more than {STRETCH_ERROR:g}x: "
+                        "outside what the model can describe (the bond is on its way to breaking)"), {}
+            if d > limit + STRETCH_WARNING:
+                warnings.setdefault("stretched", f"{label(a, b, d)}, a bond stretched beyond {where}: the "
+                                                 "model extrapolates")
+    return None, warnings

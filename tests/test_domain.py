@@ -9,7 +9,8 @@ import pytest
 from ase.build import molecule
 
 from ase_wavecalc import WaveCalculator
-from ase_wavecalc.domain import bond_signature, describe_frames, formula, merge, outside
+from ase_wavecalc.domain import (STRETCH_ERROR, bond_signature, describe_frames, formula, longest_bonds, merge,
+                                 outside, pair_distances)
 from ase_wavecalc.providers import OutOfDomainError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,11 +108,112 @@ def test_no_frame_of_a_shipped_models_data_is_refused(card_path):
     card = json.loads(Path(card_path).read_text())
     domain = card["training_domain"]
     assert domain.get("compositions") and domain.get("bond_signatures"), f"{card_path}: domain not recorded"
+    assert domain.get("max_bond_length_A"), f"{card_path}: longest bonds not recorded"
     n = 0
     for entry in card["split"]["datasets"]:
         for part in sorted(glob.glob(str(ROOT / "data" / Path(entry["name"]).stem / "part-*.npz"))):
             with np.load(part) as data:
                 for positions in data["positions"]:            # Angstrom
                     assert outside(domain, data["numbers"], positions, card["name"]) is None
+                    refusal, _ = pair_distances(domain, data["numbers"], positions, card["name"])
+                    assert refusal is None, f"{part}: {refusal}"
                     n += 1
     assert n >= 300, f"{card_path}: found only {n} committed frames of its datasets"
+
+
+def _training_frames(card):
+    """(numbers, (n, N, 3) Angstrom) of each dataset's training frames, where the card's split is
+    reproduced by ``split_frames`` (frame ids: the order of the committed parts, as import-npz assigns them).
+    None for splits of only some frames (transfer models and Delta baselines train on the frames with
+    CCSD(T) labels and hold out another model's test frames)."""
+    from ase_wavecalc.train.data import split_frames
+
+    out = []
+    for entry in card["split"]["datasets"]:
+        numbers, frames = None, []
+        for part in sorted(glob.glob(str(ROOT / "data" / Path(entry["name"]).stem / "part-*.npz"))):
+            with np.load(part) as data:
+                numbers = data["numbers"]
+                frames.append(data["positions"])
+        frames = np.concatenate(frames)
+        ids = split_frames(range(len(frames)), entry["train"], entry["val"], entry["test"], card["split"]["seed"])
+        if entry["train"] + entry["val"] + entry["test"] != len(frames) or ids["test"] != list(entry["test_frames"]):
+            return None
+        out.append((numbers, frames[ids["train"]]))
+    return out
+
+
+@pytest.mark.parametrize("card_path", _shipped_cards(), ids=lambda p: Path(p).parent.name)
+def test_recorded_longest_bonds_are_those_of_the_training_frames(card_path):
+    """The card's max_bond_length_A is the longest bond of each element pair over its training frames
+    (rounded up to 1e-4 A), so no training frame is beyond it even in the fallback's strict check."""
+    card = json.loads(Path(card_path).read_text())
+    sets = _training_frames(card)
+    if sets is None:
+        pytest.skip("split held out from another model's test frames")
+    recorded = card["training_domain"]["max_bond_length_A"]
+    longest: dict = {}
+    for numbers, frames in sets:
+        for key, d in longest_bonds(numbers, frames).items():
+            longest[key] = max(longest.get(key, 0.0), d)
+        for positions in frames:
+            assert pair_distances({"max_bond_length_A": recorded}, numbers, positions, "m", strict=True) == (None, {})
+    assert set(longest) == set(recorded)
+    for key, d in longest.items():
+        assert d <= recorded[key] < d + 1e-4, key
+
+
+def _ethanol_cc_stretched(length):
+    """ase.build's ethanol with the C-C bond at ``length`` Angstrom (the methyl group moved rigidly)."""
+    atoms = molecule("CH3CH2OH")
+    symbols = atoms.get_chemical_symbols()
+    c1, c2 = [i for i, s in enumerate(symbols) if s == "C"]
+    methyl = [c1] + [i for i, s in enumerate(symbols) if s == "H" and atoms.get_distance(c1, i) < 1.2]
+    atoms.set_distance(c2, c1, length, fix=0, indices=methyl)
+    return atoms
+
+
+def test_a_stretched_bond_warns_then_is_refused():
+    """#23: a saddle search on ethanol-pbe-def2svp ended with C-C at 1.80 A, beyond every training frame
+    (1.695 A), without a word, since the bond graph only changes at 1.3x the covalent radii (1.98 A). Now
+    1.80 A warns (longer than the training maximum + 0.05 A) and 1.90 A (> 1.1x) is refused; the ordinary
+    geometry does neither."""
+    import warnings
+
+    card = json.loads((ROOT / "models" / "ethanol-pbe-def2svp" / "model.json").read_text())
+    longest = card["training_domain"]["max_bond_length_A"]["6-6"]
+    assert longest + 0.05 < 1.80 < STRETCH_ERROR * longest < 1.90
+    calc = WaveCalculator(model="ethanol-pbe-def2svp")
+    atoms = _ethanol_cc_stretched(1.52)
+    atoms.calc = calc
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(atoms.get_potential_energy())
+    atoms = _ethanol_cc_stretched(1.80)
+    assert bond_signature(atoms.numbers, atoms.positions) == "C[CH2O] C[CH3] H[C]x5 H[O] O[CH]"
+    atoms.calc = calc
+    with pytest.warns(UserWarning, match=r"\(C\) are 1.800 Angstrom apart, a bond stretched beyond the longest "
+                                         r"C-C bond in model 'ethanol-pbe-def2svp''s training data \(1.695 A\)"):
+        assert np.isfinite(atoms.get_potential_energy())
+    atoms = _ethanol_cc_stretched(1.90)
+    atoms.calc = calc
+    with pytest.raises(OutOfDomainError, match=r"1.900 Angstrom apart, a bond stretched far beyond the longest C-C"):
+        atoms.get_potential_energy()
+
+
+def test_stretched_bonds_are_checked_on_the_bond_graph_only():
+    """Only pairs bonded in this geometry count (a non-bonded H...H far apart is no stretched bond), each
+    against its own element pair; a card without the key checks nothing; strict refuses any excess."""
+    water = molecule("H2O")
+    water.set_distance(0, 1, 1.10, fix=0)
+    domain = {"max_bond_length_A": {"1-8": 1.0}}
+    refusal, warned = pair_distances(domain, water.numbers, water.positions, "m")
+    assert refusal is None and "atoms 0 (O) and 1 (H) are 1.100 Angstrom apart" in warned["stretched"]
+    assert pair_distances({}, water.numbers, water.positions, "m") == (None, {})
+    assert pair_distances({"max_bond_length_A": {"1-1": 0.5}}, water.numbers, water.positions, "m") == (None, {})
+    water.set_distance(0, 1, 1.03, fix=0)
+    assert pair_distances(domain, water.numbers, water.positions, "m") == (None, {})
+    assert "a bond stretched beyond" in pair_distances(domain, water.numbers, water.positions, "m", strict=True)[0]
+    water.set_distance(0, 1, 1.15, fix=0)
+    assert "stretched far beyond" in pair_distances(domain, water.numbers, water.positions, "m")[0]
+    assert longest_bonds(water.numbers, water.positions[None]) == pytest.approx({"1-8": 1.15})

@@ -83,6 +83,28 @@ def test_pairs_below_the_training_minimum_go_to_the_reference_but_a_collapsed_ga
         atoms.get_potential_energy()
 
 
+def test_bonds_longer_than_in_training_go_to_the_reference(model):
+    """A bond longer than the card's longest training bond of its element pair (max_bond_length_A) is out of
+    domain like a close pair: the model alone is silent within 0.05 A of it, the fallback hands it over at
+    once and says why; a bond within the training range stays with the model."""
+    card = dict(CARD, training_domain={"max_bond_length_A": {"1-8": 1.0}})
+    fallback = ReferenceFallback(ModelProvider(model, card=card))
+    inside = water(0.98)
+    inside.calc = WaveCalculator(provider=fallback)
+    inside.get_potential_energy()
+    assert fallback.n_reference == 0
+    atoms = water(1.03)                               # beyond 1.0 A, inside the model's 0.05 A warning margin
+    atoms.calc = WaveCalculator(provider=ModelProvider(model, card=card))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        atoms.get_potential_energy()
+    atoms.calc = WaveCalculator(provider=fallback)
+    with pytest.warns(UserWarning, match="computed with the reference"):
+        atoms.get_potential_energy()
+    assert fallback.n_reference == 1
+    assert "are 1.030 Angstrom apart, a bond stretched beyond the longest H-O bond" in fallback.last_reason
+
 def test_calculator_parameters(tmp_path):
     atoms = water(0.6)                                   # O-H far below the water model's training data
     atoms.calc = WaveCalculator(model="water-pbe-def2svp")

@@ -198,6 +198,11 @@ def test_export_records_the_training_domain():
     # O-H is bonded below 1.3 x (0.66 + 0.31) = 1.26 A: the 1.0 and 1.2 A pairs are, 1.5 and 2.0 A are not
     assert domain["compositions"] == ["H2O"]
     assert domain["bond_signatures"] == {"H2O": ["H[O] H[] O[H]"]}
+    # the longest bond per element pair, over bonded pairs only (1.2 A; the 1.5 and 2.0 A pairs are not
+    # bonds), rounded up to 1e-4 A; H-H is never bonded and has no entry
+    assert list(domain["max_bond_length_A"]) == ["1-8"]
+    assert 1.2 - 1e-9 <= domain["max_bond_length_A"]["1-8"] <= 1.2 + 1e-4
+    assert training_domain([table], [np.array([0])])["max_bond_length_A"]["1-8"] == pytest.approx(1.0, abs=1e-4)
     # only the training rows count: a third frame with both O-H bonds, outside the rows, is not recorded
     pos3 = torch.cat([pos, torch.tensor([[[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]]) / 0.52917721092])
     eps3 = torch.cat([eps, eps[:1]])

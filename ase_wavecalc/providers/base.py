@@ -51,8 +51,8 @@ __all__ = ["HamiltonianResult", "HamiltonianProvider", "OutOfDomainError"]
 
 class OutOfDomainError(InputError):
     """The geometry is outside what the model was trained on (another molecule or other covalent bonds than
-    in training, an atom pair far closer than in any training frame, or a predicted HOMO-LUMO gap far below
-    every training gap): no model number is returned.
+    in training, an atom pair far closer or a bond far longer than in any training frame, or a predicted
+    HOMO-LUMO gap far below every training gap): no model number is returned.
     An ``InputError``, so ASE code that catches those catches it; ``out_of_domain="reference"`` of
     :class:`~ase_wavecalc.WaveCalculator` computes such geometries with the reference method instead."""
 

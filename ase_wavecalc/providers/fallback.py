@@ -1,11 +1,11 @@
 """Geometries a model refuses, computed with the reference method instead (opt-in).
 
 A trained model refuses geometries outside its training data (``OutOfDomainError``: another molecule or
-other covalent bonds than in training, an atom pair far closer than in any training frame, or a predicted
-HOMO-LUMO gap far below every training gap). By default the calculator raises, and an MD run or
-optimization stops there. ``ReferenceFallback`` hands every such molecule, and every geometry with an atom
-pair closer than anywhere in the training data (earlier than the model's own refusal), to the reference
-method the model was trained on (PySCF at the level of theory in its model
+other covalent bonds than in training, an atom pair far closer or a bond far longer than in any training
+frame, or a predicted HOMO-LUMO gap far below every training gap). By default the calculator raises, and
+an MD run or optimization stops there. ``ReferenceFallback`` hands every such molecule, and every geometry
+with an atom pair closer or a bond longer than anywhere in the training data (earlier than the model's own
+refusal), to the reference method the model was trained on (PySCF at the level of theory in its model
 card) and the model keeps everything else, so a long MD run goes on through the steps where the model
 would extrapolate in a pair distance; every such step costs a full SCF (seconds, not milliseconds).
 A collapsed predicted gap still raises: in ethanol MD it comes after the model's energy has fallen into
@@ -84,12 +84,12 @@ class ReferenceFallback(HamiltonianProvider):
 
     def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
         """The model's result, or the reference's for a molecule or bonds the model was not trained on and
-        where a pair is closer than in any training frame (a
+        where a pair is closer or a bond longer than in any training frame (a
         collapsed predicted gap, also ``OutOfDomainError``, is raised: see the module docstring)."""
         try:
-            # strictly: a pair closer than anywhere in training already goes to the reference (the model
-            # itself only refuses far below that, and in MD its last steps before a refusal can already
-            # have accelerated the atoms into a hole of its energy)
+            # strictly: a pair closer (a bond longer) than anywhere in training already goes to the
+            # reference (the model itself only refuses far beyond that, and in MD its last steps before a
+            # refusal can already have accelerated the atoms into a hole of its energy)
             self.model.check_training_domain(numbers, positions_bohr, strict=True)
         except OutOfDomainError as exc:
             self.last_reason = str(exc)

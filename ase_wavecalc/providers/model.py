@@ -69,7 +69,7 @@ class ModelProvider(HamiltonianProvider):
         if charge is not None and int(charge) != trained_charge:
             raise ValueError(f"model {self.name!r} was trained for charge {trained_charge}, not {charge}")
         self.charge = trained_charge
-        self._domain_warned = False
+        self._domain_warned = set()   # kinds of pair-distance warnings given (domain.pair_distances)
         # "hamiltonian": E_nn + 1/2 Tr[P (F + h)] + e0 (+ correction); "readout": e0 + an MLP of the Fock
         # trunk's atom invariants (model card "energy_path"; docs/design.md)
         self.energy_path = str(config.get("energy_path", "hamiltonian"))
@@ -91,59 +91,38 @@ class ModelProvider(HamiltonianProvider):
                 "charge": self.charge}
 
     def check_training_domain(self, numbers, positions_bohr, strict: bool = False) -> None:
-        """Compare the geometry with the training data's shortest distance per element pair (card's
-        ``training_domain``, written by ``wavecalc export``; models without it are not checked).
-
-        A pair closer than ``EXTRAPOLATION_ERROR`` x that distance raises ``InputError``: the network
-        has never seen anything like it, and its Hamiltonian (hence energy and forces) can be arbitrarily
-        wrong (a diverging optimizer is the usual way to get there). Closer than the training minimum
-        minus ``EXTRAPOLATION_WARNING`` Angstrom warns once per provider. ``strict``: any pair closer than
-        the training minimum raises (what :mod:`~ase_wavecalc.providers.fallback` uses to hand such
-        geometries to the reference before the model's extrapolation can accelerate the atoms).
+        """Compare the geometry with the training data recorded in the card's ``training_domain`` (written
+        by ``wavecalc export``; keys a card lacks are not checked), raising ``OutOfDomainError`` (an
+        ``InputError``) outside it.
 
         First, in both modes: a molecule whose composition or covalent bonds are not those of any training
-        frame (another molecule, an isomer, a broken bond; :mod:`ase_wavecalc.domain`) raises.
+        frame (another molecule, an isomer, a broken bond; :func:`ase_wavecalc.domain.outside`) raises.
+        Then the pair distances (:func:`ase_wavecalc.domain.pair_distances`): a pair closer than
+        ``EXTRAPOLATION_ERROR`` (0.8) x the shortest training distance of its element pair, or a bond
+        longer than ``STRETCH_ERROR`` (1.1) x the longest training bond, raises: the network has never seen
+        anything like it, and its Hamiltonian (hence energy and forces) can be arbitrarily wrong (a
+        diverging optimizer or a saddle search is the usual way to get there). 0.05 Angstrom past the
+        training range (closer or longer) warns, once per provider for each of the two kinds. ``strict``:
+        any pair closer than the training minimum or bond longer than the training maximum raises (what
+        :mod:`~ase_wavecalc.providers.fallback` uses to hand such geometries to the reference before the
+        model's extrapolation can accelerate the atoms).
         """
-        from ase.data import chemical_symbols
+        import warnings
 
-        from ..domain import outside
+        from ..domain import outside, pair_distances
 
         numbers = np.asarray(numbers, dtype=int).reshape(-1)
         pos = np.asarray(positions_bohr, dtype=float).reshape(-1, 3) * BOHR
         recorded = self.card.get("training_domain") or {}
         reason = outside(recorded, numbers, pos, self.name)
+        if reason is None:
+            reason, warned = pair_distances(recorded, numbers, pos, self.name, strict=strict)
         if reason is not None:
             raise OutOfDomainError(reason)
-        domain = recorded.get("min_pair_distance_A")
-        if not domain:
-            return
-        i, j = np.triu_indices(len(numbers), 1)
-        dist = np.linalg.norm(pos[i] - pos[j], axis=1)
-        longest = max(float(v) for v in domain.values())
-        for k in np.argsort(dist):
-            if dist[k] >= longest:   # sorted: no later pair can be below its limit
-                break
-            za, zb = sorted((int(numbers[i[k]]), int(numbers[j[k]])))
-            limit = domain.get(f"{za}-{zb}")
-            if limit is None or dist[k] >= (limit if strict else
-                                            max(limit - EXTRAPOLATION_WARNING, EXTRAPOLATION_ERROR * limit)):
-                continue
-            label = (f"atoms {i[k]} ({chemical_symbols[numbers[i[k]]]}) and {j[k]} "
-                     f"({chemical_symbols[numbers[j[k]]]}) are {dist[k]:.3f} Angstrom apart")
-            if strict:
-                raise OutOfDomainError(f"{label}, below the shortest {chemical_symbols[za]}-{chemical_symbols[zb]} "
-                                       f"distance in model {self.name!r}'s training data ({limit:.3f} A)")
-            if dist[k] < EXTRAPOLATION_ERROR * limit:
-                raise OutOfDomainError(f"{label}, far below the shortest {chemical_symbols[za]}-{chemical_symbols[zb]} "
-                                 f"distance in model {self.name!r}'s training data ({limit:.3f} A): outside what "
-                                 "the model can describe")
-            if dist[k] < limit - EXTRAPOLATION_WARNING and not self._domain_warned:
-                import warnings
-
-                self._domain_warned = True
-                warnings.warn(f"{label}, below the shortest {chemical_symbols[za]}-{chemical_symbols[zb]} "
-                              f"distance in model {self.name!r}'s training data ({limit:.3f} A): the model "
-                              "extrapolates (warned once)", UserWarning, stacklevel=4)
+        for kind, text in warned.items():
+            if kind not in self._domain_warned:
+                self._domain_warned.add(kind)
+                warnings.warn(f"{text} (warned once)", UserWarning, stacklevel=4)
 
     def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
         """F, S, orbitals, density; energy (Hartree) and gradient (Hartree/Bohr) for energy models.
@@ -321,9 +300,8 @@ class ModelProvider(HamiltonianProvider):
                 f"forces are not available; orbitals, density, charges and dipole are")
 
 
-# geometry checks against the card's training_domain (see ModelProvider.check_training_domain)
-EXTRAPOLATION_ERROR = 0.8     # x the shortest training distance of the element pair: InputError
-EXTRAPOLATION_WARNING = 0.05  # Angstrom below it: a warning
+# geometry checks against the card's training_domain (see ModelProvider.check_training_domain; the pair
+# distance limits are domain.EXTRAPOLATION_ERROR, EXTRAPOLATION_WARNING, STRETCH_ERROR, STRETCH_WARNING)
 GAP_ERROR_FRACTION = 0.7      # predicted HOMO-LUMO gap below this x the smallest training gap: InputError
 
 # held-out test errors (model card) above which energies and forces are flagged as semi-quantitative

@@ -138,13 +138,19 @@ def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metric
 
 def training_domain(tables, row_sets) -> dict:
     """The geometries a model was trained on, as the card's ``training_domain``: the shortest distance
-    (Angstrom) between each element pair ("1-8": H-O, ...) and the smallest reference HOMO-LUMO gap (eV)
-    over the training frames, which ``ModelProvider`` compares every geometry and prediction against; and
-    the training molecules' compositions and covalent bonds (:mod:`ase_wavecalc.domain`)."""
-    from ..domain import describe_frames, merge
+    (Angstrom) between each element pair ("1-8": H-O, ...), the longest bond of each element pair (Angstrom;
+    bonded below ``domain.BOND_SCALE`` x the summed covalent radii) and the smallest reference HOMO-LUMO
+    gap (eV) over the training frames, which ``ModelProvider`` compares every geometry and prediction
+    against; and the training molecules' compositions and covalent bonds (:mod:`ase_wavecalc.domain`).
+    The longest bonds are rounded up to 1e-4 A, so no training frame is beyond its own maximum in the
+    fallback's strict check."""
+    import math
+
+    from ..domain import describe_frames, longest_bonds, merge
     from ..units import BOHR, HARTREE
 
     shortest: dict[str, float] = {}
+    longest: dict[str, float] = {}
     gaps = []
     molecules = []
     for table, rows in zip(tables, row_sets):
@@ -161,7 +167,10 @@ def training_domain(tables, row_sets) -> dict:
         for a, b, d in zip(z[i], z[j], dist):
             key = f"{min(a, b)}-{max(a, b)}"
             shortest[key] = min(shortest.get(key, np.inf), float(d))
+        for key, d in longest_bonds(z, pos).items():
+            longest[key] = max(longest.get(key, 0.0), d)
     return {"min_pair_distance_A": {k: round(v, 4) for k, v in sorted(shortest.items())},
+            "max_bond_length_A": {k: math.ceil(v * 1e4) / 1e4 for k, v in sorted(longest.items())},
             "min_homo_lumo_gap_eV": round(min(gaps), 3) if gaps else None, **merge(molecules),
             "source": "training frames"}
 
