@@ -31,7 +31,8 @@ Electronic structure (methods of the calculator; computed on demand, cached with
 | get_number_of_bands() / get_number_of_spins() | nmo / 1 | - |
 | get_hamiltonian() / get_core_hamiltonian() | F / h (nao, nao), PySCF AO order | Hartree |
 | get_overlap() / get_density_matrix() / get_mo_coefficients() | S / P / C | a.u. |
-| get_pseudo_density(...) / get_density_on_grid(...) | electron density on a box | e/Angstrom^3 |
+| get_pseudo_density(...) | electron density on the grid of the atoms' cell (ASE's convention: `ase.io.write` of a cube) | e/Angstrom^3 |
+| get_density_on_grid(...) | electron density on a box around the molecule, with origin and axes | e/Angstrom^3, Angstrom |
 | get_electron_density(points) | density at points (m, 3) Angstrom | e/Angstrom^3 |
 | write_cube(filename, ...) | Gaussian cube file of the density (Bohr, e/Bohr^3, as the format says) | - |
 | get_hessian(atoms=None) | (3N, 3N) analytic Hessian (autograd through a model; PySCF's analytic Hessian) | eV/Angstrom^2 |

@@ -7,6 +7,7 @@ the calculator's ``_electronic()`` (which computes it first if needed); the tabl
 from __future__ import annotations
 
 import numpy as np
+from ase.calculators.calculator import InputError
 
 from . import electronic
 from .units import BOHR, hartree_to_ev
@@ -111,11 +112,44 @@ class ElectronicStructureMixin:
         rho, origin, axes = electronic.density_on_grid(res.mol, res.dm, nx, ny, nz, margin / BOHR)
         return rho / BOHR**3, origin * BOHR, axes * BOHR
 
-    def get_pseudo_density(self, spin=None, pad=True, nx=60, ny=60, nz=60, margin=2.0):
-        """All-electron density (no pseudopotentials) on the box of :meth:`get_density_on_grid`, e/A^3."""
+    def get_pseudo_density(self, spin=None, pad=True, nx=None, ny=None, nz=None, spacing=0.2):
+        """All-electron density (no pseudopotentials) in e/Angstrom^3 on the grid of the atoms' cell, as ASE's
+        periodic-code calculators return it, so that ``ase.io.write("d.cube", atoms,
+        data=calc.get_pseudo_density())`` (and the xsf writer) place it right: element (i, j, k) of the
+        (nx, ny, nz) array is the density at ``i/nx * cell[0] + j/ny * cell[1] + k/nz * cell[2]`` (Angstrom).
+
+        The atoms need a cell around the molecule (``atoms.center(vacuum=4.0)``; pbc stays False); without
+        one there is no grid to put the density on, and ``InputError`` says so (the cube writer would write
+        zero voxel vectors): :meth:`write_cube` writes a cube of a box around the molecule instead, and
+        :meth:`get_density_on_grid` returns such a box's density with its origin and axes.
+        nx, ny, nz: points along each cell vector, default its length / ``spacing`` (Angstrom), rounded up.
+        ``pad`` is accepted for ASE's signature and changes nothing (the grid is the cell's). Atoms outside
+        the cell warn: the grid covers the cell only."""
         if spin not in (None, 0):
             raise IndexError("closed shell: only spin=None or 0")
-        return self.get_density_on_grid(nx, ny, nz, margin)[0]
+        res = self._electronic()
+        atoms = self.atoms
+        if atoms.cell.rank < 3:
+            raise InputError(
+                "get_pseudo_density() gives the density on the grid of the atoms' cell (ASE's convention, which "
+                "ase.io.write(..., data=...) assumes), and these atoms have no cell: give them one around the "
+                "molecule (atoms.center(vacuum=4.0), then compute again), or write a cube of a box around the "
+                "molecule with calc.write_cube('density.cube'), or take calc.get_density_on_grid() (density, "
+                "origin and axes of that box)")
+        cell = np.asarray(atoms.cell, dtype=float)
+        shape = [int(n) if n is not None else max(2, int(np.ceil(np.linalg.norm(v) / spacing)))
+                 for n, v in zip((nx, ny, nz), cell)]
+        if min(shape) < 1:
+            raise ValueError(f"grid points per cell vector must be positive, got {shape}")
+        scaled = atoms.cell.scaled_positions(atoms.positions)
+        if (scaled < 0).any() or (scaled >= 1).any():
+            import warnings
+
+            warnings.warn("atoms outside their cell: the density grid covers the cell only (atoms.center() "
+                          "puts the molecule in the middle of it)", UserWarning, stacklevel=2)
+        frac = np.stack(np.meshgrid(*(np.arange(n) / n for n in shape), indexing="ij"), axis=-1).reshape(-1, 3)
+        rho = electronic.density_on_points(res.mol, res.dm, frac @ cell / BOHR).numpy()
+        return rho.reshape(shape) / BOHR**3
 
     def write_cube(self, filename, nx=80, ny=80, nz=80, margin=2.0):
         """Write the electron density as a Gaussian cube file (the format's units: Bohr, e/Bohr^3).
