@@ -3,7 +3,8 @@
 ``from ase_wavecalc import WaveCalculator`` is the public entry point. Heavy modules are imported
 lazily so that ``wavecalc --help`` and the basis utilities start fast.
 """
-__version__ = "0.1.0"
+from ._version import __version__
+
 __all__ = ["WaveCalculator", "__version__"]
 
 

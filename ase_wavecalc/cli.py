@@ -46,7 +46,7 @@ def version() -> str:
         from importlib.metadata import PackageNotFoundError, version as dist_version
         return dist_version("ase-wavecalc")
     except (ImportError, PackageNotFoundError):
-        from . import __version__
+        from ._version import __version__
         return __version__
 
 

@@ -2,7 +2,7 @@
 
     E = E_nn(R) + sum_A [e0(Z_A) + MLP(d_A[P])],   P = P(F_model(R), S(R))
 
-(``ase_wavecalc.density_functional``). The Fock network is the shipped model's, frozen, so P is the one
+(``benchmarks/_density_functional.py``). The Fock network is the shipped model's, frozen, so P is the one
 the calculator already predicts; only the functional is trained, on the same training frames (card split)
 and with the same energy + force loss as the shipped readout model.
 
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    from ase_wavecalc.density_functional import DensityFunctional
+    from _density_functional import DensityFunctional
     from ase_wavecalc.model.io import load_model
     from ase_wavecalc.validation import n_occupied
 

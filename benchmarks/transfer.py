@@ -32,7 +32,8 @@ from ase.calculators.calculator import Calculator, all_changes
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine_info, table, write_result  # noqa: E402
 
-HARTREE_EV = 27.211386245988
+from ase_wavecalc.units import HARTREE, HARTREE_PER_BOHR  # noqa: E402  (eV per Hartree, from ase.units)
+
 #: experimental harmonic frequencies of water, cm^-1 (bend, symmetric, antisymmetric stretch)
 WATER_HARMONIC_EXPERIMENT = [1649.0, 3832.0, 3943.0]
 CC_BASIS = {"water": "cc-pvtz", "ethanol": "cc-pvdz"}
@@ -88,18 +89,16 @@ def _errors(e, f, e_ref, f_ref, f_mask):
 
 
 def accuracy(molecule: str, log=print) -> dict:
-    from ase_wavecalc.units import BOHR
-
     data, idx, test = _frames(molecule)
     numbers, pos = data["numbers"], data["positions_bohr"][idx]
-    e_cc = data["high_e_tot"][idx] * HARTREE_EV
-    f_cc = -data["high_gradient"][idx] * HARTREE_EV / BOHR
+    e_cc = data["high_e_tot"][idx] * HARTREE
+    f_cc = -data["high_gradient"][idx] * HARTREE_PER_BOHR
     extra = _extra_forces(molecule, data)
     for k, i in enumerate(idx):
         if i in extra:
-            f_cc[k] = -extra[i] * HARTREE_EV / BOHR
+            f_cc[k] = -extra[i] * HARTREE_PER_BOHR
     f_mask = np.isfinite(f_cc).all(axis=(1, 2))
-    e_pbe, f_pbe = data["e_tot"][idx] * HARTREE_EV, -data["gradient"][idx] * HARTREE_EV / BOHR
+    e_pbe, f_pbe = data["e_tot"][idx] * HARTREE, -data["gradient"][idx] * HARTREE_PER_BOHR
     rows = {"(a) PBE/def2-SVP itself": (e_pbe, f_pbe)}
     t0 = time.perf_counter()
     rows["(b) PBE model"] = _model_predictions(ROOT / "models" / f"{molecule}-pbe-def2svp", numbers, pos)
@@ -135,7 +134,7 @@ class CCSDTCalculator(Calculator):
 
         super().calculate(atoms, properties, system_changes)
         r = run_correlated(self.atoms.numbers, self.atoms.positions / BOHR, "ccsd(t)", self.basis)
-        self.results = {"energy": float(r["e_tot"]) * HARTREE_EV, "forces": -r["gradient"] * HARTREE_EV / BOHR}
+        self.results = {"energy": float(r["e_tot"]) * HARTREE, "forces": -r["gradient"] * HARTREE_PER_BOHR}
 
 
 def _frequencies(atoms, calc, hessian: str) -> tuple[list[float], int]:

@@ -26,8 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, table, write_result  # noqa: E402
 
-HARTREE_EV = 27.211386245988
-
 
 def frame_errors(model, dataset, frames=None) -> dict:
     from ase import Atoms
@@ -35,7 +33,7 @@ def frame_errors(model, dataset, frames=None) -> dict:
 
     from ase_wavecalc import WaveCalculator
     from ase_wavecalc.dataset import read_dataset
-    from ase_wavecalc.units import BOHR
+    from ase_wavecalc.units import BOHR, HARTREE, HARTREE_PER_BOHR
 
     data = read_dataset(dataset, keys=["e_tot", "gradient"])
     idx = range(len(data["frame"])) if frames is None else [list(data["frame"]).index(f) for f in frames]
@@ -45,8 +43,8 @@ def frame_errors(model, dataset, frames=None) -> dict:
         atoms = Atoms(numbers=data["numbers"], positions=data["positions_bohr"][i] * BOHR)
         atoms.calc = calc
         e, f = atoms.get_potential_energy(), atoms.get_forces()
-        f_ref = -data["gradient"][i] * HARTREE_EV / BOHR
-        rows["energy_error_mev"].append((e - data["e_tot"][i] * HARTREE_EV) * 1e3)
+        f_ref = -data["gradient"][i] * HARTREE_PER_BOHR
+        rows["energy_error_mev"].append((e - data["e_tot"][i] * HARTREE) * 1e3)
         rows["force_mae_mev_a"].append(np.abs(f - f_ref).mean() * 1e3)
         rows["energy_std_mev"].append(calc.get_property("energy_std", atoms) * 1e3)
         rows["forces_std_mev_a"].append(calc.get_property("forces_std", atoms).mean() * 1e3)

@@ -1,11 +1,16 @@
-"""Invariant descriptors of the density matrix (design 2 of the energy paths): checked on PySCF densities."""
+"""Invariant descriptors of the density matrix (design 2 of the energy paths, a rejected design kept beside its
+benchmark in benchmarks/_density_functional.py): checked on PySCF densities."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from pyscf import gto, scf
 from scipy.spatial.transform import Rotation
 
-from ase_wavecalc.density_functional import DensityDescriptors, DensityFunctional
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _density_functional import DensityDescriptors, DensityFunctional  # noqa: E402
 
 WATER = np.array([[0.0, 0.0, 0.12], [0.0, 0.76, -0.47], [0.0, -0.79, -0.45]])   # Angstrom, not symmetric
 

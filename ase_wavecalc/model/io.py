@@ -56,7 +56,7 @@ def _sha256(path: Path) -> str:
 def _versions() -> dict:
     import e3nn
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"ase_wavecalc": __version__, "torch": torch.__version__.split("+")[0], "e3nn": e3nn.__version__}
 

@@ -1,5 +1,6 @@
-"""Training of Hamiltonian models: config, batching, losses, metrics, the trainer, and the ``wavecalc
-train`` / ``evaluate`` / ``export`` commands.
+"""Training of Hamiltonian models: config, batching, losses, metrics, the trainer, the heads fitted after
+training (energy offsets, transfer head, committee), and the ``wavecalc train`` / ``finetune`` /
+``committee`` / ``evaluate`` / ``export`` commands.
 
 | module | job |
 |---|---|
@@ -14,7 +15,11 @@ train`` / ``evaluate`` / ``export`` commands.
 | ``runlog`` | metrics.csv, learning_curve.png, atomic text writes, TOML dump |
 | ``setup`` | model config from the data, frame split, initial weights / offsets / readout statistics |
 | ``base_energies`` | the frozen Hamiltonian's energies for ``run.trainable = "atom_correction"`` |
-| ``cli_train``, ``cli_evaluate``, ``cli_export`` | the sub-commands |
+| ``offsets`` | least-squares refit of the per-element energy offsets e0 (``wavecalc export``, ``run.refit_energy_offsets``) |
+| ``features`` | the readout's inputs (standardized per-atom invariants of the frozen trunks) for a set of frames |
+| ``transfer`` | closed-form ridge fit of the linear transfer head (``[model] transfer_head``) |
+| ``committee`` | the uncertainty committee: K readout heads on bootstrap resamples, calibrated warning threshold |
+| ``cli_train``, ``cli_finetune``, ``cli_committee``, ``cli_evaluate``, ``cli_export`` | the sub-commands |
 
 Heavy imports stay inside the sub-modules; ``from ase_wavecalc.train import Trainer`` loads them lazily.
 """

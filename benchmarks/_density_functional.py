@@ -1,4 +1,6 @@
-"""A learned energy functional of the predicted density matrix (the DeePHF / DeePKS / OrbNet idea).
+"""A learned energy functional of the predicted density matrix (the DeePHF / DeePKS / OrbNet idea): design 2
+of the energy paths, measured and rejected (docs/results.md), so it lives beside its benchmark
+(``benchmarks/density_functional.py``) and not in the package.
 
     E = E_nn(R) + sum_A [ e0(Z_A) + w(Z_A) . x_A + 0.01 * MLP( x_A, Z_A ) ]        (Hartree)
 
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .basis import BasisLayout
+from ase_wavecalc.basis import BasisLayout
 
 __all__ = ["DensityDescriptors", "DensityFunctional", "ENERGY_SCALE"]
 
