@@ -49,6 +49,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask-scheduler", default=None, metavar="tcp://HOST:PORT",
                         help="label on a Dask cluster instead of local processes")
     parser.add_argument("--seed", type=int, default=0, help="sampling and training seed")
+    parser.add_argument("--pack", default=None, metavar="DIR",
+                        help="write a compact copy of the work directory to DIR (to commit; weights only) and exit")
+    parser.add_argument("--unpack", default=None, metavar="DIR",
+                        help="start the work directory from a packed copy (a fit begun elsewhere), then go on")
     parser.add_argument("--print-recipe", action="store_true", help="print the default recipe and exit")
 
 
@@ -84,10 +88,21 @@ def cli_main(args) -> int:
                                 f"{need / 60:.0f} min")
     except (FitInputError, RecipeError, ValueError) as exc:
         return _refuse(str(exc))
+    from .pack import pack, unpack
     from .pipeline import FitInterrupted, run_fit
+    from .state import FitLockedError
 
     out = Path(args.out)
     workdir = Path(args.workdir) if args.workdir else out.with_name(out.name + ".work")
+    try:
+        if args.pack:
+            pack(workdir, args.pack)
+            print(f"packed {workdir} into {args.pack}")
+            return 0
+        if args.unpack and not (workdir / "fit.json").exists():
+            unpack(args.unpack, workdir, log=lambda s: print(s, flush=True))
+    except (ValueError, FitLockedError) as exc:
+        return _refuse(str(exc))
     request = {"molecule": args.molecule, "numbers": [int(z) for z in atoms.numbers],
                "positions": atoms.positions.tolist(), "method": args.method.lower(), "basis": args.basis.lower(),
                "charge": int(args.charge), "budget_s": budget_s, "workers": int(args.workers),
@@ -105,7 +120,6 @@ def cli_main(args) -> int:
         print("wavecalc fit: interrupted; run the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001
-        from .state import FitLockedError
         if isinstance(exc, (FitLockedError, ValueError)):
             return _refuse(str(exc))
         raise

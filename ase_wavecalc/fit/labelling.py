@@ -24,7 +24,7 @@ import numpy as np
 __all__ = ["create_dataset", "pending", "start_labellers", "stop_labellers", "label_with_executor", "main"]
 
 
-def create_dataset(path, numbers, positions_angstrom, settings: dict, source: str) -> None:
+def create_dataset(path, numbers, positions_angstrom, settings: dict, source: str, charge: int = 0) -> None:
     """A dataset file holding the candidates (frame ids 0..F-1) and the reference settings, if not yet there."""
     from ..dataset import check_metadata, connect, read_candidates, write_candidates
     from ..units import angstrom_to_bohr
@@ -33,7 +33,7 @@ def create_dataset(path, numbers, positions_angstrom, settings: dict, source: st
     check_metadata(db.metadata, settings, repr(str(path)))
     if read_candidates(db) is None:
         write_candidates(db, numbers, angstrom_to_bohr(np.asarray(positions_angstrom)),
-                         info={**settings, "sampler": {"mode": "file", "source": source}})
+                         info={**settings, "sampler": {"mode": "file", "source": source, "charge": int(charge)}})
 
 
 def pending(workdir, queue) -> list[tuple[str, int]]:
@@ -74,10 +74,13 @@ class _Guess:
         if not run:
             return None
         if run != self.run:
+            from ..model.io import load_model
             from ..train.cli_export import load_run_model
+            run_dir = self.workdir / "runs" / run
             try:
-                model, _ = load_run_model(self.workdir / "runs" / run)
-            except (OSError, RuntimeError, KeyError):
+                model = load_run_model(run_dir)[0] if (run_dir / "checkpoint.pt").is_file() else \
+                    load_model(str(run_dir))[0]      # a packed run (weights only)
+            except (OSError, RuntimeError, KeyError, ValueError):
                 return None        # a checkpoint being written: the default guess this time
             self.run, self.model = run, model.double()
         from ..electronic import closed_shell_density

@@ -72,19 +72,21 @@ class Fit:
         p = self.work / name
         return len(frame_ids(connect(p), converged=True)) if p.exists() else 0
 
-    def label_until(self, phase: str, workers: int, queue=None, stop_when_done=True) -> None:
-        """Label the queue with ``workers`` processes (or the executor) until the phase's deadline."""
+    def label_until(self, phase: str, workers: int, queue=None, overrun_ok: bool = False) -> None:
+        """Label the queue with ``workers`` processes (or the executor) until the phase's deadline (with
+        ``overrun_ok``, until the queue is done, whatever the clock says)."""
         from .labelling import label_with_executor, pending, start_labellers, stop_labellers
 
         if queue is not None:
             self.st.set("label_queue", queue)
         queue = self.st.get("label_queue")
-        if not pending(self.work, queue) or self.left(phase) <= 0:
+        if not pending(self.work, queue) or (self.left(phase) <= 0 and not overrun_ok):
             return
+        deadline = time.time() + 30 * 86400 if overrun_ok else self.wall_deadline(phase)
         if self.executor is not None:
-            label_with_executor(self.work, queue, self.req, self.recipe, self.executor, self.wall_deadline(phase))
+            label_with_executor(self.work, queue, self.req, self.recipe, self.executor, deadline)
             return
-        procs = start_labellers(self.work, workers, self.wall_deadline(phase))
+        procs = start_labellers(self.work, workers, deadline)
         names = [q[0] for q in queue]
         start = {n: self.labelled(n) for n in names}
         t0 = last = time.monotonic()
@@ -161,8 +163,10 @@ class Fit:
         settings = reference_settings(self.req["method"], self.req["basis"], float(self.recipe["labels"]["conv_tol"]),
                                       int(self.recipe["labels"]["grid_level"]))
         settings["max_cycle"] = int(self.recipe["labels"]["max_cycle"])
-        create_dataset(self.work / TEST, c["numbers"], c["test"], settings, "fit test trajectories")
-        create_dataset(self.work / POOL, c["numbers"], c["train"], settings, "fit candidates (farthest-point order)")
+        charge = int(self.req["charge"])
+        create_dataset(self.work / TEST, c["numbers"], c["test"], settings, "fit test trajectories", charge)
+        create_dataset(self.work / POOL, c["numbers"], c["train"], settings, "fit candidates (farthest-point order)",
+                       charge)
         if self.user_data:
             self._import_user_data(settings)
         # the labelling phase labels training frames only; the test frames come first after it (beside the
@@ -188,7 +192,7 @@ class Fit:
         return names
 
     def _train(self, name: str, phase: str, table: str, extra_run: dict | None = None,
-               optimizer_extra: dict | None = None) -> dict:
+               optimizer_extra: dict | None = None, loss_extra: dict | None = None) -> dict:
         from .training import dataset_specs, phase_config, train_for
 
         rec = self.recipe[table]
@@ -199,6 +203,13 @@ class Fit:
         tables = {k: dict(rec[k]) for k in ("model", "loss", "optimizer", "scheduler", "run")}
         # every phase's network is the Fock network's architecture (plus, for the readout, its energy parts)
         tables["model"] = {**self.recipe["fock"]["model"], **tables["model"]}
+        tables["loss"].update(loss_extra or {})
+        # the plateau patience is set in steps: epochs of a few hundred frames are short
+        n_train = sum(d["train"] for d in specs)
+        steps_per_epoch = max(1, n_train // int(tables["run"].get("batch_size", 4)))
+        patience_steps = tables["scheduler"].pop("patience_steps", None)
+        if patience_steps is not None:
+            tables["scheduler"]["patience"] = max(2, int(round(float(patience_steps) / steps_per_epoch)))
         text = phase_config(tables, specs,
                             seed=int(self.req["seed"]), run_extra=extra_run, optimizer_extra=optimizer_extra)
         self.background_labelling("readout")
@@ -217,7 +228,8 @@ class Fit:
                 procs = start_labellers(self.work, self.workers, time.time() + 60)
                 stop_labellers(procs, wait_s=70)
             n_pool = self.labelled(POOL)
-        self.st.set("label_queue", self.st.get("test_queue") + self.st.get("label_queue"))
+        pool = [q for q in self.st.get("label_queue") if q[0] == POOL]
+        self.st.set("label_queue", self.st.get("test_queue") + pool)      # (idempotent: a resumed phase repeats it)
         self.st.mark_done("label", test_frames=n_test, train_frames=n_pool)
         self.log(f"[label] {n_test} test and {n_pool} training frames labelled")
 
@@ -237,7 +249,10 @@ class Fit:
             opt = {} if k == 0 else {"lr": float(self.recipe["fock"]["optimizer"]["lr"]) * 0.5}
             self.deadlines["_fock_round"] = end
             self.st.set("guess_run", self.st.get("last_fock"))    # labellers start SCFs from the newest F
-            results.append(self._train(name, "_fock_round", "fock", extra_run=extra, optimizer_extra=opt))
+            # the last round adds its loss terms (F in the orthonormal basis: from scratch it slows F ten-fold)
+            loss = dict(self.recipe["fock"].get("last_round_loss", {})) if k == rounds - 1 and k > 0 else {}
+            results.append(self._train(name, "_fock_round", "fock", extra_run=extra, optimizer_extra=opt,
+                                       loss_extra=loss))
             self.st.set("last_fock", name)
             self.st.set("guess_run", name)
         self.st.mark_done("fock", rounds=results)
@@ -252,7 +267,11 @@ class Fit:
         from ..train.cli_committee import add_committee
         from ..train.cli_export import export_run
 
-        export_run(self.work / "runs" / run, out, test=False, force=True, refit_frames=400)
+        run_dir = self.work / "runs" / run
+        if not (run_dir / "checkpoint.pt").is_file():     # a packed run (weights only): one epoch recreates it
+            from .training import train_for
+            train_for(run_dir, (run_dir / "config.toml").read_text(), 1.0, log=_Throttled(self.log, "[export] "))
+        export_run(run_dir, out, test=False, force=True, refit_frames=400)
         if committee:
             add_committee(str(out), str(self.work / POOL), str(out), size=int(self.recipe["committee"]["size"]),
                           force=True, log=lambda s: None)
@@ -268,7 +287,7 @@ class Fit:
         rec = self.recipe["active"]
         rounds = self.st.get("active_rounds", [])
         length = self.deadlines["active"] - self.deadlines["readout"]
-        while self.left("active") > min(60.0, 0.5 * length):
+        while self.left("active") > min(60.0, 0.5 * length) and len(rounds) < int(rec.get("max_rounds", 20)):
             r = len(rounds)
             al = f"al_{r}.db"
             if not (self.work / al).exists():
@@ -289,7 +308,7 @@ class Fit:
                 write(self.work / f"al_{r}.traj", found["frames"])
                 settings = json.loads(json.dumps(_settings_of(self.work / POOL)))
                 create_dataset(self.work / al, cand["numbers"], np.stack([a.positions for a in found["frames"]]),
-                               settings, f"active learning round {r}")
+                               settings, f"active learning round {r}", int(self.req["charge"]))
                 rounds.append({"round": r, "selected": len(found["frames"]), "runs": found["runs"]})
                 self.st.set("active_rounds", rounds)
             queue = self.st.get("label_queue")
@@ -313,11 +332,9 @@ class Fit:
         from .report import final_report
 
         if pending(self.work, self.st.get("test_queue")):     # e.g. --workers 1: no labelling beside training
-            self.log("[final] labelling the test frames")
-            self.label_until("final", self.workers, queue=self.st.get("test_queue"))
-            if pending(self.work, self.st.get("test_queue")):
-                raise RuntimeError("the budget ran out before the test frames were labelled: resume with a larger "
-                                   "--budget")
+            self.log("[final] labelling the test frames that are left (past the budget if need be: a model "
+                     "is not finished before it is tested)")
+            self.label_until("final", self.workers, queue=self.st.get("test_queue"), overrun_ok=True)
 
         if not self.st.get("exported"):
             self.log(f"[final] exporting {self.st.get('last_readout')} to {self.out}")

@@ -81,11 +81,21 @@ def train_for(run_dir: Path, config_text: str, seconds: float, log=print) -> dic
     except ImportError:  # Python 3.10
         import tomli as tomllib
 
+    from .pack import PACKED
+
     run_dir = Path(run_dir)
     resume = (run_dir / "checkpoint.pt").is_file()
     if resume:   # the saved config is the run's; only the time limit changes
         config_text = (run_dir / "config.toml").read_text()
-    config = parse_config(tomllib.loads(config_text), base_dir=str(run_dir.parent), source=config_text)
+    table = tomllib.loads(config_text)
+    if not resume and (run_dir / PACKED).exists():
+        # a run packed in an earlier session: restart from its weights (fresh optimizer, new split)
+        table.setdefault("run", {})["init_weights"] = str(run_dir)
+        # a fresh Adam moves every weight by ~lr in its first steps: warm up so as not to undo the training
+        table.setdefault("optimizer", {})["warmup_steps"] = max(200, int(table["optimizer"].get("warmup_steps", 0)))
+        (run_dir / PACKED).unlink()
+        config_text = ""
+    config = parse_config(table, base_dir=str(run_dir.parent), source=config_text)
     config.run.max_time_min = max(seconds, 1.0) / 60.0
     result = Trainer(config, run_dir, resume=resume, log=log).fit()
     if result.best_epoch < 0 and result.stopped != "signal":
