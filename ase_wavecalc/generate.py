@@ -302,7 +302,8 @@ def _store(db, outcome, numbers, candidates, failed_before, ref_seconds, summary
             result = outcome[2]
             info = result["info"]
             write_frame(db, frame, numbers, candidates[frame], result, converged=True,
-                        scf_cycles=int(info["scf_cycles"]), seconds=round(float(info["seconds"]), 3))
+                        scf_cycles=int(info["scf_cycles"]), seconds=round(float(info["seconds"]), 3),
+                        guess=str(info.get("guess", "minao")))
         else:
             message, cycles = outcome[2], outcome[3]
             write_frame(db, frame, numbers, candidates[frame], converged=False, error=message,

@@ -105,9 +105,12 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng = np.random.default_rng(int(time.time()))     # random moments; what must hold holds for every moment
     history = []
-    for kill_after in (rng.uniform(4, 20), rng.uniform(10, 40)):
+    for kill_after in (rng.uniform(0, 15), rng.uniform(3, 30)):
         p = subprocess.Popen(_fit_cmd(workdir, out, "10m"), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
+        t0 = time.monotonic()                     # (the random moment counts from the fit's start, not from
+        while not (workdir / "fit.json").exists() and time.monotonic() - t0 < 120:   # python's)
+            time.sleep(0.2)
         time.sleep(kill_after)
         p.send_signal(signal.SIGKILL)
         p.wait()

@@ -53,15 +53,15 @@ def explore(model_dir, start_atoms, temperatures, steps: int, friction: float, s
         spreads = np.asarray(spreads)
         card = getattr(calc.provider, "card", {}) or {}
         threshold = float((card.get("committee") or {}).get("energy_std_warning_mev") or 0.0) / 1000.0   # eV
-        picked = []
-        if stopped and seen:
-            picked += list(range(max(0, len(seen) - 4), len(seen)))
+        # first the frames just before a stop, then the least certain ones (the run's top quantile, and any
+        # frame above the card's warning threshold), most uncertain first, up to the cap
+        picked = list(range(max(0, len(seen) - 4), len(seen))[::-1]) if stopped and seen else []
         if len(spreads) and np.isfinite(spreads).any():
-            # the run's least certain frames; where the card's warning threshold is lower, every frame above it
-            cut = min(np.nanquantile(spreads, spread_quantile), threshold) if threshold > 0 else \
-                np.nanquantile(spreads, spread_quantile)
+            cut = np.nanquantile(spreads, spread_quantile)
+            if threshold > 0:
+                cut = min(cut, threshold)
             order = np.argsort(-np.nan_to_num(spreads, nan=-1.0))
-            picked += [int(i) for i in order if spreads[i] >= cut]
-        picked = sorted(set(picked))[: max(1, max_frames // max(1, len(temperatures)))]
-        frames += [seen[i] for i in picked]
+            picked += [int(i) for i in order if spreads[i] >= cut and int(i) not in picked]
+        picked = picked[: max(1, max_frames // max(1, len(temperatures)))]
+        frames += [seen[i] for i in sorted(picked)]
     return {"frames": frames, "runs": runs}

@@ -36,8 +36,6 @@ def relax(atoms, driver: str = "auto", charge: int = 0, fmax: float = 0.01, step
 def normal_mode_samples(atoms, n: int, temperatures, rng, driver: str = "auto", charge: int = 0):
     """(n, N, 3) Angstrom: the minimum displaced along all normal modes at once, each mode's amplitude
     Gaussian with the classical variance kT / (m omega^2) at a temperature drawn from ``temperatures``."""
-    from ase.vibrations import VibrationsData
-
     from ..sampling import make_driver
 
     if n <= 0:
@@ -56,7 +54,6 @@ def normal_mode_samples(atoms, n: int, temperatures, rng, driver: str = "auto", 
             hess[k] -= sign * a.get_forces().reshape(-1) / (2 * h)
     a.positions = x0
     hess = 0.5 * (hess + hess.T)
-    vib = VibrationsData.from_2d(a, hess)
     masses = np.repeat(a.get_masses(), 3)
     mw = hess / np.sqrt(np.outer(masses, masses))
     w2, modes = np.linalg.eigh(mw)
@@ -64,7 +61,6 @@ def normal_mode_samples(atoms, n: int, temperatures, rng, driver: str = "auto", 
     w2, modes = w2[keep], modes[:, keep]
     out = np.empty((n, len(a), 3))
     temps = np.asarray(list(temperatures), dtype=float)
-    del vib
     for i in range(n):
         t = temps[i % len(temps)]
         q = rng.normal(size=len(w2)) * np.sqrt(KB_EV * t / w2)      # mass-weighted amplitudes (eV/A^2/amu units)
@@ -97,19 +93,35 @@ def farthest_point_order(positions, start: int = 0) -> np.ndarray:
 
 
 def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: int = 0, seed: int = 0,
-                    progress=None) -> dict:
+                    progress=None, seconds: float | None = None) -> dict:
     """Relax, sample, order. Returns arrays (Angstrom): numbers, start, train (n_train, N, 3) in farthest-point
-    order, train_source (str per frame: "md300", "nm", ...), test (n_test, N, 3), and info."""
+    order, train_source (str per frame: "md300", "nm", ...), test (n_test, N, 3), and info. ``seconds``: the
+    MD is cut to what fits in this time at the driver's measured speed."""
+    import time
+
     from ..sampling import sample_geometries
 
     log = progress or (lambda line: None)
     driver = sampling["driver"]
     start, driver_name = relax(atoms, driver=driver, charge=charge)
     log(f"start structure relaxed with {driver_name}")
+    if "xTB" not in driver_name:
+        log("WARNING: GFN2-xTB (tblite) is not installed: sampling runs HF/STO-3G MD with PySCF, hundreds of times "
+            "slower, and takes fewer candidates (pip install tblite)")
     rng = np.random.default_rng(seed)
     temps = [float(t) for t in sampling["temperatures"]]
     n_nm = int(round(float(sampling["normal_mode_fraction"]) * n_train))
     n_md = max(len(temps), n_train - n_nm)
+    interval = int(sampling["interval"])
+    if seconds is not None:       # the driver's speed, from a short run
+        t0 = time.perf_counter()
+        sample_geometries(start, 1, temperature=temps[0], interval=20, equilibration=0, seed=seed,
+                          driver=driver, charge=charge)
+        per_step = (time.perf_counter() - t0) / 20
+        steps = len(temps) * 200 + (n_md + 4 * n_test) * interval
+        if steps * per_step > seconds:
+            n_md = max(len(temps), int((seconds / per_step - len(temps) * 200) / interval) - 4 * n_test)
+            log(f"  MD at {per_step * 1e3:.1f} ms per step: {n_md} MD candidates fit the sampling phase")
     frames, source = [], []
     for k, t in enumerate(temps):
         m = n_md // len(temps) + (1 if k < n_md % len(temps) else 0)

@@ -35,6 +35,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="pbe", help="PySCF RKS functional, or hf")
     parser.add_argument("--basis", default="def2-svp", help="PySCF basis set")
     parser.add_argument("--charge", type=int, default=0, help="total charge (closed shell)")
+    parser.add_argument("--smiles", action="store_true",
+                        help="read MOLECULE as SMILES even where it is also an ASE name (CO: methanol, not CO)")
     parser.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
     parser.add_argument("--workers", type=int, default=2,
                         help="cores: labelling processes in the labelling phase; training takes one of them later")
@@ -71,14 +73,14 @@ def cli_main(args) -> int:
     try:
         budget_s = parse_budget(args.budget)
         recipe, recipe_text = load_recipe(args.recipe)
-        atoms = resolve_molecule(args.molecule)
+        atoms = resolve_molecule(args.molecule, smiles=args.smiles)
         check_molecule(atoms, args.basis, args.charge, args.method)
         if args.workers < 1:
             raise FitInputError(f"--workers must be >= 1, got {args.workers}")
         if args.data is not None and not Path(args.data).is_file():
             raise FitInputError(f"--data {args.data!r} does not exist")
         # the smallest budget: the recipe's floor, or the time to label 30 frames in the labelling phase
-        t_label = label_seconds_estimate(atoms, args.basis, args.method)
+        t_label = label_seconds_estimate(atoms, args.basis, args.method, args.charge)
         ends = recipe["budget"]["phase_end"]
         need = max(60.0 * float(recipe["budget"]["minimum_min"]),
                    30 * t_label / args.workers / (ends["label"] - ends["sample"]))
@@ -101,7 +103,7 @@ def cli_main(args) -> int:
             return 0
         if args.unpack and not (workdir / "fit.json").exists():
             unpack(args.unpack, workdir, log=lambda s: print(s, flush=True))
-    except (ValueError, FitLockedError) as exc:
+    except (ValueError, FitLockedError, FitInputError) as exc:
         return _refuse(str(exc))
     request = {"molecule": args.molecule, "numbers": [int(z) for z in atoms.numbers],
                "positions": atoms.positions.tolist(), "method": args.method.lower(), "basis": args.basis.lower(),
@@ -119,9 +121,7 @@ def cli_main(args) -> int:
     except KeyboardInterrupt:
         print("wavecalc fit: interrupted; run the same command to resume", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001
-        if isinstance(exc, (FitLockedError, ValueError)):
-            return _refuse(str(exc))
-        raise
+    except (FitLockedError, FitInputError) as exc:
+        return _refuse(str(exc))
     print(f"model written to {out}; report: {out / 'report.md'}")
     return 0

@@ -55,9 +55,14 @@ def _options(request: dict, recipe: dict) -> dict:
 
 
 def _store_outcome(db, numbers, candidates, outcome, summary) -> None:
+    """Store one finished frame; a frame some other labeller stored meanwhile is left as it is."""
+    from ..dataset import DatasetError
     from ..generate import _store
 
-    _store(db, outcome, numbers, candidates, set(), [], summary)
+    try:
+        _store(db, outcome, numbers, candidates, set(), [], summary)
+    except DatasetError:     # "frame N is already in ...": labelled twice (a lost Dask task that came back)
+        pass
 
 
 class _Guess:
@@ -87,13 +92,13 @@ class _Guess:
         from ..integrals import make_mol
         from ..validation import n_occupied
 
-        mol = make_mol(numbers, positions_bohr, basis, charge=charge)
+        mol = make_mol(numbers, positions_bohr, basis, charge=charge)   # (n_occupied counts ECP cores out)
         with torch.no_grad():
             out = self.model(torch.as_tensor(numbers), torch.as_tensor(positions_bohr, dtype=torch.float64))
             fock = out["fock"][0] if out["fock"].dim() == 3 else out["fock"]
             try:
                 dm = closed_shell_density(fock, torch.as_tensor(mol.intor("int1e_ovlp")),
-                                          n_occupied(numbers, charge))
+                                          n_occupied(numbers, charge, mol=mol))
             except ValueError:     # a closed predicted gap: no use as a start
                 return None
         return dm.numpy()
@@ -122,7 +127,11 @@ def _label_shard(workdir: Path, shard: int, shards: int, deadline: float) -> int
     parent = os.getppid()
     state = json.loads((workdir / "fit.json").read_text())
     options = _options(state["request"], state["recipe"])
-    todo = pending(workdir, state["label_queue"])[shard::shards]
+    # shards by position in the whole queue (not in the pending list, which shrinks as siblings store
+    # frames): two labellers never take the same frame
+    everything = [(name, int(f)) for name, frames in state["label_queue"] for f in frames]
+    waiting = set(pending(workdir, state["label_queue"]))
+    todo = [item for i, item in enumerate(everything) if i % shards == shard and item in waiting]
     dbs, cands = {}, {}
     guess = _Guess(workdir) if state["recipe"]["labels"].get("model_guess", True) else None
     summary = {"computed": 0, "not_converged": []}

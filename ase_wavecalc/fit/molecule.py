@@ -46,15 +46,18 @@ def _from_smiles(smiles: str):
     return atoms
 
 
-def resolve_molecule(spec: str):
-    """``ase.Atoms`` for a file path (``path@INDEX`` picks a frame), an ``ase.build.molecule`` name or SMILES."""
+def resolve_molecule(spec: str, smiles: bool = False):
+    """``ase.Atoms`` for a file path (``path@INDEX`` picks a frame), an ``ase.build.molecule`` name or SMILES.
+    Names come before SMILES ("CO" is carbon monoxide); ``smiles=True`` reads ``spec`` as SMILES only."""
     from ase.build import molecule
 
     spec = str(spec).strip()
     if not spec:
         raise FitInputError("no molecule given")
     path = spec.partition("@")[0]
-    if os.path.exists(path):
+    if smiles:
+        atoms = _from_smiles(spec)
+    elif os.path.exists(path):
         from ..sampling import load_structure
         try:
             atoms = load_structure(spec)
@@ -103,13 +106,13 @@ def check_molecule(atoms, basis: str, charge: int, method: str) -> None:
         raise FitInputError(str(exc)) from None
 
 
-def label_seconds_estimate(atoms, basis: str, method: str = "pbe") -> float:
+def label_seconds_estimate(atoms, basis: str, method: str = "pbe", charge: int = 0) -> float:
     """Seconds per PBE reference (energy, gradient, F) on one core, before any is measured: ~6 s for a basis
     of 72 functions, scaling with its cube (measured here: ethanol 72 AOs 6 s, malondialdehyde 90 AOs 13 s,
     uracil 132 AOs 37 s, all def2-SVP; 0.25 s at least)."""
     from ..integrals import make_mol
     from ..units import angstrom_to_bohr
 
-    nao = make_mol(atoms.numbers, angstrom_to_bohr(atoms.positions), basis).nao_nr()
+    nao = make_mol(atoms.numbers, angstrom_to_bohr(atoms.positions), basis, charge=int(charge)).nao_nr()
     factor = 0.6 if str(method).lower() in ("hf", "rhf") else 1.0
     return max(0.25, factor * 6.0 * (nao / 72.0) ** 3)

@@ -33,9 +33,13 @@ def _pack_dataset(db_path: Path, dest: Path) -> None:
 
     db = connect(db_path)
     dest.mkdir(parents=True, exist_ok=True)
-    numbers, candidates = read_candidates(db)
-    np.savez_compressed(dest / "dataset.npz", numbers=numbers, candidates_bohr=candidates,
-                        metadata=json.dumps(db.metadata), failed=np.array(sorted(frame_ids(db, converged=False))))
+    stored = read_candidates(db)
+    if stored is None:         # an imported dataset (--data): its frames are all there is
+        np.savez_compressed(dest / "dataset.npz", imported=True)
+    else:
+        numbers, candidates = stored
+        np.savez_compressed(dest / "dataset.npz", numbers=numbers, candidates_bohr=candidates,
+                            metadata=json.dumps(db.metadata), failed=np.array(sorted(frame_ids(db, converged=False))))
     if frame_ids(db, converged=True):
         export_npz(db_path, dest / "parts", progress=False, compact=True)
 
@@ -102,6 +106,9 @@ def _unpack_dataset(src: Path, db_path: Path) -> int:
     from ..npz_import import _symmetric_from_triu
 
     with np.load(src / "dataset.npz", allow_pickle=False) as d:
+        if "imported" in d.files:
+            from ..npz_import import import_npz
+            return import_npz(db_path, sorted((src / "parts").glob("part-*.npz")), progress=False)["written"]
         numbers, candidates = d["numbers"], d["candidates_bohr"]
         meta, failed = json.loads(str(d["metadata"])), [int(f) for f in d["failed"]]
     db = connect(db_path, create=True)
@@ -131,16 +138,29 @@ def _unpack_dataset(src: Path, db_path: Path) -> int:
 def unpack(src, workdir, log=print) -> None:
     """Rebuild ``workdir`` (which must not hold a fit) from the packed folder ``src``."""
     src, workdir = Path(src), Path(workdir)
-    if (workdir / "fit.json").exists():
-        raise ValueError(f"{workdir} already holds a fit: unpack into a new work directory")
+    if workdir.exists() and any(workdir.iterdir()):
+        raise ValueError(f"{workdir} is not empty: unpack into a new work directory")
     if not (src / "fit.json").is_file():
         raise ValueError(f"{src} is not a packed fit (no fit.json)")
-    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir.with_name(workdir.name + ".unpacking")     # built whole, then renamed: a killed unpack redoes it
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     for sub in sorted((src / "data").iterdir()) if (src / "data").is_dir() else []:
-        n = _unpack_dataset(sub, workdir / f"{sub.name}.db")
+        n = _unpack_dataset(sub, tmp / f"{sub.name}.db")
         log(f"unpacked {sub.name}.db: {n} frames")
     if (src / "runs").is_dir():
-        shutil.copytree(src / "runs", workdir / "runs")
-    for name in ("candidates.npz", "test_pairs.npz", "fit.json"):     # fit.json last: it marks a complete unpack
+        shutil.copytree(src / "runs", tmp / "runs")
+    for name in ("candidates.npz", "test_pairs.npz"):
         if (src / name).is_file():
-            shutil.copyfile(src / name, workdir / name)
+            shutil.copyfile(src / name, tmp / name)
+    state = json.loads((src / "fit.json").read_text())
+    # the exported model and the final measurements are not in the pack: the final phase redoes them
+    for key in ("exported", "final_results", "npz_exported"):
+        state.pop(key, None)
+    if state.get("phases", {}).get("final") == "done":
+        del state["phases"]["final"]
+    (tmp / "fit.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+    if workdir.exists():
+        workdir.rmdir()
+    tmp.rename(workdir)

@@ -43,8 +43,9 @@ def _check_same_request(old: dict, new: dict) -> None:
     keys = ("method", "basis", "charge", "numbers", "seed")
     diff = [k for k in keys if old.get(k) != new.get(k)]
     if diff:
-        raise ValueError(f"the work directory holds a fit of another request (differs in {', '.join(diff)}); "
-                         "use another --workdir or the same options")
+        from .molecule import FitInputError
+        raise FitInputError(f"the work directory holds a fit of another request (differs in {', '.join(diff)}); "
+                            "use another --workdir or the same options")
 
 
 class Fit:
@@ -72,7 +73,8 @@ class Fit:
         p = self.work / name
         return len(frame_ids(connect(p), converged=True)) if p.exists() else 0
 
-    def label_until(self, phase: str, workers: int, queue=None, overrun_ok: bool = False) -> None:
+    def label_until(self, phase: str, workers: int, queue=None, overrun_ok: bool = False,
+                    max_new: int | None = None) -> None:
         """Label the queue with ``workers`` processes (or the executor) until the phase's deadline (with
         ``overrun_ok``, until the queue is done, whatever the clock says)."""
         from .labelling import label_with_executor, pending, start_labellers, stop_labellers
@@ -93,6 +95,8 @@ class Fit:
         try:
             while any(p.poll() is None for p in procs):
                 time.sleep(1.0)
+                if max_new is not None and sum(self.labelled(n) - start[n] for n in names) >= max_new:
+                    break
                 if time.monotonic() - last > 120:       # a status line every two minutes
                     last = time.monotonic()
                     done = {n: self.labelled(n) for n in names}
@@ -109,6 +113,8 @@ class Fit:
         thrown away when one run hands over to the next."""
         from .labelling import label_with_executor, pending, start_labellers
 
+        if self._bg is not None and self._bg[0] == "procs" and all(p.poll() is not None for p in self._bg[1]):
+            self._bg = None                 # the last ones reached their deadline
         if self._bg is not None:
             return
         queue = self.st.get("label_queue")
@@ -146,7 +152,7 @@ class Fit:
         rec = self.recipe["sampling"]
         budget = float(self.req["budget_s"])
         atoms = Atoms(numbers=self.req["numbers"], positions=self.req["positions"])
-        t_label = label_seconds_estimate(atoms, self.req["basis"], self.req["method"])
+        t_label = label_seconds_estimate(atoms, self.req["basis"], self.req["method"], int(self.req["charge"]))
         ends = self.recipe["budget"]["phase_end"]
         core_s = budget * ((ends["label"] - ends["sample"]) * self.workers
                            + (ends["readout"] - ends["label"]) * (self.workers - 1))
@@ -156,9 +162,17 @@ class Fit:
         self.log(f"[sample] ~{t_label:.1f} s per reference on one core: the budget labels ~{expected} frames; "
                  f"sampling {n_train} candidates and {n_test} test geometries")
         t0 = time.perf_counter()
-        c = make_candidates(atoms, rec, n_train, n_test, charge=int(self.req["charge"]),
-                            seed=int(self.req["seed"]), progress=lambda s: self.log("[sample] " + s))
-        np.savez_compressed(self.work / "candidates.npz", **{k: v for k, v in c.items() if k != "driver"})
+        if (self.work / "candidates.npz").is_file():     # sampled before a kill: the same candidates
+            with np.load(self.work / "candidates.npz") as z:
+                c = {k: z[k] for k in z.files}
+            c["driver"] = "(sampled before a restart)"
+        else:
+            c = make_candidates(atoms, rec, n_train, n_test, charge=int(self.req["charge"]),
+                                seed=int(self.req["seed"]), progress=lambda s: self.log("[sample] " + s),
+                                seconds=max(60.0, 0.6 * self.left("sample")))
+            tmp = self.work / "candidates.tmp.npz"
+            np.savez_compressed(tmp, **{k: v for k, v in c.items() if k != "driver"})
+            tmp.replace(self.work / "candidates.npz")
         from ..reference import reference_settings
         settings = reference_settings(self.req["method"], self.req["basis"], float(self.recipe["labels"]["conv_tol"]),
                                       int(self.recipe["labels"]["grid_level"]))
@@ -212,7 +226,7 @@ class Fit:
             tables["scheduler"]["patience"] = max(2, int(round(float(patience_steps) / steps_per_epoch)))
         text = phase_config(tables, specs,
                             seed=int(self.req["seed"]), run_extra=extra_run, optimizer_extra=optimizer_extra)
-        self.background_labelling("readout")
+        self.background_labelling("active" if phase == "_al_train" else "readout")
         result = train_for(run_dir, text, self.left(phase), log=_Throttled(self.log, f"[{phase}] "))
         if result["stopped"] == "signal":
             raise FitInterrupted(f"training run {run_dir} stopped by a signal")
@@ -223,11 +237,15 @@ class Fit:
         n_test, n_pool = self.labelled(TEST), self.labelled(POOL)
         if n_pool < 8:   # no useful model from fewer: keep labelling (the budget check at the start makes this rare)
             self.log(f"[label] only {n_pool} frames labelled by the deadline: labelling 8 before training")
-            from .labelling import start_labellers, stop_labellers
-            while self.labelled(POOL) < 8:
-                procs = start_labellers(self.work, self.workers, time.time() + 60)
-                stop_labellers(procs, wait_s=70)
+            from .labelling import pending
+            for _ in range(3):
+                if self.labelled(POOL) >= 8 or not pending(self.work, self.st.get("label_queue")):
+                    break
+                self.label_until("label", self.workers, overrun_ok=True, max_new=8 - self.labelled(POOL))
             n_pool = self.labelled(POOL)
+            if n_pool < 8:
+                raise RuntimeError(f"only {n_pool} training frames could be labelled (SCF failures? see "
+                                   f"{self.work}/labeller_*.log)")
         pool = [q for q in self.st.get("label_queue") if q[0] == POOL]
         self.st.set("label_queue", self.st.get("test_queue") + pool)      # (idempotent: a resumed phase repeats it)
         self.st.mark_done("label", test_frames=n_test, train_frames=n_pool)
@@ -246,7 +264,8 @@ class Fit:
             if k + 1 < rounds and (self.work / "runs" / f"fock_{k + 1}").exists():
                 continue                                     # a later round has started: this one is done
             extra = {} if k == 0 else {"init_weights": str(self.work / "runs" / self.st.get("last_fock"))}
-            opt = {} if k == 0 else {"lr": float(self.recipe["fock"]["optimizer"]["lr"]) * 0.5}
+            opt = {} if k == 0 else {"lr": float(self.recipe["fock"]["optimizer"]["lr"]) * 0.5,
+                                     "warmup_steps": int(self.recipe["fock"].get("warmup_steps", 0))}
             self.deadlines["_fock_round"] = end
             self.st.set("guess_run", self.st.get("last_fock"))    # labellers start SCFs from the newest F
             # the last round adds its loss terms (F in the orthonormal basis: from scratch it slows F ten-fold)
@@ -277,59 +296,76 @@ class Fit:
                           force=True, log=lambda s: None)
 
     def phase_active(self) -> None:
+        """Rounds of: MD on the committee model (labelling goes on beside it), the least certain frames into
+        ``al_<r>.db``, labelled first, then the readout trained on from its last weights. A round's record in
+        ``fit.json`` says how far it got, so a killed round goes on where it stopped."""
         from ase import Atoms
         from ase.io import write
 
+        from ..dataset import connect, read_candidates
         from .active import explore
         from .labelling import create_dataset, pending
 
-        self.stop_background()
         rec = self.recipe["active"]
         rounds = self.st.get("active_rounds", [])
         length = self.deadlines["active"] - self.deadlines["readout"]
-        while self.left("active") > min(60.0, 0.5 * length) and len(rounds) < int(rec.get("max_rounds", 20)):
-            r = len(rounds)
-            al = f"al_{r}.db"
-            if not (self.work / al).exists():
+        max_rounds = int(rec.get("max_rounds", 20))
+        while True:
+            if not rounds or rounds[-1].get("trained"):
+                if self.left("active") <= min(60.0, 0.5 * length) or len(rounds) >= max_rounds:
+                    break
+                r = len(rounds)
+                self.background_labelling("active")
                 model_dir = self.work / "models" / f"round_{r}"
                 self._export(self.st.get("last_readout"), model_dir)
                 cand = np.load(self.work / "candidates.npz")
                 start = Atoms(numbers=cand["numbers"], positions=cand["start"])
-                t_end = self.deadlines["active"]
+                t_md = self.st.elapsed() + 0.35 * max(0.0, self.left("active"))
                 found = explore(model_dir, start, rec["temperatures"], int(rec["steps"]), float(rec["friction"]),
                                 int(rec["select_every"]), int(rec["max_frames_per_round"]), float(rec["spread_quantile"]),
                                 seed=int(self.req["seed"]) + r, log=lambda s: self.log("[active] " + s),
-                                deadline=lambda: self.st.elapsed() > t_end - 0.5 * length)
+                                deadline=lambda: self.st.elapsed() > t_md)
+                record = {"round": r, "selected": len(found["frames"]), "runs": found["runs"], "trained": False}
                 if not found["frames"]:
-                    self.log("[active] no frame selected: the committee agrees along the runs")
-                    rounds.append({"round": r, "selected": 0, "runs": found["runs"]})
+                    self.log("[active] no frame selected")
+                    rounds.append({**record, "trained": True})
                     self.st.set("active_rounds", rounds)
                     break
                 write(self.work / f"al_{r}.traj", found["frames"])
-                settings = json.loads(json.dumps(_settings_of(self.work / POOL)))
-                create_dataset(self.work / al, cand["numbers"], np.stack([a.positions for a in found["frames"]]),
-                               settings, f"active learning round {r}", int(self.req["charge"]))
-                rounds.append({"round": r, "selected": len(found["frames"]), "runs": found["runs"]})
+                tmp = self.work / f"al_{r}.tmp.db"          # made whole, then renamed: never half a file
+                tmp.unlink(missing_ok=True)
+                create_dataset(tmp, cand["numbers"], np.stack([a.positions for a in found["frames"]]),
+                               _settings_of(self.work / POOL), f"active learning round {r}", int(self.req["charge"]))
+                tmp.replace(self.work / f"al_{r}.db")
+                rounds.append(record)
                 self.st.set("active_rounds", rounds)
-            queue = self.st.get("label_queue")
-            names = [q[0] for q in queue]
-            if al not in names:
-                from ..dataset import connect, read_candidates
-                n = len(read_candidates(connect(self.work / al))[1])
-                self.st.set("label_queue", [[al, list(range(n))]] + queue)
-            self.label_until("active", self.workers)
-            if pending(self.work, [[al, self.st.get("label_queue")[0][1]]]):
-                break    # out of time while labelling: the frames wait for the next invocation's final phase
+            r = rounds[-1]["round"]
+            al = f"al_{r}.db"
+            n = len(read_candidates(connect(self.work / al))[1])
+            mine = [[al, list(range(n))]]
+            self.stop_background()        # (it labelled beside the MD; the new frames go first now)
+            rest = [q for q in self.st.get("label_queue") if q[0] != al]
+            self.label_until("active", self.workers, queue=mine + rest, max_new=len(pending(self.work, mine)))
+            if pending(self.work, mine):
+                self.log("[active] out of time while labelling the round's frames")
+                break
             name = f"readout_al{r}"
             prev = self.work / "runs" / self.st.get("last_readout")
-            self._train(name, "active", "readout", extra_run={"init_weights": str(prev)},
-                        optimizer_extra={"lr": float(rec["continue_lr"])})
+            self.deadlines["_al_train"] = self.deadlines["active"] if r + 1 >= max_rounds else \
+                self.st.elapsed() + 0.6 * max(0.0, self.left("active"))
+            self._train(name, "_al_train", "readout", extra_run={"init_weights": str(prev)},
+                        optimizer_extra={"lr": float(rec["continue_lr"]), "warmup_steps": 200})
             self.st.set("last_readout", name)
+            rounds[-1]["trained"] = True
+            self.st.set("active_rounds", rounds)
+        self.stop_background()
         self.st.mark_done("active", rounds=len(rounds))
 
     def phase_final(self) -> None:
         from .labelling import pending
         from .report import final_report
+
+        self.stop_background()
 
         if pending(self.work, self.st.get("test_queue")):     # e.g. --workers 1: no labelling beside training
             self.log("[final] labelling the test frames that are left (past the budget if need be: a model "
@@ -373,7 +409,13 @@ def run_fit(request: dict, recipe: dict, recipe_text: str, workdir, out, data_ou
     executor, close = None, (lambda: None)
     if dask_scheduler:
         from ..generate import _make_executor
-        executor, _, close = _make_executor(None, dask_scheduler, 1)
+        from .molecule import FitInputError
+        try:
+            executor, _, close = _make_executor(None, dask_scheduler, 1)
+        except ImportError as exc:
+            raise FitInputError(str(exc)) from None
+        except OSError as exc:
+            raise FitInputError(f"cannot reach the Dask scheduler {dask_scheduler}: {exc}") from None
     workdir = Path(workdir)
     try:
         with FitState(workdir) as st:

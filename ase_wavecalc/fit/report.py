@@ -164,8 +164,11 @@ def _plots(out: Path, pairs: dict, run_dirs) -> list[str]:
     f_ref, f_mod = pairs["forces"]
     ax[1].plot(f_ref.ravel(), f_mod.ravel(), ".", ms=2)
     ax[1].set(xlabel="PySCF force (eV/A)", ylabel="model (eV/A)", title="forces")
-    ax[2].hist(np.log10(pairs["fock_err"] * 1e6 + 1e-3), bins=60, alpha=0.7, label="F elements")
-    ax[2].hist(np.log10(pairs["eps_err"] * 1e6 + 1e-3), bins=30, alpha=0.7, label="occupied eps")
+    for key, bins, label in (("fock_err", 60, "F elements"), ("eps_err", 30, "occupied eps")):
+        err = np.asarray(pairs[key])
+        err = err[np.isfinite(err)]
+        if len(err):         # (empty where the model refused every test frame's orbitals)
+            ax[2].hist(np.log10(err * 1e6 + 1e-3), bins=bins, alpha=0.7, label=label)
     ax[2].set(xlabel="log10 |error| (uHa)", ylabel="count", title="F and orbital energies")
     ax[2].legend()
     for a in ax[:2]:
@@ -182,6 +185,22 @@ def _plots(out: Path, pairs: dict, run_dirs) -> list[str]:
             shutil.copyfile(png, out / name)
             files.append(name)
     return files
+
+
+def label_costs(db_paths) -> list[list]:
+    """Rows (start, frames, mean seconds, mean SCF cycles) of the labelled frames by SCF start: PySCF's guess
+    or the Fock network's density (``guess`` key of each row; frames from before it was recorded count as
+    PySCF's)."""
+    from ..dataset import connect
+
+    by = {}
+    for path in db_paths:
+        for row in connect(path).select(converged=True, include_data=False):
+            g = row.get("guess", "minao")
+            by.setdefault(g, []).append((float(row.get("seconds", np.nan)), float(row.get("scf_cycles", np.nan))))
+    names = {"minao": "PySCF's guess (minao)", "given": "the Fock network's density"}
+    return [[names.get(g, g), len(v), f"{np.nanmean([a for a, _ in v]):.1f}", f"{np.nanmean([b for _, b in v]):.1f}"]
+            for g, v in sorted(by.items())]
 
 
 def _table(header, rows) -> str:
@@ -271,7 +290,10 @@ def final_report(fit) -> dict:
                       f"{tm['pyscf_s']:.1f} s", ratio, f"{tm['pyscf_s'] / tm['model_s']:.0f}x"]]),
              "", "## Where the hours went", "",
              _table(["phase", "wall (min)"], [[k, f"{v / 60:.1f}"] for k, v in phase_s.items()]),
-             "", "Labelled frames: " + ", ".join(f"{k} {v}" for k, v in frames.items()) + ".", ""]
+             "", "Labelled frames: " + ", ".join(f"{k} {v}" for k, v in frames.items()) + ".", "",
+             "Labels (one core each; seconds include the gradient):", "",
+             _table(["SCF start", "frames", "s per frame", "SCF cycles"],
+                    label_costs([work / n for n in fit.train_sets() + ["test.db"]])), ""]
     lines += [f"![{png}]({png})" for png in pngs]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     fit.log(f"[final] {out / 'report.md'}: test forces {t['force_mae_mev_a']:.1f} meV/A, energy "

@@ -88,16 +88,21 @@ def train_for(run_dir: Path, config_text: str, seconds: float, log=print) -> dic
     if resume:   # the saved config is the run's; only the time limit changes
         config_text = (run_dir / "config.toml").read_text()
     table = tomllib.loads(config_text)
-    if not resume and (run_dir / PACKED).exists():
-        # a run packed in an earlier session: restart from its weights (fresh optimizer, new split)
+    packed = not resume and (run_dir / PACKED).exists()
+    if packed:
+        # a run packed in an earlier session: restart from its weights (fresh optimizer, new split), on the
+        # dataset files of this work directory (the packed config names the old machine's paths)
         table.setdefault("run", {})["init_weights"] = str(run_dir)
         # a fresh Adam moves every weight by ~lr in its first steps: warm up so as not to undo the training
         table.setdefault("optimizer", {})["warmup_steps"] = max(200, int(table["optimizer"].get("warmup_steps", 0)))
-        (run_dir / PACKED).unlink()
+        for d in table["data"]["datasets"]:
+            d["path"] = str(run_dir.parent.parent / Path(d["path"]).name)
         config_text = ""
     config = parse_config(table, base_dir=str(run_dir.parent), source=config_text)
     config.run.max_time_min = max(seconds, 1.0) / 60.0
     result = Trainer(config, run_dir, resume=resume, log=log).fit()
+    if packed and (run_dir / "checkpoint.pt").is_file():
+        (run_dir / PACKED).unlink()          # from now on the run resumes from its own checkpoint
     if result.best_epoch < 0 and result.stopped != "signal":
         config.run.max_time_min = 0.0
         config.run.max_epochs = 1
