@@ -52,8 +52,9 @@ def _pack_run(run_dir: Path, dest: Path) -> None:
         shutil.copytree(run_dir, dest)
         return
     model, info = load_run_model(run_dir)
+    progress = {k: v for k, v in info["progress"].items() if isinstance(v, (int, float, str, bool))}
     save_model(model, dest, {"name": run_dir.name, "packed_from": info["weights"], "epoch": info["epoch"],
-                             "step": info["step"], "progress": info["progress"]})
+                             "step": info["step"], "progress": progress})
     for name in ("config.toml", "split.json", "metrics.csv"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, dest / name)
