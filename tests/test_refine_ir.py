@@ -76,18 +76,33 @@ def test_harmonic_ir_of_water_from_the_model():
     assert bend > asym > sym > 0
 
 
-def test_wavecalc_ir_writes_spectrum_and_harmonic_bands(tmp_path):
+def test_wavecalc_ir_writes_spectrum_and_harmonic_bands(tmp_path, capsys):
+    """Langevin equilibration, NVE segments, the spectrum with the harmonic bands on its axis (CSV, PNG); the
+    trajectory keeps the segments, so re-reading it gives the same spectrum without MD."""
     from ase_wavecalc.cli import main
 
     out = tmp_path / "water_ir"
-    assert main(["ir", "H2O", "--steps", "200", "--out", str(out)]) == 0
+    assert main(["ir", "H2O", "--steps", "200", "--equilibration-steps", "40", "--segments", "2",
+                 "--decorrelation-steps", "20", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "equilibration: Langevin 40 steps" in printed and "production: 2 NVE segment(s) of 100 steps" in printed
+    assert "mean temperature" in printed and "over 3 degrees of freedom" in printed
     with open(out.with_suffix(".csv")) as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["frequency_cm-1", "intensity_normalized"] and len(rows) > 5
+    assert rows[0] == ["frequency_cm-1", "intensity_normalized", "md_km_mol_per_cm-1", "harmonic_normalized",
+                       "harmonic_km_mol_per_cm-1"] and len(rows) > 5
+    table = np.array(rows[1:], dtype=float)
+    assert table[:, 1].max() == 1.0 and table[:, 3].max() == 1.0 and np.all(table[:, 2] >= 0)
+    harmonic_curve = table[:, 4].sum() * (table[1, 0] - table[0, 0])     # the harmonic km/mol, on the MD's axis
     with open(tmp_path / "water_ir_harmonic.csv") as f:
-        assert len(list(csv.reader(f))) == 4
+        bands = list(csv.reader(f))
+    assert bands[0] == ["frequency_cm-1", "intensity_km_mol", "md_band_km_mol"] and len(bands) == 4
+    assert harmonic_curve == pytest.approx(sum(float(b[1]) for b in bands[1:]), rel=0.05)
     assert out.with_suffix(".traj").is_file()
-    # re-reading the trajectory gives the same spectrum without MD
+    # re-reading the trajectory gives the same MD spectrum without MD (the harmonic bands are computed again,
+    # optimized from the trajectory's first frame)
     assert main(["ir", "H2O", "--trajectory", str(out.with_suffix(".traj")), "--out", str(tmp_path / "again")]) == 0
     with open(tmp_path / "again.csv") as f:
-        assert list(csv.reader(f)) == rows
+        again = list(csv.reader(f))
+    assert [r[:3] for r in again] == [r[:3] for r in rows]
+    assert np.array(again[1:], dtype=float)[:, 4] == pytest.approx(table[:, 4], rel=0.02, abs=1e-3)
