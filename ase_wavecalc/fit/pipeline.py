@@ -312,7 +312,8 @@ class Fit:
         max_rounds = int(rec.get("max_rounds", 20))
         while True:
             if not rounds or rounds[-1].get("trained"):
-                if self.left("active") <= min(60.0, 0.5 * length) or len(rounds) >= max_rounds:
+                # a new round needs time for its MD, its labels and its training: 40% of the phase at least
+                if self.left("active") <= max(0.4 * length, 30.0) or len(rounds) >= max_rounds:
                     break
                 r = len(rounds)
                 self.background_labelling("active")
