@@ -118,19 +118,26 @@ def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: in
         sample_geometries(start, 1, temperature=temps[0], interval=20, equilibration=0, seed=seed,
                           driver=driver, charge=charge)
         per_step = (time.perf_counter() - t0) / 20
-        steps = len(temps) * 200 + (n_md + 4 * n_test) * interval
+        n_runs = len(temps) * max(1, int(sampling.get("trajectories_per_temperature", 1))) + 2
+        steps = n_runs * 200 + (n_md + 4 * n_test) * interval
         if steps * per_step > seconds:
-            n_md = max(len(temps), int((seconds / per_step - len(temps) * 200) / interval) - 4 * n_test)
+            n_md = max(len(temps), int((seconds / per_step - n_runs * 200) / interval) - 4 * n_test)
             log(f"  MD at {per_step * 1e3:.1f} ms per step: {n_md} MD candidates fit the sampling phase")
     frames, source = [], []
+    n_traj = max(1, int(sampling.get("trajectories_per_temperature", 1)))
     for k, t in enumerate(temps):
         m = n_md // len(temps) + (1 if k < n_md % len(temps) else 0)
-        pos, _ = sample_geometries(start, m, temperature=t, interval=int(sampling["interval"]),
-                                   friction=float(sampling["friction"]), seed=seed * 1000 + 11 + k,
-                                   driver=driver, charge=charge)
-        frames.append(pos)
-        source += [f"md{t:g}"] * m
-        log(f"  {m} candidates from Langevin MD at {t:g} K")
+        # independent trajectories (own seeds): more chances to cross into other conformers than one long run
+        for j in range(n_traj):
+            mj = m // n_traj + (1 if j < m % n_traj else 0)
+            if mj == 0:
+                continue
+            pos, _ = sample_geometries(start, mj, temperature=t, interval=int(sampling["interval"]),
+                                       friction=float(sampling["friction"]), seed=seed * 1000 + 11 + k + 50 * j,
+                                       driver=driver, charge=charge)
+            frames.append(pos)
+            source += [f"md{t:g}"] * mj
+        log(f"  {m} candidates from {n_traj} Langevin MD runs at {t:g} K")
     if n_nm:
         frames.append(normal_mode_samples(start, n_nm, temps, rng, driver=driver, charge=charge))
         source += ["normal_modes"] * n_nm
