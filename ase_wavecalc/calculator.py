@@ -147,10 +147,16 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
                              f"{sorted(self.default_parameters)} and provider=")
         if provider is not None:
+            from .providers.base import missing_capabilities
+
+            missing = missing_capabilities(provider)
+            if missing:
+                raise InputError(f"provider= lacks {missing} of the provider interface (providers/base.py "
+                                 "Provider); subclass providers.HamiltonianProvider, which has every optional one")
             clash = sorted(k for k in set(_PYSCF_KEYS) | set(_MODEL_KEYS) if k in kwargs)
             if clash:
                 raise InputError(f"parameters {clash} do not apply when provider= is given")
-            kwargs.setdefault("charge", int(getattr(provider, "charge", 0)))
+            kwargs.setdefault("charge", int(provider.charge))
         super().__init__(restart=restart, label=label, atoms=atoms, directory=directory, **kwargs)
 
     # -- parameters ------------------------------------------------------------------------------
@@ -197,9 +203,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         if name not in self.uncertainty:
             if not allow_calculation:
                 return None
-            if name == "energy_std":   # it comes with every energy of a committee model
-                self._no_committee(name)
-            self._add_forces_std()
+            self._add_spreads()        # energy_std comes with every energy of a committee model, else here
         value = self.uncertainty[name]
         return value.copy() if isinstance(value, np.ndarray) else value
 
@@ -210,16 +214,11 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         else:
             atoms.info.pop("energy_std", None)
 
-    def _no_committee(self, name):
-        raise PropertyNotImplementedError(f"{_name_of(self.provider)} has no committee: no {name} (add one with "
-                                          "`wavecalc committee`)")
-
-    def _add_forces_std(self):
-        """The committee spread of the forces at the last geometry (eV/Angstrom, per component)."""
-        uncertainty = getattr(self.provider, "uncertainty", None)
-        if uncertainty is None:
-            self._no_committee("forces_std")
-        spread = uncertainty(self.atoms.numbers.copy(), self.atoms.positions / BOHR)
+    def _add_spreads(self):
+        """The spreads of the energy (eV) and forces (eV/Angstrom, per component) at the last geometry: the
+        provider's ``uncertainty`` (``PropertyNotImplementedError`` without a committee)."""
+        spread = self.provider.uncertainty(self.atoms.numbers.copy(), self.atoms.positions / BOHR)
+        self.uncertainty.setdefault("energy_std", hartree_to_ev(float(spread["energy_std"])))
         self.uncertainty["forces_std"] = np.asarray(spread["gradient_std"], dtype=float) * HARTREE / BOHR
 
     @property
@@ -255,7 +254,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
                 # unknown name, missing or corrupt model files, wrong dtype, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "
                                  f"{exc}") from exc
-            check_model_level(getattr(provider, "name", str(p["model"])), getattr(provider, "card", None) or {},
+            check_model_level(getattr(provider, "name", str(p["model"])), provider.card or {},
                               *(p[k] if k in self._given else None for k in ("method", "basis")))
             if p.get("refine") == "scf":
                 try:
@@ -295,17 +294,17 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         trained = self.parameters.get("model") is not None or self._provider_given is not None
         charge, spin, source = charge_and_spin_of(
             self.atoms, self.parameters["charge"], self.parameters["spin"],
-            default_charge=int(getattr(self.provider, "charge", 0)) if trained else 0)
+            default_charge=int(self.provider.charge) if trained else 0)
         if (self._provider is not None and self._provider_given is None and self.parameters.get("model") is None
                 and int(self._provider.charge) != charge):
             self._provider = None        # PySCF: rebuilt for the charge the Atoms ask for
         self._charge = charge
         provider = self.provider
-        basis = getattr(provider, "basis", None)
-        check_atoms(self.atoms, elements=getattr(provider, "elements", None), charge=charge,
+        basis = provider.basis
+        check_atoms(self.atoms, elements=provider.elements, charge=charge,
                     spin=spin, basis=basis if isinstance(basis, str) else None,
                     charges=getattr(provider, "charges", None))
-        if int(getattr(provider, "charge", charge)) != int(charge):
+        if int(provider.charge) != int(charge):
             what = "was trained for" if _name_of(provider).startswith("model") else "computes"
             raise InputError(f"{_name_of(provider)} {what} molecules of total charge {provider.charge} and computes "
                              f"no other; charge {charge} was asked for ({source})")
@@ -341,12 +340,10 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         if atoms is not None:      # the Atoms computed carry it, into trajectories
             self._tag(atoms)
         if "forces_std" in properties:
-            self._add_forces_std()
+            self._add_spreads()
         missing = [name for name in properties if name not in self.results and name not in self.uncertainty]
         if missing:
-            require_energy = getattr(provider, "require_energy", None)
-            if require_energy is not None:
-                require_energy()      # raises PropertyNotImplementedError with the provider's reason
+            provider.require_energy()      # raises PropertyNotImplementedError with the provider's reason
             raise PropertyNotImplementedError(f"{provider!r} did not provide {missing}")
 
     @_serialized
@@ -367,10 +364,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         if atoms is None:
             raise InputError("no Atoms: pass atoms or attach the calculator first")
         self.get_potential_energy(atoms)          # every input check, and the provider for these atoms
-        hessian = getattr(self.provider, "hessian", None)
-        if hessian is None:
-            raise PropertyNotImplementedError(f"{self.provider!r} has no Hessian")
-        h = hessian(atoms.numbers.copy(), atoms.positions / BOHR)
+        h = self.provider.hessian(atoms.numbers.copy(), atoms.positions / BOHR)
         return np.asarray(h, dtype=float) * HARTREE / BOHR ** 2
 
     @property
@@ -387,7 +381,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         (learned)", "density": ..., "dipole": ..., "charges": ..., "hamiltonian": ...}``; "(learned)" marks a
         model's prediction trained on that level, no suffix the exact calculation."""
         provider = self.provider
-        card = getattr(provider, "card", None) or getattr(getattr(provider, "model", None), "card", None)
+        card = provider.card
         if card is None:   # the exact SCF: one level for everything
             base = provider
             level = f"{str(getattr(base, 'method', '?')).upper()}/{getattr(base, 'basis', '?')}"

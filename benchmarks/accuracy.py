@@ -85,7 +85,7 @@ def evaluate(calc, dataset: Path, frame_ids: list[int], xtb: bool) -> dict:
     """Metrics of the WaveCalculator ``calc`` on the given frames of ``dataset`` (and of GFN2-xTB)."""
     import torch
     from ase import Atoms
-    from ase.calculators.calculator import all_changes
+    from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 
     from ase_wavecalc.basis import BasisLayout
     from ase_wavecalc.dataset import read_dataset
@@ -104,7 +104,11 @@ def evaluate(calc, dataset: Path, frame_ids: list[int], xtb: bool) -> dict:
     if len(rows) == 0:
         raise ValueError(f"{dataset}: none of the test frames is in the file")
     numbers = data["numbers"]
-    has_energy = bool(getattr(calc.provider, "has_energy", True))   # False: a Hamiltonian-only model
+    try:                                 # a Hamiltonian-only model has no energy or forces
+        calc.provider.require_energy()
+        has_energy = True
+    except PropertyNotImplementedError:
+        has_energy = False
     e_pred, f_pred, fock_pred, seconds = [], [], [], []
     for r in rows:
         atoms = Atoms(numbers=numbers, positions=data["positions_bohr"][r] * BOHR)

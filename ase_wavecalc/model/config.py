@@ -165,15 +165,10 @@ def _resolve_config(config: dict) -> dict:
     cfg["atom_correction_hidden"] = int(cfg["atom_correction_hidden"])
     if cfg["atom_correction_hidden"] < 0:
         raise ValueError("config 'atom_correction_hidden' must be >= 0")
-    if cfg["atom_correction_hidden"] and not cfg["delta_hcore_head"]:
-        raise ValueError("config 'atom_correction_hidden' > 0 needs delta_hcore_head = true")
     for key in ("energy_layers", "energy_channels", "energy_lmax"):
         cfg[key] = int(cfg[key])
         if cfg[key] < 0 or (key != "energy_layers" and cfg[key] < 1):
             raise ValueError(f"config {key!r} must be {'>= 0' if key == 'energy_layers' else 'positive'}")
-    if cfg["energy_layers"] and not cfg["atom_correction_hidden"] and cfg.get("energy_path") != "readout":
-        raise ValueError("config 'energy_layers' > 0 needs atom_correction_hidden > 0 (the MLP that reads "
-                         "it)")
     if cfg["energy_layers"] and cfg["energy_lmax"] > cfg["lmax"]:
         raise ValueError(f"config 'energy_lmax' ({cfg['energy_lmax']}) cannot exceed lmax ({cfg['lmax']})")
     cfg["energy_path"] = str(cfg["energy_path"]).lower()
@@ -181,20 +176,10 @@ def _resolve_config(config: dict) -> dict:
         raise ValueError(f"config 'energy_path' must be one of {list(ENERGY_PATHS)}, got {cfg['energy_path']!r}")
     cfg["readout_hidden"] = int(cfg["readout_hidden"])
     cfg["readout_standardize"] = bool(cfg["readout_standardize"])
-    if cfg["energy_path"] == "readout":
-        if cfg["readout_hidden"] < 1:
-            raise ValueError("config 'readout_hidden' must be positive")
-        if cfg["delta_hcore_head"] or cfg["atom_correction_hidden"]:
-            raise ValueError("energy_path = 'readout' reads the energy from the Fock trunk itself: set "
-                             "delta_hcore_head = false and atom_correction_hidden = 0 (energy_layers > 0 "
-                             "adds an energy trunk beside it)")
-        if cfg["num_layers"] < 1:
-            raise ValueError("energy_path = 'readout' needs num_layers >= 1")
     cfg["committee_size"] = int(cfg["committee_size"])
-    if cfg["committee_size"] and (cfg["energy_path"] != "readout" or cfg["committee_size"] < 2):
-        raise ValueError("committee_size needs energy_path = 'readout' and at least 2 members (0: none)")
     cfg["transfer_head"] = bool(cfg["transfer_head"])
-    if cfg["transfer_head"] and (cfg["energy_path"] != "readout" or not cfg["readout_standardize"]):
-        raise ValueError("transfer_head = true needs energy_path = 'readout' with readout_standardize = true "
-                         "(it is linear in the standardized invariants)")
+    # what the model's energy path needs of the config (energy_paths/: each path checks its own keys)
+    from ..energy_paths import energy_path_for
+
+    energy_path_for(cfg).check_config(cfg)
     return cfg

@@ -66,7 +66,6 @@ current torch and takes minutes to compile, and ``index_add`` is just as fast at
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import numpy as np
@@ -75,90 +74,18 @@ from torch import nn
 
 from ..basis import BasisLayout
 from .blocks import BlockReadout, MatrixIndex, build_matrix_index
-from .layers import (ConstantsMixin, EdgeGate, EdgeLinear, FeatureLayout, NodeGate, NodeLinear, WignerD,
-                     edge_frame, rotate_in, rotate_out, scale_edge)
+from .layers import (EdgeGate, EdgeLinear, FeatureLayout, NodeLinear, WignerD, edge_frame, rotate_in,
+                     rotate_out, scale_edge)
 from .so2 import SO2Conv
 from .radial import BesselBasis, PolynomialEnvelope, RadialMLP
 from .config import (DEFAULT_CONFIG, ENERGY_PATHS, MODEL_TYPE, _resolve_config, canonical_state_dict,
                      default_config)
-from .readout import Standardize, atom_invariants
+from .interaction import EdgeContext, Interaction, ScaleHead, run_blocks
+from ..energy_paths import energy_path_for
+from ..energy_paths.hamiltonian import ATOM_CORRECTION_SCALE  # noqa: F401  (re-exported: earlier home)
+from ..energy_paths.readout import READOUT_ENERGY_SCALE  # noqa: F401  (re-exported: earlier home)
 
 __all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE", "ENERGY_PATHS"]
-
-READOUT_ENERGY_SCALE = 0.01  # Hartree per unit output of the readout MLP
-ATOM_CORRECTION_SCALE = 0.01  # Hartree per unit output of the per-atom correction MLP
-_SQRT_HALF = math.sqrt(0.5)
-
-
-class _ScaleHead(ConstantsMixin, nn.Module):
-    """Invariant MLP outputs -> per-(|m|, irrep, channel) edge-frame scalings (n_irm, E, C).
-
-    s[(|m|, q), c] = a[q, c] * b[(|m|, q)]: a per (irrep, channel) factor times a channel-shared
-    per-(|m|, irrep) factor (C * n_irreps + n_irm numbers per edge instead of C * n_irm). Both are
-    invariant under rotations about the bond and its mirror planes, so scaling edge-frame features by
-    them keeps equivariance; the |m| factor gives sigma (m = 0), pi (|m| = 1), delta ... couplings their
-    own distance dependence.
-    """
-
-    def __init__(self, layout: FeatureLayout, channels: int):
-        super().__init__()
-        self.layout, self.channels = layout, int(channels)
-        self.size = self.channels * layout.n_irreps + layout.n_irm
-        self.register_constant("irm_irrep", layout.irm_irrep)
-
-    def forward(self, r: torch.Tensor, env: torch.Tensor | None = None) -> torch.Tensor:
-        E, C, nq = r.shape[0], self.channels, self.layout.n_irreps
-        a, b = torch.split(r, [C * nq, self.layout.n_irm], 1)
-        if env is not None:
-            b = b * env[:, None]
-        return a.view(E, nq, C).transpose(0, 1).index_select(0, self.irm_irrep) * b.T[:, :, None]
-
-    def scalar(self, r: torch.Tensor, env: torch.Tensor | None = None) -> torch.Tensor:
-        """The (m = 0, 0e) row of ``forward`` only: (E, C)."""
-        C = self.channels
-        a, b = torch.split(r, [C, r.shape[1] - C], 1)
-        b = b[:, :1] if env is None else b[:, :1] * env[:, None]  # (0, 0e) is pair 0
-        return a * b
-
-
-class Interaction(nn.Module):
-    """One message-passing block: h (N, D, C) l-order -> (N, D, C). irreps_in = irreps_out = C x layout.
-
-    message_ij = D(Q_ij) [ S_out * SO2Conv( S_in * D(Q_ij)^T Linear(h_j) ) ], S = radial scalings
-    (``_ScaleHead`` of an MLP of Bessel functions; the envelope multiplies S_in, so messages vanish
-    smoothly at the cutoff); h_i <- h_i + Gate(Linear(sum_j message_ij / sqrt(avg_num_neighbors))
-    + Linear(h_i)).
-    """
-
-    def __init__(self, layout: FeatureLayout, channels: int, num_radial: int, radial_hidden: int,
-                 avg_num_neighbors: float, n_elements: int):
-        super().__init__()
-        self.layout, self.channels = layout, channels
-        self.irreps_in = self.irreps_out = layout.irreps_str(channels)
-        self.lin_pre = NodeLinear(layout, channels, channels)
-        self.scale_in = _ScaleHead(layout, channels)
-        self.scale_out = _ScaleHead(layout, channels)
-        # edge MLP of the Bessel functions and both elements (one-hot): element-pair-dependent radial
-        # functions. Not of the features themselves: the scalings multiply the features, and a feedback of
-        # the features into their own scale made activations explode with depth.
-        self.radial = RadialMLP(num_radial + 2 * n_elements, radial_hidden, 2 * self.scale_in.size)
-        self.conv = SO2Conv(layout, channels)
-        self.lin_post = NodeLinear(layout, channels, channels, init_scale=0.1)
-        self.lin_self = NodeLinear(layout, channels, channels)
-        self.gate = NodeGate(layout, channels)
-        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
-
-    def forward(self, h, Ds, edge_attr, env, src, dst, scalar_input: bool = False):
-        x = self.lin_pre(h)
-        r_in, r_out = torch.split(self.radial(edge_attr), self.scale_in.size, 1)
-        s_out = self.scale_out(r_out)
-        if scalar_input:  # only 0e is non-zero (and rotation-invariant): skip the rotation in
-            mt = self.conv.forward_scalar(x[:, 0][src] * self.scale_in.scalar(r_in, env), s_out)
-        else:
-            mt = self.conv(rotate_in(x[src], Ds, self.layout), self.scale_in(r_in, env), s_out)
-        m = rotate_out(mt, Ds, self.layout)
-        agg = torch.zeros_like(h).index_add_(0, dst, m) * self.norm
-        return h + self.gate((self.lin_post(agg) + self.lin_self(h)) * _SQRT_HALF)
 
 
 class PairFeatures(nn.Module):
@@ -182,8 +109,8 @@ class PairFeatures(nn.Module):
         self.lin = NodeLinear(layout, channels, 2 * pair_channels)
         self.rbf = BesselBasis(num_radial, cutoff)
         self.env = PolynomialEnvelope(cutoff, envelope_exponent)
-        self.scale_in = _ScaleHead(layout, 2 * pair_channels)
-        self.scale_out = _ScaleHead(layout, pair_channels)
+        self.scale_in = ScaleHead(layout, 2 * pair_channels)
+        self.scale_out = ScaleHead(layout, pair_channels)
         n_inv = 2 * pair_channels * len(layout.m0_invariant) + num_radial + 2 * n_elements
         self.filter = RadialMLP(n_inv, hidden, self.scale_in.size + self.scale_out.size, num_hidden_layers=1,
                                 bias=True)
@@ -230,7 +157,9 @@ class HamiltonianModel(nn.Module):
         self.basis_layout = BasisLayout(cfg["basis"], cfg["elements"])
         self.elements = tuple(cfg["elements"])
         self.layout = FeatureLayout(cfg["lmax"], cfg["parity"])
-        self.heads = 2 if cfg["delta_hcore_head"] else 1    # F, and Delta h with delta_hcore_head
+        #: how the model computes its energy (selected once from the config): ase_wavecalc.energy_paths
+        self.energy_path = energy_path_for(cfg)
+        self.heads = self.energy_path.heads     # F, and Delta h on the Hamiltonian path
         C, n_el = cfg["channels"], len(self.elements)
         self.irreps_hidden = self.layout.irreps_str(C)
 
@@ -258,60 +187,8 @@ class HamiltonianModel(nn.Module):
                     bl.e3nn_to_pyscf(zb), diagonal=False, bias=False)
         # e0[Z] (n_elements,) Hartree, index = position in config "elements"; the trainer sets it
         self.element_energy_offsets = nn.Parameter(torch.zeros(n_el))
-        hidden = cfg["atom_correction_hidden"]
-        if cfg["energy_layers"]:
-            # the correction's own trunk: same edge frames and radial basis, its own embedding and
-            # (smaller) features. A stage that trains only the energy leaves F bit-identical, and the
-            # force loss's second derivative then never runs through the Fock trunk's weights.
-            Ce = cfg["energy_channels"]
-            self.energy_layout = FeatureLayout(cfg["energy_lmax"], cfg["parity"])
-            self.energy_embedding = nn.Parameter(torch.randn(n_el, Ce))
-            self.energy_interactions = nn.ModuleList([
-                Interaction(self.energy_layout, Ce, cfg["num_radial"], cfg["radial_hidden"],
-                            cfg["avg_num_neighbors"], n_el)
-                for _ in range(cfg["energy_layers"])])
-            n_feat = Ce
-        else:
-            self.energy_layout, self.energy_embedding, self.energy_interactions = None, None, None
-            n_feat = C
-        if hidden:
-            # learned per-atom correction (Hartree) from the invariant (0e) channels of the final atom
-            # features (of the energy trunk when there is one) and the element; the last layer starts at
-            # zero, so a model trained without it (stage 1) keeps its energies until the correction learns
-            self.atom_correction_mlp = nn.Sequential(nn.Linear(n_feat + n_el, hidden), nn.SiLU(),
-                                                     nn.Linear(hidden, hidden), nn.SiLU(),
-                                                     nn.Linear(hidden, 1))
-            nn.init.zeros_(self.atom_correction_mlp[-1].weight)
-            nn.init.zeros_(self.atom_correction_mlp[-1].bias)
-        else:
-            self.atom_correction_mlp = None
-        self.readout_mlp = self.readout_norm = self.transfer_weight = self.committee_mlps = None
-        if cfg["energy_path"] == "readout":
-            # per-atom energy from the invariants of every interaction block's output: the 0e channels and
-            # the squared norm of each (irrep, channel); the last layer starts at zero (E = sum e0)
-            n_in = cfg["num_layers"] * C * (1 + self.layout.n_irreps) + n_el
-            if self.energy_interactions is not None:   # the energy trunk's invariants beside the Fock trunk's
-                n_in += cfg["energy_layers"] * cfg["energy_channels"] * (1 + self.energy_layout.n_irreps)
-                self.register_buffer("energy_irrep_of_component", self.energy_layout.comp_irrep_l.clone(),
-                                     persistent=False)
-            width = cfg["readout_hidden"]
-            self.readout_mlp = nn.Sequential(nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, width),
-                                             nn.SiLU(), nn.Linear(width, 1))
-            # fixed standardization of the invariants (set from training frames before training): their
-            # scales span 1e-4 (squared norms of high-L Fock features) to 10, which an MLP sees badly
-            self.readout_norm = Standardize(n_in - n_el) if cfg["readout_standardize"] else None
-            nn.init.zeros_(self.readout_mlp[-1].weight)
-            nn.init.zeros_(self.readout_mlp[-1].bias)
-            # uncertainty: a committee of readout MLPs on the same inputs (train.committee fits them)
-            self.committee_mlps = (nn.ModuleList(
-                [nn.Sequential(nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                               nn.Linear(width, 1)) for _ in range(cfg["committee_size"])])
-                if cfg["committee_size"] else None)
-            # transfer learning: a linear, per-element function of the same standardized invariants (Hartree),
-            # zero until fitted (train.transfer)
-            self.transfer_weight = (nn.Parameter(torch.zeros(n_el, n_in - n_el, dtype=torch.get_default_dtype()))
-                                    if cfg["transfer_head"] else None)
-            self.register_buffer("irrep_of_component", self.layout.comp_irrep_l.clone(), persistent=False)
+        # the energy path's modules (energy trunk, correction or readout MLPs, ...): energy_paths/
+        self.energy_path.build(self, cfg)
         self._index_cache: OrderedDict = OrderedDict()
 
     # ------------------------------------------------------------------------------------------
@@ -378,17 +255,11 @@ class HamiltonianModel(nn.Module):
         onehot = torch.nn.functional.one_hot(ix.elem, len(self.elements)).to(dtype)
         edge_attr = torch.cat([self.rbf(d), onehot[ix.dst], onehot[ix.src]], 1)
 
-        if energy_only and self.readout_mlp is not None:
-            # the energy path of a "readout" model: the atom trunk and the MLP, no pair features, no F
-            h, layers = self._trunk(ix, Ds, edge_attr, env)
-            return self._readout_energy({}, layers, ix, Ds, edge_attr, env, onehot)
+        ctx = EdgeContext(ix, Ds, edge_attr, env, onehot)
         if energy_only:
-            if self.energy_interactions is None:
-                raise ValueError("energy_only needs a model with energy_layers > 0 or energy_path = 'readout'")
-            out = {"atomic_energy_sum": torch.zeros(ix.n_mol, dtype=dtype, device=pos.device).index_add(
-                0, ix.batch, self.element_energy_offsets[ix.elem])}
-            return self._add_atom_correction(out, None, ix, Ds, edge_attr, env, onehot)
-        h, layers = self._trunk(ix, Ds, edge_attr, env)
+            return self.energy_path.energy_only_outputs(self, ctx)
+        layers = self.fock_trunk(ctx)
+        h = layers[-1]
         p = self.pair(h, Ds, d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
 
         values = []
@@ -415,79 +286,11 @@ class HamiltonianModel(nn.Module):
                     m = flat[hd, ix.offsets[b]:ix.offsets[b] + n * n].view(n, n)
                     mats.append(0.5 * (m + m.T))
                 out[name] = mats
-        if self.readout_mlp is not None:
-            return self._readout_energy(out, layers, ix, Ds, edge_attr, env, onehot)
-        e0 = self.element_energy_offsets[ix.elem]
-        out["atomic_energy_sum"] = pos.new_zeros(ix.n_mol).index_add(0, ix.batch, e0)
-        return self._add_atom_correction(out, h, ix, Ds, edge_attr, env, onehot)
+        return self.energy_path.outputs(self, out, layers, ctx)
 
-    def _trunk(self, ix, Ds, edge_attr, env):
-        """The Fock trunk's atom features: (final h (N, D, C), list of every block's output)."""
-        layers = _run_blocks(self.embedding, self.interactions, self.layout, ix, Ds, edge_attr, env)
-        return layers[-1], layers
-
-    def _energy_trunk(self, ix, Ds, edge_attr, env) -> list:
-        """Every block output (N, D_e, C_e) of the energy trunk (``energy_layers``)."""
-        return _run_blocks(self.energy_embedding, self.energy_interactions, self.energy_layout, ix, Ds,
-                           edge_attr, env)
-
-    def _readout_energy(self, out, layers, ix, Ds, edge_attr, env, onehot) -> dict:
-        """energy_path = "readout": out["energy"] (B,) Hartree = sum_A e0[Z_A] + MLP(invariants of A): those
-        of every Fock-trunk block and, with ``energy_layers``, of every energy-trunk block; with
-        ``transfer_head`` + sum_A w[Z_A] . x_A (x: the standardized invariants), also as
-        out["transfer_correction"] (B,); with ``committee_size`` K, out["energy_committee"] (B, K): the
-        energies of K more readout MLPs on the same inputs (their spread is the uncertainty). The learned part
-        (MLP + transfer head) is out["learned_energy"] (B,), out["atomic_energy_sum"] = out["energy"]."""
-        e0 = self.element_energy_offsets[ix.elem]
-        inv = [atom_invariants(layers, self.irrep_of_component, self.layout.n_irreps)]
-        if self.energy_interactions is not None:
-            inv.append(atom_invariants(self._energy_trunk(ix, Ds, edge_attr, env), self.energy_irrep_of_component,
-                                       self.energy_layout.n_irreps))
-        inv = torch.cat(inv, 1)
-        out["readout_inputs"] = inv.detach()
-        if self.readout_norm is not None:
-            inv = self.readout_norm(inv)
-        x = torch.cat([inv, onehot], 1)
-        per_atom = READOUT_ENERGY_SCALE * self.readout_mlp(x)[:, 0]
-        zero = onehot.new_zeros(ix.n_mol)
-        if self.committee_mlps is not None:   # (B, K) energies of the committee members
-            members = READOUT_ENERGY_SCALE * torch.cat([m(x) for m in self.committee_mlps], 1)
-            base = zero.index_add(0, ix.batch, e0)
-            out["energy_committee"] = base[:, None] + onehot.new_zeros(ix.n_mol, members.shape[1]).index_add(
-                0, ix.batch, members)
-        if self.transfer_weight is not None:
-            transfer = (self.transfer_weight[ix.elem] * inv).sum(-1)
-            out["transfer_correction"] = zero.index_add(0, ix.batch, transfer)
-            per_atom = per_atom + transfer
-        out["learned_energy"] = zero.index_add(0, ix.batch, per_atom)
-        out["atomic_energy_sum"] = out["energy"] = zero.index_add(0, ix.batch, e0) + out["learned_energy"]
-        return out
-
-    def _add_atom_correction(self, out, h, ix, Ds, edge_attr, env, onehot) -> dict:
-        """Add the learned per-atom correction (if any), summed per molecule (B,) Hartree, to
-        ``out["atomic_energy_sum"]`` and as ``out["learned_energy"]``."""
-        if self.atom_correction_mlp is None:
-            return out
-        if self.energy_interactions is not None:
-            inv = self._energy_trunk(ix, Ds, edge_attr, env)[-1][:, 0, :]
-        else:
-            inv = h[:, 0, :]
-        per_atom = ATOM_CORRECTION_SCALE * self.atom_correction_mlp(torch.cat([inv, onehot], 1))[:, 0]
-        learned = onehot.new_zeros(ix.n_mol).index_add(0, ix.batch, per_atom)
-        out["learned_energy"] = learned
-        out["atomic_energy_sum"] = out["atomic_energy_sum"] + learned
-        return out
-
-
-def _run_blocks(embedding, blocks, layout, ix, Ds, edge_attr, env) -> list:
-    """A message-passing trunk from element embeddings (n_elements, C): every block's output (N, D, C)."""
-    x0 = embedding[ix.elem]
-    h = torch.cat([x0[:, None, :], x0.new_zeros(x0.shape[0], layout.dim - 1, x0.shape[1])], 1)
-    layers = []
-    for k, block in enumerate(blocks):
-        h = block(h, Ds, edge_attr, env, ix.src, ix.dst, scalar_input=(k == 0))
-        layers.append(h)
-    return layers
+    def fock_trunk(self, ctx: EdgeContext) -> list:
+        """The Fock trunk's atom features: every block's output (N, D, C), the last one the final h."""
+        return run_blocks(self.embedding, self.interactions, self.layout, ctx.ix, ctx.Ds, ctx.edge_attr, ctx.env)
 
 
 def build_model(config: dict) -> HamiltonianModel:

@@ -18,12 +18,19 @@ towards the edge, every return from the reference gains kinetic energy, so a the
 switches often is hotter than its bath (``benchmarks/md_stability.py`` reports both). ``n_reference`` counts the geometries computed
 by the reference, and ``log`` (an ASE trajectory path) collects them with their reference energy and
 forces: exactly the frames to add to training (label them with ``wavecalc generate LOG --geometries``).
+
+Every capability of the provider interface is forwarded: inside the domain the model's energy, forces,
+Hamiltonian, Hessian and committee spread (``uncertainty``); outside it the reference's energy, forces,
+Hamiltonian and analytic Hessian (no committee spread there: ``PropertyNotImplementedError``); the card,
+the domain checks and ``require_energy`` are the model's.
 """
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+
+from ase.calculators.calculator import PropertyNotImplementedError
 
 from .base import HamiltonianProvider, HamiltonianResult, OutOfDomainError
 from .pyscf_provider import PySCFProvider
@@ -63,9 +70,11 @@ class ReferenceFallback(HamiltonianProvider):
     """
 
     def __init__(self, model, reference: HamiltonianProvider | None = None, log: str | None = None):
-        if not getattr(model, "has_energy", True):
+        try:
+            model.require_energy()
+        except PropertyNotImplementedError:
             raise ValueError(f"model {model.name!r} predicts the Hamiltonian only: with no energies of its own, "
-                             "an MD run could not go on after a step computed by the reference")
+                             "an MD run could not go on after a step computed by the reference") from None
         self.model = model
         self.reference = reference if reference is not None else reference_provider_for(model.card, model.charge)
         self.basis, self.elements, self.charge = model.basis, model.elements, model.charge
@@ -79,21 +88,52 @@ class ReferenceFallback(HamiltonianProvider):
         return {"provider": "ReferenceFallback", "model": self.model.describe(),
                 "reference": self.reference.describe(), "reference_geometries": self.n_reference}
 
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def card(self) -> dict:
+        return self.model.card
+
     def require_energy(self):
         self.model.require_energy()
+
+    def check_training_domain(self, numbers, positions_bohr, strict: bool = False) -> None:
+        """The model's training domain."""
+        self.model.check_training_domain(numbers, positions_bohr, strict=strict)
+
+    def _inside(self, numbers, positions_bohr) -> bool:
+        """Whether the model computes this geometry: strictly inside its training domain (a pair closer or a
+        bond longer than anywhere in training already goes to the reference: the model itself only refuses
+        far beyond that, and in MD its last steps before a refusal can already have accelerated the atoms
+        into a hole of its energy). Outside, ``last_reason`` says why."""
+        try:
+            self.model.check_training_domain(numbers, positions_bohr, strict=True)
+        except OutOfDomainError as exc:
+            self.last_reason = str(exc)
+            return False
+        return True
+
+    def hessian(self, numbers, positions_bohr) -> np.ndarray:
+        """The model's Hessian inside its domain, the reference's analytic Hessian outside it."""
+        if self._inside(numbers, positions_bohr):
+            return self.model.hessian(numbers, positions_bohr)
+        return self.reference.hessian(numbers, positions_bohr)
+
+    def uncertainty(self, numbers, positions_bohr) -> dict:
+        """The model's committee spread inside its domain. Outside it ``PropertyNotImplementedError``: the
+        numbers there are the reference's, and a committee spread describes the model's."""
+        if self._inside(numbers, positions_bohr):
+            return self.model.uncertainty(numbers, positions_bohr)
+        raise PropertyNotImplementedError(f"{self.last_reason}: computed with the reference "
+                                          f"({_label(self.reference)}), which has no committee spread")
 
     def compute(self, numbers, positions_bohr, want_gradient: bool = False) -> HamiltonianResult:
         """The model's result, or the reference's for a molecule or bonds the model was not trained on and
         where a pair is closer or a bond longer than in any training frame (a
         collapsed predicted gap, also ``OutOfDomainError``, is raised: see the module docstring)."""
-        try:
-            # strictly: a pair closer (a bond longer) than anywhere in training already goes to the
-            # reference (the model itself only refuses far beyond that, and in MD its last steps before a
-            # refusal can already have accelerated the atoms into a hole of its energy)
-            self.model.check_training_domain(numbers, positions_bohr, strict=True)
-        except OutOfDomainError as exc:
-            self.last_reason = str(exc)
-        else:
+        if self._inside(numbers, positions_bohr):
             # a collapsed predicted gap still raises: it comes only after the model's energy has fallen
             # into a hole for several steps, so an MD run reaching it is already off (too hot)
             result = self.model.compute(numbers, positions_bohr, want_gradient)

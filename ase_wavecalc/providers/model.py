@@ -2,10 +2,12 @@
 
 ``ModelProvider(model)`` loads a shipped model (name) or a model directory and implements the provider
 interface of :mod:`ase_wavecalc.providers.base`: F from the network, S from PySCF integrals, orbitals and
-density from F C = S C eps, and, for Hamiltonian-path models trained on energies (with a Delta h head,
-``delta_hcore_head``), the total energy of :mod:`ase_wavecalc.energy` with its exact gradient (autograd
-through the network, PySCF's analytic derivatives of S and h_core, and the degeneracy-safe density-matrix
-response).
+density from F C = S C eps; the energy, gradient, Hessian and committee spread are the model's energy path's
+(:mod:`ase_wavecalc.energy_paths`, selected once from the model's config and card): the readout path's
+energy without F (F, orbitals and density deferred, :class:`DeferredHamiltonianResult`), the Hamiltonian
+path's E_nn + 1/2 Tr[P (F + h + Delta h)] + e0 with its exact gradient (autograd through the network,
+PySCF's analytic derivatives of S and h_core, and the degeneracy-safe density-matrix response), or no
+energy (F only).
 
 The network may run in float32 for speed (``dtype="float32"``); the electronic-structure part (eigenproblem,
 traces, energy) always runs in float64, so the absolute energy keeps its precision.
@@ -18,14 +20,15 @@ import numpy as np
 import torch
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from .. import energy as energy_mod
 from .. import integrals
+from ..energy_paths import energy_path_for
+from ..energy_paths.base import positions_tensor, single
 from ..units import BOHR, HARTREE
 from .base import HamiltonianProvider, HamiltonianResult, OutOfDomainError
 
 HARTREE_MEV = HARTREE * 1e3
 
-__all__ = ["ModelProvider", "DeferredHamiltonianResult", "OutOfDomainError"]
+__all__ = ["ModelProvider", "DeferredHamiltonianResult", "OutOfDomainError", "warn_if_inaccurate"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -42,7 +45,6 @@ class ModelProvider(HamiltonianProvider):
     """
 
     def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None):
-        from ..model.config import canonical_config
         from ..model.io import load_model
 
         if dtype not in _DTYPES:
@@ -70,15 +72,11 @@ class ModelProvider(HamiltonianProvider):
             raise ValueError(f"model {self.name!r} was trained for charge {trained_charge}, not {charge}")
         self.charge = trained_charge
         self._domain_warned = set()   # kinds of pair-distance warnings given (domain.pair_distances)
-        # "hamiltonian": E_nn + 1/2 Tr[P (F + h)] + e0 (+ correction); "readout": e0 + an MLP of the Fock
-        # trunk's atom invariants (model card "energy_path"; docs/design.md)
-        self.energy_path = str(config.get("energy_path", "hamiltonian"))
-        self.has_energy = ((bool(canonical_config(config).get("delta_hcore_head", False))
-                            or self.energy_path == "readout")
-                           and bool(self.card.get("energy_trained", True)))
+        #: how the energy is computed (ase_wavecalc.energy_paths): from the config, and no energy when the
+        #: card says none was trained
+        self.energy_path = energy_path_for(config, self.card)
         self._cache = None            # (key, result) of the last geometry
-        if self.has_energy:
-            _warn_if_inaccurate(self.name, self.card.get("test_metrics") or {})
+        self.energy_path.warn_if_inaccurate(self.name, self.card)
 
     def __getstate__(self):
         """Pickling (multiprocessing, ASE's parallel tools): without the last geometry's result, whose
@@ -135,58 +133,21 @@ class ModelProvider(HamiltonianProvider):
         positions_bohr = np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3)
         # the weights' in-place version counters: a model changed in place is not served stale results
         key = (numbers.tobytes(), positions_bohr.tobytes(), tuple(p._version for p in self.model.parameters()))
-        if self._cache is not None and self._cache[0] == key:
-            cached = self._cache[1]
-            if not (want_gradient and self.has_energy) or cached.gradient is not None:
-                return cached
+        if self._cache is not None and self._cache[0] == key and self.energy_path.serves(self._cache[1],
+                                                                                         want_gradient):
+            return self._cache[1]
         self.check_training_domain(numbers, positions_bohr)
-        if self.energy_path == "readout" and self.has_energy:
-            result = self._compute_readout(numbers, positions_bohr, want_gradient)
-        else:
-            result = self._compute_hamiltonian(numbers, positions_bohr, want_gradient)
+        result = self.energy_path.compute(self, numbers, positions_bohr, want_gradient)
         self._cache = (key, result)
         return result
 
-    def _compute_readout(self, numbers, positions_bohr, want_gradient: bool):
-        """Energy (and gradient) of a readout-energy model; the Hamiltonian deferred."""
-        start = time.perf_counter()
-        pos64 = torch.tensor(positions_bohr, requires_grad=want_gradient)
-        z = torch.as_tensor(numbers, dtype=torch.long)
-        with torch.set_grad_enabled(want_gradient):
-            out = self.model(z, pos64.to(self.dtype), None, energy_only=True)
-            e_tot = out["energy"].reshape(-1)[0].to(torch.float64)
-            gradient = (torch.autograd.grad(e_tot, pos64, retain_graph="energy_committee" in out)[0].detach()
-                        if want_gradient else None)
-        info = {"seconds": time.perf_counter() - start, "model": self.name, "energy_path": "readout"}
-        if "energy_committee" in out:
-            members = out["energy_committee"].reshape(-1).to(torch.float64)
-            info["energy_std"] = float(members.detach().std())
-            self._check_uncertainty(info["energy_std"])
-            if want_gradient:   # the members' forces, for forces_std on request, without another forward
-                info["_committee_forces"] = lambda: self._member_gradients(members, pos64)
-        return DeferredHamiltonianResult(
-            float(e_tot.detach()), None if gradient is None else gradient.numpy(), info,
-            lambda: self._compute_hamiltonian(numbers, positions_bohr, False))
-
-    @staticmethod
-    def _member_gradients(members, pos64) -> np.ndarray:
-        """(K, n, 3) Hartree/Bohr gradients of the committee members' energies (one batched backward)."""
-        eye = torch.eye(len(members), dtype=members.dtype)
-        (grads,) = torch.autograd.grad(members, pos64, grad_outputs=eye, is_grads_batched=True)
-        return grads.detach().numpy()
-
     def uncertainty(self, numbers, positions_bohr) -> dict:
         """Committee spread at a geometry: {"energy_std": Hartree, "gradient_std": (n, 3) Hartree/Bohr}
-        (the standard deviation over the members, per component). Needs a model with a committee."""
-        if self.model.config.get("committee_size", 0) < 2:
-            raise PropertyNotImplementedError(f"model {self.name!r} has no committee: no uncertainty "
-                                              "(add one with `wavecalc committee`)")
-        result = self.compute(numbers, positions_bohr, want_gradient=True)
-        if "_grad_std" not in result.info:
-            result.info["_grad_std"] = result.info.pop("_committee_forces")().std(axis=0, ddof=1)
-        return {"energy_std": result.info["energy_std"], "gradient_std": result.info["_grad_std"]}
+        (the standard deviation over the members, per component). Needs a model with a committee (else
+        ``PropertyNotImplementedError``)."""
+        return self.energy_path.uncertainty(self, numbers, positions_bohr)
 
-    def _check_uncertainty(self, energy_std: float) -> None:
+    def check_uncertainty(self, energy_std: float) -> None:
         """Early warning of the out-of-domain policy: energy_std above the card's threshold (calibrated on
         validation frames, train/committee.py) warns once and is counted in ``n_uncertain``."""
         limit = (self.card.get("committee") or {}).get("energy_std_warning_mev")
@@ -200,7 +161,7 @@ class ModelProvider(HamiltonianProvider):
             warnings.warn(f"model {self.name!r}: committee energy spread {energy_std * HARTREE_MEV:.1f} meV is above "
                           f"{float(limit):.1f} meV (3x the 99th percentile on validation frames): the geometry is "
                           "leaving the training data (warned once; count in calc.provider.n_uncertain)",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=5)
 
     def hessian(self, numbers, positions_bohr) -> np.ndarray:
         """(3n, 3n) second derivatives of the energy, Hartree/Bohr^2, by double autograd through the
@@ -209,18 +170,8 @@ class ModelProvider(HamiltonianProvider):
         self.require_energy()
         numbers = np.asarray(numbers, dtype=int).reshape(-1)
         self.check_training_domain(numbers, positions_bohr)
-        pos = torch.tensor(np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3), requires_grad=True)
-        z = torch.as_tensor(numbers, dtype=torch.long)
-        if self.energy_path == "readout":
-            e_tot = self.model(z, pos.to(self.dtype), None, energy_only=True)["energy"].reshape(-1)[0].double()
-        else:
-            out = self.model(z, pos.to(self.dtype), None)
-            e_tot, _ = energy_mod.total_energy(
-                numbers, pos, _single(out["fock"]).double(), self.basis,
-                delta_hcore=_single(out["delta_hcore"]).double(),
-                atomic_energy_sum=out["atomic_energy_sum"].reshape(-1)[0].double(), charge=self.charge,
-                density="eigh",
-                derivative_order=2)
+        pos = positions_tensor(positions_bohr, requires_grad=True)
+        e_tot = self.energy_path.hessian_energy(self, numbers, pos)
         (grad,) = torch.autograd.grad(e_tot, pos, create_graph=True)
         grad = grad.reshape(-1)
         try:   # all 3n rows in one batched (vmapped) backward pass
@@ -241,26 +192,22 @@ class ModelProvider(HamiltonianProvider):
                 f"model {self.name!r} was trained on energies and forces only: it has no trained Hamiltonian, so "
                 "no orbitals, density, dipole or charges")
 
-    def _compute_hamiltonian(self, numbers, positions_bohr, want_gradient: bool) -> HamiltonianResult:
-        """F from the network, orbitals and density; the Hamiltonian-path energy for such models."""
+    def fock_result(self, numbers, positions_bohr, energy=None, want_gradient: bool = False) -> HamiltonianResult:
+        """F from the network, S, orbitals and density at one geometry (the predicted gap checked). The energy
+        is NaN, or ``energy(out, positions, fock, mol) -> (e_tot, overlap, hcore)``: the energy path's
+        energy from the same forward (then with its gradient when ``want_gradient``)."""
         self.require_hamiltonian()
         start = time.perf_counter()
-        want_energy_grad = want_gradient and self.has_energy and self.energy_path == "hamiltonian"
-        pos64 = torch.tensor(np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3),
-                             requires_grad=want_energy_grad)
+        want_energy_grad = want_gradient and energy is not None
+        pos64 = positions_tensor(positions_bohr, requires_grad=want_energy_grad)
         z = torch.as_tensor(numbers, dtype=torch.long)
         with torch.set_grad_enabled(want_energy_grad):
             out = self.model(z, pos64.to(self.dtype), None)
-            fock = _single(out["fock"]).to(torch.float64)
+            fock = single(out["fock"]).to(torch.float64)
             mol = integrals.make_mol(numbers, pos64.detach().numpy(), self.basis, charge=self.charge)
             gradient = None
-            if self.has_energy and self.energy_path == "hamiltonian":
-                delta_hcore = _single(out["delta_hcore"]).to(torch.float64)
-                atomic_energy_sum = out["atomic_energy_sum"].reshape(-1)[0].to(torch.float64)
-                e_tot, parts = energy_mod.total_energy(
-                    numbers, pos64, fock, self.basis, delta_hcore=delta_hcore,
-                    atomic_energy_sum=atomic_energy_sum, charge=self.charge, density="projector", mol=mol)
-                overlap, hcore = parts["overlap"], parts["hcore"]
+            if energy is not None:
+                e_tot, overlap, hcore = energy(out, pos64, fock, mol)
                 if want_energy_grad:
                     (gradient,) = torch.autograd.grad(e_tot, pos64)
                 e_value = e_tot.detach()
@@ -294,10 +241,7 @@ class ModelProvider(HamiltonianProvider):
 
     def require_energy(self):
         """Raise ``PropertyNotImplementedError`` if the model predicts only the Hamiltonian."""
-        if not self.has_energy:
-            raise PropertyNotImplementedError(
-                f"model {self.name!r} predicts the Hamiltonian only (no energy trained): energy and "
-                f"forces are not available; orbitals, density, charges and dipole are")
+        self.energy_path.require_energy(self)
 
 
 # geometry checks against the card's training_domain (see ModelProvider.check_training_domain; the pair
@@ -308,7 +252,7 @@ GAP_ERROR_FRACTION = 0.7      # predicted HOMO-LUMO gap below this x the smalles
 ACCURACY_WARNING = {"energy_mae_mev": 50.0, "force_mae_mev_a": 150.0}
 
 
-def _warn_if_inaccurate(name: str, metrics: dict) -> None:
+def warn_if_inaccurate(name: str, metrics: dict) -> None:
     """A UserWarning when the card's held-out energy or force error is large (the user should know)."""
     import warnings
 
@@ -319,7 +263,7 @@ def _warn_if_inaccurate(name: str, metrics: dict) -> None:
                          for k, v in bad.items())
         warnings.warn(f"model {name!r}: held-out test {text} (model card): its energies and forces are "
                       f"semi-quantitative; orbitals, density and dipole are its stronger outputs",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=4)
 
 
 class DeferredHamiltonianResult:
@@ -346,12 +290,3 @@ class DeferredHamiltonianResult:
             full.info.update(self.info)
             self._full = full
         return getattr(self._full, name)
-
-
-def _single(x):
-    """The one molecule's matrix from a model output ((1, nao, nao) tensor or a one-element list)."""
-    if isinstance(x, (list, tuple)):
-        if len(x) != 1:
-            raise ValueError("expected one molecule")
-        return x[0]
-    return x[0] if x.dim() == 3 else x

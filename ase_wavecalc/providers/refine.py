@@ -9,6 +9,12 @@ raises ``CalculationFailed``, as for the plain PySCF provider. Where the model r
 (``OutOfDomainError``: another molecule, broken bonds, atoms closer than in training), the SCF starts from
 PySCF's default guess (``initial_guess`` "default", the reason in ``model_refused``; warned once).
 
+Every capability of the provider interface is forwarded: energy, forces, Hamiltonian, orbitals and the
+analytic Hessian are the SCF's; ``uncertainty`` (energy_std, forces_std) is the model's committee spread at
+the geometry (how far it lies from the model's training data; the SCF's numbers themselves are exact at the
+model's level); the card and ``check_training_domain`` are the model's (the provider itself computes every
+geometry, refused ones from PySCF's guess).
+
 The level of theory comes from the model card (``fallback.reference_provider_for``); a transfer-learned
 model, whose energies are trained on another level than its Hamiltonian, is refused: refining would return
 the Hamiltonian's level's energy under the model's name.
@@ -48,6 +54,17 @@ class SCFRefinedProvider(HamiltonianProvider):
         self.name = f"{model.name} + SCF"
         self._warned = False
         self.card = model.card
+
+    def require_energy(self) -> None:
+        """The SCF always has an energy."""
+
+    def check_training_domain(self, numbers, positions_bohr, strict: bool = False) -> None:
+        """The model's training domain (the SCF computes outside it too, from PySCF's guess)."""
+        self.model.check_training_domain(numbers, positions_bohr, strict=strict)
+
+    def uncertainty(self, numbers, positions_bohr) -> dict:
+        """The model's committee spread at the geometry (``PropertyNotImplementedError`` without a committee)."""
+        return self.model.uncertainty(numbers, positions_bohr)
 
     def describe(self) -> dict:
         return {"provider": "SCFRefinedProvider", "model": self.model.describe(), "scf": self.scf.describe()}
