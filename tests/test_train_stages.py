@@ -25,10 +25,11 @@ from ase_wavecalc.train.trainer import Trainer
 # ----------------------------------------------------------------------------------------------------
 # which weights learn in a stage
 
-def test_freeze_hamiltonian_trains_only_the_delta_hcore_head():
-    """Stage 2 (run.trainable = 'delta_hcore_head'): the Fock matrix cannot change, Delta h can."""
+def test_delta_hcore_head_phase_trains_only_the_delta_hcore_head():
+    """Stage 2 (run.trainable = 'delta_hcore_head', a phase of the Hamiltonian energy path): the Fock matrix
+    cannot change, Delta h can."""
+    from ase_wavecalc.energy_paths import energy_path_for
     from ase_wavecalc.model.network import build_model, default_config
-    from ase_wavecalc.train.stages import freeze_hamiltonian
 
     torch.manual_seed(0)
     model = build_model(default_config(basis="sto-3g", elements=[1, 8], channels=4, num_layers=1,
@@ -40,7 +41,7 @@ def test_freeze_hamiltonian_trains_only_the_delta_hcore_head():
     numbers = torch.tensor([8, 1, 1])
     positions = torch.tensor([[0.0, 0.0, 0.0], [1.8, 0.0, 0.0], [-0.4, 1.7, 0.0]], dtype=torch.float64)
     before = model(numbers, positions, None)
-    assert freeze_hamiltonian(model) > 0
+    assert energy_path_for(model.config).phase("delta_hcore_head", {"energy": 1.0}).freeze(model) > 0
     frozen = {k: p.detach().clone() for k, p in model.named_parameters() if not p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     for _ in range(3):

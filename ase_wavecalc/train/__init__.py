@@ -8,7 +8,7 @@ training (energy offsets, transfer head, committee), and the ``wavecalc train`` 
 | ``data`` | dataset arrays -> torch batches; split by counts and seed; data order |
 | ``losses`` | loss terms registered by name (F MSE/MAE, orbital energies, energy, forces), weighted sum |
 | ``metrics`` | F, orbital-energy, orbital, density-matrix errors; ``evaluate_model`` |
-| ``stages`` | which weights learn (``run.trainable``), per-prefix learning rates, readout init from older weights |
+| ``stages`` | per-prefix learning rates, readout heads of older weights (which weights learn, ``run.trainable``, is a phase of the model's energy path: ``ase_wavecalc.energy_paths``) |
 | ``trainer`` | the ``Trainer``: AdamW + ReduceLROnPlateau + EMA, bit-for-bit resume, time limits |
 | ``checkpoint`` | checkpoint format, atomic save/load, EMA weights, RNG states, ``initial_weights`` |
 | ``runtime`` | process state of a run: isolated RNG/threads, SIGINT/SIGTERM, the run-directory lock |

@@ -15,7 +15,7 @@ from .config import TrainingError
 from .data import epoch_plan
 from .losses import gap_is_open, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
-from .stages import LEARNED_ENERGY_PREFIXES
+from ..energy_paths import LEARNED_ENERGY_PREFIXES
 
 __all__ = ["prepare_base_energies"]
 

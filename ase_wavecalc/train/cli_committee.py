@@ -43,10 +43,11 @@ def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force:
     # the stored precision, so that the weights are kept bit for bit
     dtype = torch.float32 if _read_card(source).get("dtype") == "float32" else torch.float64
     base, card = load_model(model_name, dtype=dtype)
-    if card.get("config", {}).get("energy_path") != "readout":
-        raise ValueError(f"model {model_name!r} has no readout energy path: a committee needs one")
     config = {**card["config"], "committee_size": int(size)}
-    model = build_model(config).to(dtype)
+    try:   # the energy path checks the config: only the readout path carries a committee
+        model = build_model(config).to(dtype)
+    except ValueError as exc:
+        raise ValueError(f"model {model_name!r}: {exc}") from None
     # the weights kept bit for bit: all but an existing committee, which is refit (every member starts afresh
     # from the readout in fit_committee, so a refit may also change the size)
     kept = {k: v for k, v in base.state_dict().items() if not k.startswith("committee_mlps.")}

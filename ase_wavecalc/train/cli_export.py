@@ -91,16 +91,6 @@ def run_split_tables(run_dir, split: str = "test", check_hash: bool = True):
     return tables, rows, info
 
 
-#: how each energy path computes the total energy, as the model card states it
-ENERGY_PATH_FORMULAS = {
-    "hamiltonian": "E = E_nn + 1/2 Tr[P (F + h_core + Delta h)] + sum_A e0[Z_A] (+ learned per-atom correction); "
-                   "P from the predicted F; forces = -dE/dR by autograd",
-    "readout": "E = sum_A (e0[Z_A] + MLP(invariants of atom A's features in the Fock trunk and, with "
-               "energy_layers, in the energy trunk beside it)); the same network predicts F (orbitals, density, "
-               "dipole, charges), which the energy does not need; forces = -dE/dR by autograd",
-}
-
-
 def build_card(run_dir, info: dict, split: dict, dataset_meta: dict, test_metrics: dict | None) -> dict:
     """The model card (JSON-serializable). ``model.io.save_model`` adds config (the architecture),
     model_type, dtype, weights_sha256 and versions."""
@@ -309,7 +299,7 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     Energy models get their per-element offsets refit on ``refit_frames`` training frames
     (:mod:`~ase_wavecalc.train.offsets`) before the test; 0 keeps the trained offsets.
     """
-    from ..model.config import canonical_config
+    from ..energy_paths import energy_path_for
     from ..model.io import save_model
     from .metrics import evaluate_model, format_metrics
 
@@ -319,17 +309,15 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     model, info = load_run_model(run_dir, weights)
     tables, rows, split = run_split_tables(run_dir, "test", check_hash=True)
     loss = info["config"]["loss"]
-    energy_path = str(info["model_config"].get("energy_path", "hamiltonian"))
-    # (model_config of runs from before the rename of energy_head: model.config.canonical_config)
-    energy_trained = (bool(canonical_config(info["model_config"]).get("delta_hcore_head"))
-                      or energy_path == "readout") and (
-        float(loss.get("energy", 0)) > 0 or float(loss.get("forces", 0)) > 0)
+    # the energy path the run trained (no energy without energy or force terms; configs of runs from before
+    # the rename of energy_head load: model.config.canonical_config)
+    energy_path = energy_path_for(info["model_config"]).trained_by(loss)
     offset_refit = None
-    if energy_trained and refit_frames > 0:
-        from .offsets import refit_energy_offsets
+    if refit_frames > 0:
         datasets = [(t.path, d["train"][:refit_frames]) for t, d in zip(tables, split["datasets"])]
-        offset_refit = refit_energy_offsets(model, datasets, charge=int(tables[0].charge),
-                                            labels=[d.get("labels", "reference") for d in split["datasets"]])
+        offset_refit = energy_path.refit_offsets(model, datasets, charge=int(tables[0].charge),
+                                                 labels=[d.get("labels", "reference") for d in split["datasets"]])
+    if offset_refit is not None:
         print(f"energy offsets refit on {offset_refit['frames']} training frames "
               f"({offset_refit['outliers']} outliers left out): mean residual "
               f"{offset_refit['residual_mean_mev_before']:+.2f} -> {offset_refit['residual_mean_mev_after']:+.2f}"
@@ -339,17 +327,14 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     if test:
         # per dataset: the first one's metrics are the card's headline (test_metrics); datasets added in
         # later stages (other temperatures, active-learning frames) are reported beside it, not pooled in
-        from .metrics import energy_force_errors
-
         if len(rows[0]) == 0:
             raise ValueError(f"{run_dir}: the test split of its first dataset is empty")
         for d, table, r in zip(split["datasets"], tables, rows):
             if len(r) == 0:
                 continue
             m = evaluate_model(model, [table], [r], batch_size=batch_size)
-            if energy_trained:
-                m.update(energy_force_errors(model, table.path, d["test"], charge=table.charge,
-                                             labels=d.get("labels", "reference")))
+            m.update(energy_path.test_metrics(model, table.path, d["test"], charge=table.charge,
+                                              labels=d.get("labels", "reference")))
             by_dataset[Path(d["path"]).name] = m
             print(format_metrics(m, f"test split of {Path(d['path']).name} ({m['n_structures']} structures):"))
         test_metrics = by_dataset[Path(split["datasets"][0]["path"]).name]
@@ -360,12 +345,12 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
     card["training_domain"] = training_domain(
         tables, [t.rows_of_frames(d["train"]) for t, d in zip(tables, split["datasets"])])
     card["name"] = out.name
-    card["energy_trained"] = energy_trained   # False: a Hamiltonian-only model (no energy or forces)
+    entries = energy_path.card_entries()
+    energy_trained = card["energy_trained"] = entries["energy_trained"]   # False: a Hamiltonian-only model
     # False: an energy-only network (an MLIP baseline): its F was never trained and is not offered
     stages = training_stages(run_dir)
     card["fock_trained"] = fock_trained(run_dir, stages)
-    if energy_trained:
-        card["energy_path"] = {"name": energy_path, "formula": ENERGY_PATH_FORMULAS[energy_path]}
+    card["energy_path"] = entries["energy_path"]      # name and formula
     card["charge"] = int(tables[0].charge)
     high = [d for d in split["datasets"] if d.get("labels") == "high"]
     if energy_trained and high:

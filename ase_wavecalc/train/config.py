@@ -84,9 +84,9 @@ RUN_OVERRIDABLE = ("max_epochs", "max_steps", "max_time_min", "checkpoint_every_
                    "deterministic", "init_weights")
 
 
-#: run.trainable values; TRAINABLE_ALIASES: their names in earlier versions (still accepted, e.g. in the
-#: train_config*.toml files kept with the shipped models)
-TRAINABLE = ("all", "delta_hcore_head", "atom_correction", "energy_readout", "transfer_head")
+#: run.trainable values are the training phases of the energy paths (``ase_wavecalc.energy_paths.PHASES``:
+#: each path says which weights each of its phases trains); TRAINABLE_ALIASES: their names in earlier
+#: versions (still accepted, e.g. in the train_config*.toml files kept with the shipped models)
 TRAINABLE_ALIASES = {"energy_head": "delta_hcore_head", "energy_correction": "atom_correction"}
 
 
@@ -219,18 +219,20 @@ class RunConfig:
     # regression of the energy residuals on the element-pooled standardized invariants); the ridge strength,
     # 0: chosen from a grid by the validation energy error
     transfer_alpha: float = 0.0
-    trainable: str = "all"        # "all"; "delta_hcore_head": only the Delta h head, e0 and the
-                                  # per-atom correction learn; "atom_correction": only e0 and the
-                                  # per-atom correction (with its trunk) learn; "energy_readout": only
-                                  # e0, the readout MLP and its energy trunk learn (energy_path "readout")
+    trainable: str = "all"        # a training phase of the model's energy path (energy_paths/): "all";
+                                  # Hamiltonian path: "delta_hcore_head" (Delta h, e0, correction),
+                                  # "atom_correction" (e0, the correction and its trunk); readout path:
+                                  # "energy_readout" (e0, readout MLP, energy trunk), "transfer_head"
     deterministic: bool = True
 
     def __post_init__(self):
         if isinstance(self.trainable, str):   # names of earlier versions
             self.trainable = TRAINABLE_ALIASES.get(self.trainable, self.trainable)
-        if self.trainable not in TRAINABLE:
-            raise ConfigError("run.trainable must be 'all', 'delta_hcore_head', 'atom_correction', "
-                              f"'energy_readout' or 'transfer_head', got {self.trainable!r}")
+        from ..energy_paths import PHASES
+
+        if self.trainable not in PHASES:
+            raise ConfigError(f"run.trainable must be one of {list(PHASES)} (the training phases of the energy "
+                              f"paths), got {self.trainable!r}")
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"run.precision must be 'float32' or 'float64', got {self.precision!r}")
         if self.batch_size < 1:

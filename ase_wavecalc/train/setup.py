@@ -16,7 +16,7 @@ from .data import FrameTable, load_table, split_frames
 from .offsets import offset_correction
 from ..dataset import formula as _formula
 from .runlog import _atomic_write_text
-from .stages import LEARNED_ENERGY_PREFIXES, adapt_readout_heads
+from .stages import adapt_readout_heads
 from ..units import HARTREE
 
 __all__ = ["held_out_split", "load_data", "load_initial_weights", "mean_atom_blocks", "model_config_for",
@@ -71,7 +71,8 @@ def reference_atom_energies(tables, row_sets, elements, hamiltonian: bool = True
     reference energies in the least-squares sense (minimum norm when compositions do not determine
     every element). For DFT these offsets absorb most of the exchange-correlation double counting,
     so an energy loss starts near the right scale. Needs ``e_tot`` and ``hcore`` in the tables.
-    ``hamiltonian=False`` (energy_path "readout", E = sum_A e0[Z_A] + learned part): e0 fits e_tot itself.
+    ``hamiltonian=False`` (the readout path, E = sum_A e0[Z_A] + learned part): e0 fits e_tot itself
+    (each energy path's ``initial_energy_offsets`` says which).
     The solve is :func:`~ase_wavecalc.train.offsets.offset_correction` (singular values below 1e-8 of the
     largest dropped: the default pinv cutoff kept round-off singular values).
     """
@@ -178,29 +179,16 @@ def load_data(trainer) -> None:
 def load_initial_weights(trainer, path) -> bool:
     """``run.init_weights``: load the weights at ``path`` into ``trainer.model`` (an energy correction that
     does not fit starts from its initialization); returns whether they held the readout standardization."""
+    from ..energy_paths import LEARNED_ENERGY_PREFIXES
+
     state = initial_weights(path)
     own = trainer.model.state_dict()
-    # an energy correction of another shape (or reading other features: the trunk is new) in the
-    # earlier weights is left out as a whole, so the new one starts from its initialization (zero)
-    state = adapt_readout_heads(state, trainer.model.state_dict())
-    if (trainer.model_config.get("energy_path") == "readout" and "element_energy_offsets" in state
-            and not any(k.startswith("readout_mlp.") for k in state)):
-        # e0 of a Hamiltonian-path model absorbs 1/2 Tr[P (F + h)]: meaningless for a readout energy,
-        # so it is refitted from the reference energies below
-        state["element_energy_offsets"] = torch.zeros_like(state["element_energy_offsets"])
-    # a committee of the earlier weights that this model does not carry (a finetune to another level of
-    # theory leaves it out: it spread over the earlier level's energies) is dropped
-    state = {k: v for k, v in state.items() if not k.startswith("committee_mlps.") or k in own}
-    corr = [k for k in state if k.startswith(LEARNED_ENERGY_PREFIXES)]
-    new_trunk = any(k.startswith("energy_interactions.") for k in own) and not any(
-        k.startswith("energy_interactions.") for k in state)
-    if trainer.model_config.get("energy_path") == "readout" and not new_trunk:
-        # a readout model keeps an energy trunk of the same shape (trained as a correction, its
-        # features describe the energy) and starts its readout MLP afresh
-        state = {k: v for k, v in state.items()
-                 if k not in corr or (k in own and own[k].shape == state[k].shape)}
-    elif new_trunk or any(k not in own or own[k].shape != state[k].shape for k in corr):
-        state = {k: v for k, v in state.items() if k not in corr}
+    # a model without the Delta h head takes the F head of block readouts that have one
+    state = adapt_readout_heads(state, own)
+    # the energy path keeps what fits of the earlier energy parts (a committee this model does not carry,
+    # an energy correction of another shape or reading a trunk that is new are left out and start from
+    # their initialization; a readout drops the e0 of a Hamiltonian-path model)
+    state = trainer.energy_path.adapt_initial_weights(state, own)
     try:
         missing, unexpected = trainer.model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
@@ -237,8 +225,6 @@ def standardize_readout(trainer, max_frames: int = 200) -> None:
 def shift_energy_offsets(trainer) -> None:
     """``run.refit_energy_offsets``: e0 += least-squares per-element fit of (E_ref - E_model) over the
     training frames (minimum norm where compositions do not separate the elements)."""
-    if trainer.model_config.get("energy_path") != "readout":
-        raise TrainingError("run.refit_energy_offsets needs a model with energy_path = 'readout'")
     elements = [int(z) for z in trainer.model_config["elements"]]
     counts, residuals = [], []
     with torch.no_grad():
@@ -249,7 +235,7 @@ def shift_energy_offsets(trainer) -> None:
                 n[elements.index(int(z))] += 1
             for i in range(0, len(rows), 32):
                 batch = table.batch(rows[i:i + 32], dtype=trainer.dtype, table=t)
-                e = trainer.model(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)["energy"]
+                e = trainer.energy_path.batch_energy(trainer.model, batch)
                 residuals.append(batch.e_tot - e.double())
                 counts.append(n.expand(len(e), -1))
     r = torch.cat(residuals)

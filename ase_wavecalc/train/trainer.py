@@ -25,11 +25,11 @@ that training N steps at once and N/2 + resume + N/2 give identical weights.
 This module holds the ``Trainer`` (set-up order, steps, validation, the loop) and ``TrainResult``; checkpoint
 I/O and EMA are in ``checkpoint``, process state and signals in ``runtime``, metrics.csv and the plot in
 ``runlog``, the split and the model's initial state in ``setup``, the frozen Hamiltonian's energies of
-``run.trainable = "atom_correction"`` in ``base_energies``.
+``run.trainable = "atom_correction"`` in ``base_energies``. What ``run.trainable`` trains, and how its steps
+run, is the phase of the model's energy path (``ase_wavecalc.energy_paths``, ``TrainingPhase``).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,19 +38,16 @@ from typing import Callable
 
 import torch
 
-from .base_energies import prepare_base_energies
 from .checkpoint import (CHECKPOINT_FORMAT, ExponentialMovingAverage, _rng_state, _set_rng_state,
                          load_checkpoint, remove_stale_temporaries, save_checkpoint)
 from .config import RUN_OVERRIDABLE, TrainConfig, TrainingError, as_plain, config_differences, load_config
 from .data import epoch_plan
 from .losses import WeightedLoss, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
-from .runlog import _atomic_write_text, _dump_toml, _hms, append_csv, plot_learning_curve, truncate_csv
+from .runlog import _dump_toml, _hms, append_csv, plot_learning_curve, truncate_csv
 from .runtime import _isolated_global_state, _one_thread, _run_dir_lock, _StopSignals
-from .setup import (load_data, load_initial_weights, mean_atom_blocks, model_config_for,
-                    reference_atom_energies, shift_energy_offsets, standardize_readout)
-from .stages import (freeze_all_but_atom_correction, freeze_all_but_energy_readout,
-                     freeze_all_but_transfer_head, freeze_hamiltonian, parameter_groups)
+from .setup import load_data, load_initial_weights, mean_atom_blocks, model_config_for, shift_energy_offsets
+from .stages import parameter_groups
 from ..units import BOHR, HARTREE
 
 __all__ = ["Trainer", "TrainResult"]
@@ -144,6 +141,11 @@ class Trainer:
         self.model = self.build_model(dict(self.model_config)).to(self.dtype)
         # the resolved config (every key, defaults filled in) is what rebuilds this architecture
         self.model_config = as_plain(dict(getattr(self.model, "config", self.model_config)))
+        # how the model computes its energy, and what run.trainable trains on it (energy_paths/)
+        from ..energy_paths import energy_path_for
+
+        self.energy_path = energy_path_for(self.model_config)
+        self.phase = self.energy_path.phase(run.trainable, self.loss_fn.weights)
         self.model.train()
         loaded_norm = False
         if checkpoint is None and run.init_weights:
@@ -157,37 +159,21 @@ class Trainer:
                 and not bool(self.model.element_energy_offsets.detach().abs().sum() > 0)):
             elements = self.model_config["elements"]
             with _one_thread():
-                e0 = reference_atom_energies(self.tables, self.rows["train"], elements,
-                                             hamiltonian=self.model_config.get("energy_path") != "readout")
+                e0 = self.energy_path.initial_energy_offsets(self.tables, self.rows["train"], elements)
             with torch.no_grad():
                 self.model.element_energy_offsets.copy_(e0)
             self.log("per-element energy offsets from the reference energies: "
                      + ", ".join(f"Z={z}: {float(v):.6f} Ha" for z, v in zip(elements, e0)))
-        if checkpoint is None and getattr(self.model, "readout_norm", None) is not None and not loaded_norm:
-            standardize_readout(self)   # (a readout trained before keeps the statistics it learned with)
+        if checkpoint is None:
+            self.energy_path.prepare_fresh_model(self, loaded_norm)   # the readout's input standardization
         if checkpoint is None and run.init_weights and run.refit_energy_offsets:
             shift_energy_offsets(self)
-        if run.trainable == "delta_hcore_head":
-            n = freeze_hamiltonian(self.model)
-            self.log(f"training the Delta h head, e0 and the per-atom correction only ({n} parameters); the "
-                     "Hamiltonian (F) is frozen")
-        elif run.trainable == "energy_readout":
-            n = freeze_all_but_energy_readout(self.model)
-            self.log(f"training the energy readout only ({n} parameters: e0, the readout MLP and the energy "
-                     "trunk); F is frozen")
-        elif run.trainable == "transfer_head":
-            n = freeze_all_but_transfer_head(self.model)
-            self.log(f"training the linear transfer head only ({n} parameters); the network is frozen")
-            if checkpoint is None:
-                from .transfer import fit_transfer_head
-                with _one_thread():
-                    self.transfer_fit = fit_transfer_head(self.model, self.tables, self.rows["train"],
-                                                          self.rows["val"], alpha=run.transfer_alpha, log=self.log)
-                _atomic_write_text(self.run_dir / "transfer_fit.json", json.dumps(self.transfer_fit, indent=1))
-        elif run.trainable == "atom_correction":
-            n = freeze_all_but_atom_correction(self.model)
-            self.log(f"training the per-atom energy correction only ({n} parameters); F and Delta h "
-                     "are frozen")
+        # the phase's weights learn, the others are frozen
+        n = self.phase.freeze(self.model)
+        if self.phase.description:
+            self.log(self.phase.description.format(n=n))
+        if self.phase.prepare is not None:
+            self.phase.prepare(self, checkpoint is None)
         self.ema = None
         if self.config.optimizer.ema_decay > 0:
             shadow = self.build_model(dict(self.model_config)).to(self.dtype)
@@ -239,24 +225,13 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     # -- steps -----------------------------------------------------------------------------------------
-    @property
-    def readout_only(self) -> bool:
-        """A model with energy_path "readout" trained without F terms (an MLIP of the same network):
-        each step runs the atom trunk and the energy MLP only (``model(..., energy_only=True)``)."""
-        return (self.model_config.get("energy_path") == "readout"
-                and not any(k.startswith(("fock", "orbital")) for k in self.loss_fn.weights))
-
-    @property
-    def energy_only(self) -> bool:
-        """``run.trainable = "atom_correction"``: the frozen Hamiltonian's energies are computed once and
-        each step runs only the correction's trunk (``model(..., energy_only=True)``)."""
-        return self.config.run.trainable == "atom_correction"
-
     def _forward_loss(self, model, batch, loss_fn=None):
         loss_fn = loss_fn or self.loss_fn
         if loss_fn.needs_positions_grad:
             batch.positions_bohr.requires_grad_(True)
-        kw = {"energy_only": True} if (self.energy_only or self.readout_only) else {}
+        # phases whose steps do not need F (a readout without F terms, the correction on a frozen
+        # Hamiltonian) run the energy part alone
+        kw = {"energy_only": True} if self.phase.energy_only else {}
         out = model(batch.numbers, batch.positions_bohr, batch.batch, **kw)
         loss, parts = loss_fn(out, batch)
         return out, loss, parts
@@ -310,7 +285,7 @@ class Trainer:
                 n += batch.n_structures
                 for key in sq:
                     sq[key] += parts.get(key, math.nan) * batch.n_structures
-                if self.energy_only or self.readout_only:
+                if self.phase.energy_only:
                     continue
                 with torch.no_grad():
                     pred = predicted_fock(out).detach()
@@ -323,10 +298,8 @@ class Trainer:
         # root-mean-square energy (per structure) and force-component errors, from the mean squared terms
         rms = {"val_energy_rmse_mev": math.sqrt(sq["energy"] / n) * HARTREE * 1e3,
                "val_force_rmse_mev_a": math.sqrt(sq["forces"] / n) * HARTREE / BOHR * 1e3}
-        if self.energy_only:
-            return {"val_loss": loss_sum / n, **self._frozen_val, **rms}
-        if self.readout_only:
-            return {"val_loss": loss_sum / n, "val_fock_mae_uha": math.nan, "val_eps_mae_uha": math.nan, **rms}
+        if self.phase.energy_only:   # F is not computed: its errors are the phase's (frozen, or NaN)
+            return {"val_loss": loss_sum / n, **self.phase.fock_metrics(self), **rms}
         return {"val_loss": loss_sum / n, "val_fock_mae_uha": float(torch.cat(f_err).mean()) * UHA,
                 "val_eps_mae_uha": float(torch.cat(eps_err).mean()) * UHA, **rms}
 
@@ -339,8 +312,8 @@ class Trainer:
             checkpoint = self._prepare_run_dir()
             self._load_data()
             self._build(checkpoint)
-            if self.energy_only:
-                prepare_base_energies(self)
+            if self.phase.before_loop is not None:
+                self.phase.before_loop(self)    # the frozen Hamiltonian's energies (atom_correction)
             del checkpoint
             return self._loop(signals)
 
