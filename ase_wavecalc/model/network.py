@@ -46,7 +46,8 @@ The output dict's keys, with shape, unit and meaning, are declared once in ``con
 per-element energy offsets e0 (``element_energy_offsets``, (n_elements,) Hartree); "atomic_energy_sum" (B,)
 Hartree = sum_A e0[Z_A] + "learned_energy" (B,), the learned per-atom energies summed per molecule.
 
-Energy paths (config ``energy_path``). "hamiltonian": the energy E_nn + 1/2 Tr[P (F + h + Delta h)] +
+Energy paths (config ``energy_path``; each an object of ``ase_wavecalc.energy_paths``, ``self.energy_path``,
+that builds its modules here and computes the energy outputs of ``forward``). "hamiltonian": the energy E_nn + 1/2 Tr[P (F + h + Delta h)] +
 "atomic_energy_sum" is computed from F outside the network (``ase_wavecalc.energy``), with the optional
 per-atom correction below. "readout": the network's own total energy, out["energy"] (B,) Hartree =
 sum_A e0[Z_A] + 0.01 * MLP([invariants of atom A, one-hot Z_A]), the invariants being, for the output of
