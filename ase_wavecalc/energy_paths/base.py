@@ -8,7 +8,7 @@ An energy path owns, for the models that compute their energy its way:
 | (a) its modules in the network | ``heads``, ``check_config``, ``build``, ``outputs``, ``energy_only_outputs``, ``learned_prefixes`` | ``model/network.py``, ``model/config.py`` |
 | (b) energy and gradient for the provider | ``compute``, ``serves``, ``hessian_energy``, ``require_energy``, ``uncertainty``, ``warn_if_inaccurate`` | ``providers/model.py`` |
 | (c) which weights each training phase trains | ``phase``, ``phases``, ``initial_energy_offsets``, ``adapt_initial_weights``, ``prepare_fresh_model``, ``batch_energy`` | ``train/trainer.py``, ``train/setup.py`` |
-| (d) its model-card entry | ``card_entries``, ``trained_by``, ``refit_offsets``, ``test_metrics`` | ``train/cli_export.py`` |
+| (d) its model-card entry | ``card_entries``, ``levels_of_theory``, ``trained_by``, ``refit_offsets``, ``test_metrics`` | ``train/cli_export.py`` |
 
 Paths are stateless singletons (one per name; a deep copy or pickle of a model gives back the same
 object); what a model adds within a path (a committee, an energy trunk, ...) is its config's.
@@ -232,6 +232,13 @@ class EnergyPath:
     def card_entries(self) -> dict:
         """The model card's keys for this path (``energy_trained``: for readers of older cards)."""
         return {"energy_trained": True, "energy_path": {"name": self.name, "formula": self.formula}}
+
+    def levels_of_theory(self, level: dict, high_level: dict | None) -> dict:
+        """The card's levels of theory: energies trained on high-level labels (transfer learning) have their
+        own (``energy_level_of_theory``) beside the Hamiltonian's (``hamiltonian_level_of_theory``)."""
+        if high_level is None:
+            return {"energy_level_of_theory": level}
+        return {"energy_level_of_theory": high_level, "hamiltonian_level_of_theory": dict(level)}
 
     def refit_offsets(self, model, datasets, charge: int, labels) -> dict | None:
         """``wavecalc export``: e0 refit by least squares on training frames (train/offsets.py)."""

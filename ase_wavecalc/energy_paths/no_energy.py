@@ -52,6 +52,9 @@ class NoEnergy(EnergyPath):
     def card_entries(self) -> dict:
         return {"energy_trained": False, "energy_path": {"name": self.name, "formula": self.formula}}
 
+    def levels_of_theory(self, level: dict, high_level: dict | None) -> dict:
+        return {"energy_level_of_theory": level}     # no energies were trained, on any labels
+
     def refit_offsets(self, model, datasets, charge: int, labels):
         return None       # e0 is not part of any output of such a model
 

@@ -346,19 +346,15 @@ def export_run(run_dir, out, test: bool = False, weights: str = "best", batch_si
         tables, [t.rows_of_frames(d["train"]) for t, d in zip(tables, split["datasets"])])
     card["name"] = out.name
     entries = energy_path.card_entries()
-    energy_trained = card["energy_trained"] = entries["energy_trained"]   # False: a Hamiltonian-only model
+    card["energy_trained"] = entries["energy_trained"]   # False: a Hamiltonian-only model
     # False: an energy-only network (an MLIP baseline): its F was never trained and is not offered
     stages = training_stages(run_dir)
     card["fock_trained"] = fock_trained(run_dir, stages)
     card["energy_path"] = entries["energy_path"]      # name and formula
     card["charge"] = int(tables[0].charge)
     high = [d for d in split["datasets"] if d.get("labels") == "high"]
-    if energy_trained and high:
-        # transfer learning: energies and forces are trained on a second level of theory, F is not
-        card["energy_level_of_theory"] = dict(tables[split["datasets"].index(high[0])].metadata.get("energy_level", {}))
-        card["hamiltonian_level_of_theory"] = dict(card["level_of_theory"])
-    else:
-        card["energy_level_of_theory"] = dict(card["level_of_theory"])
+    high_level = dict(tables[split["datasets"].index(high[0])].metadata.get("energy_level", {})) if high else None
+    card.update(energy_path.levels_of_theory(dict(card["level_of_theory"]), high_level))
     if offset_refit is not None:
         card["training"]["energy_offset_refit"] = offset_refit
     out.mkdir(parents=True, exist_ok=True)
