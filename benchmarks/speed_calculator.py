@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ase.calculators.calculator import PropertyNotImplementedError
+
 from _common import (DEFAULT_MODELS, MOLECULES, finish_machine_info, machine_info, machine_line, ms,
                      resolve_model, table, time_call, write_result)
 
@@ -126,7 +128,9 @@ def main(argv=None) -> int:
             return call
 
         calc64 = model_calc(spec, "float64")
-        if not getattr(calc64.provider, "has_energy", True):
+        try:
+            calc64.provider.require_energy()
+        except PropertyNotImplementedError:
             print(f"{mol_name}: {spec} predicts the Hamiltonian only (no energy or forces): skipped; time an "
                   f"energy model with --model (e.g. benchmarks/make_standin_model.py --full-size)", file=sys.stderr)
             continue
