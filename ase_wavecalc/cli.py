@@ -26,7 +26,7 @@ SUBCOMMANDS = {
     "export": ("ase_wavecalc.train.cli_export", "export a training checkpoint as a shipped model"),
     "fit": ("ase_wavecalc.fit.cli_fit", "from a molecule to a trained model in one command (sample, label, train, test)"),
     "md": ("ase_wavecalc.md", "run molecular dynamics with WaveCalculator"),
-    "ir": ("ase_wavecalc.ir", "infrared spectrum: harmonic (ase Infrared) and from MD dipoles"),
+    "ir": ("ase_wavecalc.ir_cli", "infrared spectrum: harmonic (ase Infrared) and from MD dipoles"),
 }
 
 

@@ -136,6 +136,10 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
 
     card = json.loads((out / "model.json").read_text())
     assert card["test_metrics"]["via"] == "WaveCalculator" and card["test_metrics"]["n_frames"] > 0
+    groups = card["test_metrics"]["by_group"]           # one row per test trajectory's temperature
+    assert set(groups) == {"md300", "md500"}
+    assert sum(g["n_frames"] for g in groups.values()) == card["test_metrics"]["n_frames"]
+    assert "MD at 500 K" in (out / "report.md").read_text()
     assert "recipe" in card["fit"] and card["fit"]["command"].startswith("wavecalc fit H2O")
     assert (out / "report.md").is_file()
     for part in ("pool", "test"):

@@ -21,61 +21,92 @@ import numpy as np
 __all__ = ["test_errors", "md_stability", "call_times", "final_report"]
 
 
-def test_errors(model_dir, test_db) -> dict:
-    """Errors of the model through ``WaveCalculator`` on every converged frame of ``test_db``; also the raw
-    pairs for the parity plots (key "pairs")."""
+def _error_metrics(e_ref, e_mod, f_ref, f_mod, fock_err, eps_err) -> dict:
+    """MAEs of one set of frames: energies (eV, arrays (n,)), forces (eV/A, (n, atoms, 3)) and the lists of
+    per-frame |F error| and |occupied eps error| arrays (Hartree)."""
+    de = np.asarray(e_mod) - np.asarray(e_ref)
+    df = np.asarray(f_mod) - np.asarray(f_ref)
+    fock = np.concatenate(fock_err) if fock_err else np.array([np.nan])
+    eps = np.concatenate(eps_err) if eps_err else np.array([np.nan])
+    return {"n_frames": int(len(de)),
+            "energy_mae_mev": float(np.mean(np.abs(de)) * 1e3),
+            "energy_mae_mev_mean_removed": float(np.mean(np.abs(de - np.mean(de))) * 1e3),
+            "force_mae_mev_a": float(np.mean(np.abs(df)) * 1e3),
+            "force_rmse_mev_a": float(np.sqrt(np.mean(df ** 2)) * 1e3),
+            "fock_mae_uha": float(np.mean(fock) * 1e6),
+            "occ_eps_mae_uha": float(np.mean(eps) * 1e6),
+            "occ_eps_median_uha": float(np.median(eps) * 1e6)}
+
+
+def test_errors(model_dir, test_db, groups=None) -> dict:
+    """Errors of the model through ``WaveCalculator`` on every converged frame of ``test_db``: the metrics of
+    all frames, those of each group (key "by_group"; ``groups`` gives one label per row of ``test_db``, e.g.
+    the test trajectory's temperature "md300"), and the raw pairs for the parity plots (key "pairs")."""
     from ase import Atoms
     from ase.calculators.calculator import InputError
 
     from ..calculator import WaveCalculator
     from ..dataset import read_dataset
     from ..units import BOHR, HARTREE
+    from ..validation import n_occupied
 
     data = read_dataset(test_db, keys=("e_tot", "gradient", "fock", "mo_energy"))
     calc = WaveCalculator(model=str(model_dir))
     n_occ = None
-    e_ref, e_mod, f_ref, f_mod, fock_err, eps_err = [], [], [], [], [], []
-    refused = {"energy": 0, "orbitals": 0}
+    frames = []           # per frame: group, e_ref, e_mod, f_ref, f_mod, |F error| or None, |eps error| or None
+    refused = {}
+    index = data["frame"]     # the row's position in the file's geometries (the order of ``groups``)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for k in range(len(data["e_tot"])):
+            row = int(index[k])
+            group = str(groups[row]) if groups is not None and row < len(groups) else "all"
             atoms = Atoms(numbers=data["numbers"], positions=data["positions_bohr"][k] * BOHR)
             atoms.calc = calc
             try:
                 e, f = atoms.get_potential_energy(), atoms.get_forces()
             except InputError:        # the model refuses this geometry (outside its training domain)
-                refused["energy"] += 1
+                refused.setdefault(group, {"energy": 0, "orbitals": 0})["energy"] += 1
                 continue
-            e_mod.append(e)
-            f_mod.append(f)
-            e_ref.append(float(data["e_tot"][k]) * HARTREE)
-            f_ref.append(-np.asarray(data["gradient"][k]) * HARTREE / BOHR)
+            rec = [group, float(data["e_tot"][k]) * HARTREE, e, -np.asarray(data["gradient"][k]) * HARTREE / BOHR,
+                   f, None, None]
             try:
                 fock = calc.get_hamiltonian()
                 eps = np.sort(calc.get_eigenvalues()) / HARTREE
             except InputError:        # e.g. a predicted HOMO-LUMO gap far below training: F is not trusted
-                refused["orbitals"] += 1
-                continue
-            fock_err.append(np.abs(fock - data["fock"][k]).ravel())
-            if n_occ is None:
-                n_occ = (int(np.sum(data["numbers"])) - int(calc.provider.charge)) // 2
-            eps_err.append(np.abs(eps[:n_occ] - np.sort(data["mo_energy"][k])[:n_occ]))
-    if not e_mod:
+                refused.setdefault(group, {"energy": 0, "orbitals": 0})["orbitals"] += 1
+            else:
+                if n_occ is None:
+                    n_occ = n_occupied(data["numbers"], int(calc.provider.charge))
+                rec[5] = np.abs(fock - data["fock"][k]).ravel()
+                rec[6] = np.abs(eps[:n_occ] - np.sort(data["mo_energy"][k])[:n_occ])
+            frames.append(rec)
+    if not frames:
         raise RuntimeError(f"the model refused every test frame of {test_db}")
-    fock_err = fock_err or [np.array([np.nan])]
-    eps_err = eps_err or [np.array([np.nan])]
-    e_ref, e_mod = np.asarray(e_ref), np.asarray(e_mod)
-    f_ref, f_mod = np.asarray(f_ref), np.asarray(f_mod)
-    return {"n_frames": int(len(e_ref)), "refused_frames": refused,
-            "energy_mae_mev": float(np.mean(np.abs(e_mod - e_ref)) * 1e3),
-            "energy_mae_mev_mean_removed": float(np.mean(np.abs(e_mod - e_ref - np.mean(e_mod - e_ref))) * 1e3),
-            "force_mae_mev_a": float(np.mean(np.abs(f_mod - f_ref)) * 1e3),
-            "force_rmse_mev_a": float(np.sqrt(np.mean((f_mod - f_ref) ** 2)) * 1e3),
-            "fock_mae_uha": float(np.mean(np.concatenate(fock_err)) * 1e6),
-            "occ_eps_mae_uha": float(np.mean(np.concatenate(eps_err)) * 1e6),
-            "via": "WaveCalculator", "pairs": {"energy": [e_ref, e_mod], "forces": [f_ref, f_mod],
-                                               "fock_err": np.concatenate(fock_err),
-                                               "eps_err": np.concatenate(eps_err)}}
+
+    def metrics(sel):
+        m = _error_metrics([r[1] for r in sel], [r[2] for r in sel], [r[3] for r in sel], [r[4] for r in sel],
+                           [r[5] for r in sel if r[5] is not None], [r[6] for r in sel if r[6] is not None])
+        return m
+
+    out = metrics(frames)
+    total = {"energy": sum(v["energy"] for v in refused.values()),
+             "orbitals": sum(v["orbitals"] for v in refused.values())}
+    out["refused_frames"] = total
+    names = sorted({r[0] for r in frames} | set(refused))
+    if names != ["all"]:
+        out["by_group"] = {}
+        for g in names:
+            sel = [r for r in frames if r[0] == g]
+            m = metrics(sel) if sel else {"n_frames": 0}
+            m["refused_frames"] = refused.get(g, {"energy": 0, "orbitals": 0})
+            out["by_group"][g] = m
+    out["via"] = "WaveCalculator"
+    out["pairs"] = {"energy": [np.array([r[1] for r in frames]), np.array([r[2] for r in frames])],
+                    "forces": [np.array([r[3] for r in frames]), np.array([r[4] for r in frames])],
+                    "fock_err": np.concatenate([r[5] for r in frames if r[5] is not None] or [np.array([np.nan])]),
+                    "eps_err": np.concatenate([r[6] for r in frames if r[6] is not None] or [np.array([np.nan])])}
+    return out
 
 
 def md_stability(model_dir, start_atoms, temperatures, seeds, steps: int, out_dir: Path, log=print) -> list[dict]:
@@ -203,6 +234,20 @@ def label_costs(db_paths) -> list[list]:
             for g, v in sorted(by.items())]
 
 
+def _test_rows(t: dict) -> list[list]:
+    """Rows of the test table: one per test trajectory (e.g. "MD at 300 K") when there are several, then all."""
+    def row(name, m):
+        r = m.get("refused_frames", {"energy": 0, "orbitals": 0})
+        if not m.get("n_frames"):
+            return [name, 0, f"{r['energy']} / {r['orbitals']}"] + ["-"] * 6
+        return [name, m["n_frames"], f"{r['energy']} / {r['orbitals']}", f"{m['energy_mae_mev']:.2f}",
+                f"{m['energy_mae_mev_mean_removed']:.2f}", f"{m['force_mae_mev_a']:.1f}", f"{m['fock_mae_uha']:.0f}",
+                f"{m['occ_eps_mae_uha']:.0f}", f"{m.get('occ_eps_median_uha', float('nan')):.0f}"]
+
+    rows = [row(f"MD at {g[2:]} K" if g.startswith("md") else g, m) for g, m in t.get("by_group", {}).items()]
+    return rows + [row("all", t)]
+
+
 def _table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -222,7 +267,8 @@ def final_report(fit) -> dict:
     res = st.get("final_results", {})
     if "test" not in res:
         fit.log("[final] test frames through WaveCalculator")
-        t = test_errors(out, work / "test.db")
+        groups = cand["test_source"] if "test_source" in cand else None
+        t = test_errors(out, work / "test.db", groups=groups)
         pairs = t.pop("pairs")
         np.savez_compressed(work / "test_pairs.npz", e_ref=pairs["energy"][0], e_mod=pairs["energy"][1],
                             f_ref=pairs["forces"][0], f_mod=pairs["forces"][1], fock_err=pairs["fock_err"],
@@ -273,11 +319,9 @@ def final_report(fit) -> dict:
              f"{fit.req['budget_s'] / 3600:.2f} h, used {st.elapsed() / 3600:.2f} h.", "",
              f"Command: `{fit.req.get('command')}`", "",
              "## Test frames (held out, own MD trajectories; through WaveCalculator)", "",
-             _table(["frames", "refused (E / orbitals)", "energy MAE (meV)", "same, mean removed",
-                     "force MAE (meV/A)", "F MAE (uHa)", "occ. eps MAE (uHa)"],
-                    [[t["n_frames"], f"{t['refused_frames']['energy']} / {t['refused_frames']['orbitals']}",
-                      f"{t['energy_mae_mev']:.2f}", f"{t['energy_mae_mev_mean_removed']:.2f}",
-                      f"{t['force_mae_mev_a']:.1f}", f"{t['fock_mae_uha']:.0f}", f"{t['occ_eps_mae_uha']:.0f}"]]),
+             _table(["test frames", "scored", "refused (E / orbitals)", "energy MAE (meV)", "same, mean removed",
+                     "force MAE (meV/A)", "F MAE (uHa)", "occ. eps MAE (uHa)", "occ. eps median (uHa)"],
+                    _test_rows(t)),
              "", "## Langevin MD stability (0.5 fs, friction 0.01/fs)", "",
              _table(["T (K)", "seed", "steps", "outcome", "wall (s)"],
                     [[f"{r['temperature_K']:g}", r["seed"], r["steps_asked"],
@@ -296,6 +340,10 @@ def final_report(fit) -> dict:
                     label_costs([work / n for n in fit.train_sets() + ["test.db"]])), ""]
     lines += [f"![{png}]({png})" for png in pngs]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    for g, m in t.get("by_group", {}).items():
+        if m.get("n_frames"):
+            fit.log(f"[final]   {g}: forces {m['force_mae_mev_a']:.1f} meV/A, energy {m['energy_mae_mev']:.2f} meV, "
+                    f"F {m['fock_mae_uha']:.0f} uHa ({m['n_frames']} frames)")
     fit.log(f"[final] {out / 'report.md'}: test forces {t['force_mae_mev_a']:.1f} meV/A, energy "
             f"{t['energy_mae_mev']:.2f} meV, F {t['fock_mae_uha']:.0f} uHa; MD {completed} of {len(stab)} completed")
     return res
