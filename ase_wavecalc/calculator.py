@@ -72,7 +72,7 @@ __all__ = ["WaveCalculator"]
 # parameters that configure the PySCF provider (they do not apply to a model or a given provider)
 _PYSCF_KEYS = ("method", "basis", "conv_tol", "grid_level", "max_cycle", "grid_response")
 # parameters that configure a model provider
-_MODEL_KEYS = ("model", "dtype", "out_of_domain", "reference_log", "refine")
+_MODEL_KEYS = ("model", "dtype", "fast", "out_of_domain", "reference_log", "refine")
 _OUT_OF_DOMAIN = ("raise", "reference")
 _SPREADS = ("energy_std", "forces_std")   # kept in calc.uncertainty, not in calc.results
 # what a provider's compute may raise that the calculator reports as CalculationFailed: numerical failures of
@@ -127,6 +127,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         "grid_response": False,
         "model": None,
         "dtype": "float64",   # network precision with model= (the electronic structure is always float64)
+        "fast": "float32",    # readout models' energy+forces: model/fast.py in float32/float64; None: eager
         "out_of_domain": "raise",   # with model=: "raise" or "reference" (PySCF for refused geometries)
         "reference_log": None,      # with out_of_domain="reference": ASE trajectory collecting those geometries
         "refine": None,             # with model=: "scf" = PySCF SCF at the model's level from its density
@@ -250,7 +251,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
             from .model.io import ModelFileError
 
             try:   # the charge is compared in calculate(), with the charge the Atoms may carry
-                provider = providers.ModelProvider(p["model"], dtype=p["dtype"])
+                provider = providers.ModelProvider(p["model"], dtype=p["dtype"], fast=p["fast"])
             except (FileNotFoundError, ValueError, KeyError, OSError, ModelFileError) as exc:
                 # unknown name, missing or corrupt model files, wrong dtype, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "

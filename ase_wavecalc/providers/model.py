@@ -39,9 +39,13 @@ class ModelProvider(HamiltonianProvider):
         ``HamiltonianModel`` (then ``card`` describes it).
     dtype: "float64" (default; MD energy conservation) or "float32" for the network.
     charge: must be the charge the model was trained for (its card's ``charge``, default 0).
+    fast: energy and forces of a readout model through ``model.fast.FastReadoutEnergy`` (the same function,
+        built once per molecule): "float32" (default, also True), "float64", or None/False for the eager
+        network in ``dtype``. F, orbitals, the Hessian and ``forces_std`` always use the eager network.
     """
 
-    def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None):
+    def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None,
+                 fast="float32"):
         from ..model.config import canonical_config
         from ..model.io import load_model
 
@@ -77,6 +81,9 @@ class ModelProvider(HamiltonianProvider):
                             or self.energy_path == "readout")
                            and bool(self.card.get("energy_trained", True)))
         self._cache = None            # (key, result) of the last geometry
+        from ..model.fast import FastPath
+
+        self.fast = FastPath(self.model, fast)   # .available False: the eager network (not a readout model)
         if self.has_energy:
             _warn_if_inaccurate(self.name, self.card.get("test_metrics") or {})
 
@@ -88,7 +95,7 @@ class ModelProvider(HamiltonianProvider):
     def describe(self) -> dict:
         return {"provider": "ModelProvider", "model": self.name, "basis": self.basis,
                 "level_of_theory": self.card.get("level_of_theory"), "dtype": str(self.dtype).split(".")[-1],
-                "charge": self.charge}
+                "charge": self.charge, "fast": self.fast.mode if self.fast.available else None}
 
     def check_training_domain(self, numbers, positions_bohr, strict: bool = False) -> None:
         """Compare the geometry with the training data recorded in the card's ``training_domain`` (written
@@ -150,6 +157,18 @@ class ModelProvider(HamiltonianProvider):
     def _compute_readout(self, numbers, positions_bohr, want_gradient: bool):
         """Energy (and gradient) of a readout-energy model; the Hamiltonian deferred."""
         start = time.perf_counter()
+        fast = self.fast.compute(numbers, positions_bohr, want_gradient)
+        if fast is not None:   # the same energy function, built once per molecule (model/fast.py)
+            e_value, gradient, members = fast
+            info = {"seconds": time.perf_counter() - start, "model": self.name, "energy_path": "readout",
+                    "fast": self.fast.mode}
+            if members is not None:
+                info["energy_std"] = float(np.std(members, ddof=1))
+                self._check_uncertainty(info["energy_std"])
+                if want_gradient:   # the members' forces on request, from the eager network
+                    info["_committee_forces"] = lambda: self._eager_member_gradients(numbers, positions_bohr)
+            return DeferredHamiltonianResult(e_value, gradient, info,
+                                             lambda: self._compute_hamiltonian(numbers, positions_bohr, False))
         pos64 = torch.tensor(positions_bohr, requires_grad=want_gradient)
         z = torch.as_tensor(numbers, dtype=torch.long)
         with torch.set_grad_enabled(want_gradient):
@@ -167,6 +186,11 @@ class ModelProvider(HamiltonianProvider):
         return DeferredHamiltonianResult(
             float(e_tot.detach()), None if gradient is None else gradient.numpy(), info,
             lambda: self._compute_hamiltonian(numbers, positions_bohr, False))
+
+    def _eager_member_gradients(self, numbers, positions_bohr) -> np.ndarray:
+        pos64 = torch.tensor(np.asarray(positions_bohr, dtype=np.float64), requires_grad=True)
+        out = self.model(torch.as_tensor(numbers, dtype=torch.long), pos64.to(self.dtype), None, energy_only=True)
+        return self._member_gradients(out["energy_committee"].reshape(-1).to(torch.float64), pos64)
 
     @staticmethod
     def _member_gradients(members, pos64) -> np.ndarray:
