@@ -160,3 +160,79 @@ def test_fallbacks_and_settings():
     pos[1] = pos[0]
     with pytest.raises(ValueError, match="coincide"):
         FastPath(_model(), "float64").compute(numbers, pos, True)
+
+
+# ---- torch.compile of the fast path (model/compiled.py): the policy with a stand-in compiler (no minutes of
+# inductor in the default run); one real compilation under the "long" marker
+
+
+def _fake_compile(shift=0.0):
+    """A stand-in for torch.compile: the function itself, its energy moved by ``shift`` Hartree."""
+    def compile_(fn, **kwargs):
+        def compiled(pos):
+            e, c = fn(pos)
+            return e + shift, c
+        compiled.stand_in = True
+        return compiled
+    return compile_
+
+
+def test_compile_auto_starts_after_many_calls_and_is_then_used(monkeypatch):
+    from ase_wavecalc.model import compiled as compiled_mod
+
+    monkeypatch.setattr(compiled_mod, "AUTO_AFTER", 3)
+    monkeypatch.setattr(compiled_mod, "compile_available", lambda: (True, ""))
+    monkeypatch.setattr(torch, "compile", _fake_compile())
+    net = _model()
+    path = FastPath(net, "float64", compile="auto")
+    numbers, geometries = _geometries(n=5)
+    for k, pos in enumerate(geometries):
+        e, g, _ = path.compute(numbers, pos, True)
+        e0, g0, _ = _eager(net, numbers, pos)
+        assert abs(e - e0) < 1e-10 and np.abs(g - g0).max() < 1e-10
+        if k == 2:
+            path._compiler.wait(60)
+    ready = path.compiled(numbers)
+    assert ready is not None and getattr(ready._fn, "stand_in", False)
+    assert ready.check["energy"] == 0.0
+
+
+def test_a_compiled_graph_that_disagrees_is_never_used(monkeypatch):
+    from ase_wavecalc.model import compiled as compiled_mod
+
+    monkeypatch.setattr(compiled_mod, "compile_available", lambda: (True, ""))
+    monkeypatch.setattr(torch, "compile", _fake_compile(shift=1e-3))
+    net = _model()
+    path = FastPath(net, "float64", compile=True)
+    numbers, (pos,) = _geometries(n=1)
+    with pytest.warns(RuntimeWarning, match="differs from the uncompiled"):
+        e, _, _ = path.compute(numbers, pos, True)
+    assert path.compiled(numbers) is None
+    assert abs(e - _eager(net, numbers, pos)[0]) < 1e-10
+    path.compute(numbers, pos, True)      # no second attempt, no second warning
+
+
+def test_no_compiler_falls_back(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    net = _model()
+    path = FastPath(net, "float64", compile=True)
+    numbers, (pos,) = _geometries(n=1)
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ compiler"):
+        e, _, _ = path.compute(numbers, pos, True)
+    assert abs(e - _eager(net, numbers, pos)[0]) < 1e-10
+
+
+@pytest.mark.long
+def test_real_compilation_agrees_with_eager():
+    """torch.compile with inductor (minutes on 2 cores): the compiled float32 path against eager float64."""
+    net = _model()
+    path = FastPath(net, "float32", compile=True)
+    numbers, geometries = _geometries(n=3)
+    for pos in geometries:
+        e1, g1, c1 = path.compute(numbers, pos, True)
+        e0, g0, c0 = _eager(net, numbers, pos)
+        assert abs(e1 - e0) < F32_ENERGY_TOL and np.abs(g1 - g0).max() < F32_GRAD_TOL
+        assert np.abs(c1 - c0).max() < F32_ENERGY_TOL
+    assert path.compiled(numbers) is not None

@@ -42,10 +42,12 @@ class ModelProvider(HamiltonianProvider):
     fast: energy and forces of a readout model through ``model.fast.FastReadoutEnergy`` (the same function,
         built once per molecule): "float32" (default, also True), "float64", or None/False for the eager
         network in ``dtype``. F, orbitals, the Hessian and ``forces_std`` always use the eager network.
+    compile: torch.compile of that fast path (``model/compiled.py``): False (default), True (at a molecule's
+        first call, minutes) or "auto" (in the background after a molecule's first hundreds of calls).
     """
 
     def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None,
-                 fast="float32"):
+                 fast="float32", compile=False):
         from ..model.config import canonical_config
         from ..model.io import load_model
 
@@ -83,7 +85,7 @@ class ModelProvider(HamiltonianProvider):
         self._cache = None            # (key, result) of the last geometry
         from ..model.fast import FastPath
 
-        self.fast = FastPath(self.model, fast)   # .available False: the eager network (not a readout model)
+        self.fast = FastPath(self.model, fast, compile=compile)   # .available False: the eager network (not a readout model)
         if self.has_energy:
             _warn_if_inaccurate(self.name, self.card.get("test_metrics") or {})
 
@@ -141,7 +143,7 @@ class ModelProvider(HamiltonianProvider):
         numbers = np.asarray(numbers, dtype=int).reshape(-1)
         positions_bohr = np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3)
         # the weights' in-place version counters: a model changed in place is not served stale results
-        key = (numbers.tobytes(), positions_bohr.tobytes(), tuple(p._version for p in self.model.parameters()))
+        key = (numbers.tobytes(), positions_bohr.tobytes(), self.fast.weights_version())
         if self._cache is not None and self._cache[0] == key:
             cached = self._cache[1]
             if not (want_gradient and self.has_energy) or cached.gradient is not None:
@@ -161,7 +163,7 @@ class ModelProvider(HamiltonianProvider):
         if fast is not None:   # the same energy function, built once per molecule (model/fast.py)
             e_value, gradient, members = fast
             info = {"seconds": time.perf_counter() - start, "model": self.name, "energy_path": "readout",
-                    "fast": self.fast.mode}
+                    "fast": self.fast.mode, "compiled": self.fast.compiled(numbers) is not None}
             if members is not None:
                 info["energy_std"] = float(np.std(members, ddof=1))
                 self._check_uncertainty(info["energy_std"])
