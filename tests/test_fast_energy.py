@@ -98,10 +98,20 @@ def test_fast_forces_are_the_gradient_of_the_fast_energy():
     assert np.abs(fd - grad).max() < 1e-6 * max(1.0, np.abs(grad).max())
 
 
-def test_calculator_uses_the_fast_path_by_default_and_agrees_with_eager():
+def test_calculator_default_is_the_float32_fast_path():
+    from ase_wavecalc.calculator import WaveCalculator as WC
+
+    assert WC.default_parameters["fast"] == "float32" and WC.default_parameters["compile"] is False
+    calc = WaveCalculator(model="water-pbe-def2svp")
+    assert calc.provider.fast.available and calc.provider.fast.mode == "float32"
+    assert WaveCalculator(model="water-pbe-def2svp", fast=None).provider.fast.available is False
+    assert ModelProvider(_model()).fast.mode == "float64"      # the provider's own default: exact
+
+
+def test_float32_calculator_agrees_with_eager():
     net = _model()
     numbers, geometries = _geometries(n=2)
-    fast = WaveCalculator(provider=ModelProvider(net, card={"name": "random"}))
+    fast = WaveCalculator(provider=ModelProvider(net, card={"name": "random"}, fast="float32"))
     eager = WaveCalculator(provider=ModelProvider(net, card={"name": "random"}, fast=None))
     assert fast.provider.fast.available and fast.provider.fast.mode == "float32"
     assert not eager.provider.fast.available

@@ -40,14 +40,15 @@ class ModelProvider(HamiltonianProvider):
     dtype: "float64" (default; MD energy conservation) or "float32" for the network.
     charge: must be the charge the model was trained for (its card's ``charge``, default 0).
     fast: energy and forces of a readout model through ``model.fast.FastReadoutEnergy`` (the same function,
-        built once per molecule): "float32" (default, also True), "float64", or None/False for the eager
-        network in ``dtype``. F, orbitals, the Hessian and ``forces_std`` always use the eager network.
+        built once per molecule): "float64" (default here: the eager network's values to rounding),
+        "float32" (also True; ``WaveCalculator``'s default) or None/False for the eager network in ``dtype``.
+        F, orbitals, the Hessian and ``forces_std`` always use the eager network.
     compile: torch.compile of that fast path (``model/compiled.py``): False (default), True (at a molecule's
         first call, minutes) or "auto" (in the background after a molecule's first hundreds of calls).
     """
 
     def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None,
-                 fast="float32", compile=False):
+                 fast="float64", compile=False):
         from ..model.config import canonical_config
         from ..model.io import load_model
 
