@@ -36,8 +36,9 @@ import numpy as np
 from _common import (DEFAULT_MODELS, MOLECULES, ROOT, finish_machine_info, machine_info, machine_line, resolve_model,
                      table, write_result)
 
-HARTREE_MEV = 27211.386245988
-BOHR_A = 0.529177210903
+from ase_wavecalc.units import BOHR as BOHR_A, HARTREE  # noqa: E402
+
+HARTREE_MEV = 1e3 * HARTREE
 
 
 def test_frames(spec: str, max_frames: int | None):

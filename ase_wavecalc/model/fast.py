@@ -275,7 +275,7 @@ class FastReadoutEnergy:
         Per block, the per-(|m|, irrep) scalings (n_irm, E, C) are applied per |m| group with broadcasting
         over the +m/-m blocks (as ``SO2Conv`` does): expanding them to all components first costs more
         memory traffic than it saves operations."""
-        C, nq, L = t.C, t.nq, t.n_layers
+        C, nq = t.C, t.nq
         E = r.shape[1]
         n_irm = t.layout.n_irm
         layers, h = [], t.h0
