@@ -205,6 +205,19 @@ def test_compile_auto_starts_after_many_calls_and_is_then_used(monkeypatch):
     ready = path.compiled(numbers)
     assert ready is not None and getattr(ready._fn, "stand_in", False)
     assert ready.check["energy"] == 0.0
+    # energy-only calls stay uncompiled (the compiled graph is for autograd on); changed weights drop the
+    # compiled graph of the old ones, and the count starts again
+    calls = []
+    monkeypatch.setattr(ready, "_fn", lambda pos: calls.append(1) or ready.fast(pos))
+    path.compute(numbers, geometries[0], False)
+    assert calls == []
+    path.compute(numbers, geometries[0], True)
+    assert calls == [1]
+    with torch.no_grad():
+        net.readout_mlp[0].bias.add_(0.1)
+    e, _, _ = path.compute(numbers, geometries[0], True)
+    assert path.compiled(numbers) is None and len(path._compiler.ready) == 0
+    assert abs(e - _eager(net, numbers, geometries[0])[0]) < 1e-10
 
 
 def test_a_compiled_graph_that_disagrees_is_never_used(monkeypatch):

@@ -431,6 +431,8 @@ class FastPath:
 
         if self._compiler is None:
             self._compiler = BackgroundCompiler()
+        for old in [k for k in self._compiler.ready if k[0] == key[0] and k != key]:
+            del self._compiler.ready[old]      # compiled for weights since changed
         ready = self._compiler.get(key)
         if ready is not None:
             return ready
@@ -447,7 +449,9 @@ class FastPath:
         xyz = np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3)
         if len(xyz) > 1 and float(np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)[np.triu_indices(len(xyz), 1)].min()) < 1e-3:
             raise ValueError("two atoms (almost) coincide")     # as the eager network
-        fn = self._function(numbers, xyz)
+        # energy-only calls use the uncompiled function: the compiled graph is specialized to autograd being on
+        # (calling it without would compile a second graph, minutes)
+        fn = self._function(numbers, xyz) if want_gradient else self.instance(numbers)
         pos = torch.tensor(xyz, requires_grad=want_gradient)
         with torch.set_grad_enabled(want_gradient):
             energy, committee = fn(pos)
