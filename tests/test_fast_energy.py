@@ -128,7 +128,7 @@ def test_float32_calculator_agrees_with_eager():
         # forces_std, F and the Hessian come from the eager network in both
         np.testing.assert_allclose(fast.get_property("forces_std", a1), eager.get_property("forces_std", a2),
                                    rtol=1e-10, atol=1e-12)
-        np.testing.assert_array_equal(fast.get_hamiltonian(), eager.get_hamiltonian())
+        np.testing.assert_allclose(fast.get_hamiltonian(), eager.get_hamiltonian(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(fast.get_hessian(a1), eager.get_hessian(a2), rtol=1e-10, atol=1e-10)
 
 
@@ -204,7 +204,7 @@ def test_compile_auto_starts_after_many_calls_and_is_then_used(monkeypatch):
             path._compiler.wait(60)
     ready = path.compiled(numbers)
     assert ready is not None and getattr(ready._fn, "stand_in", False)
-    assert ready.check["energy"] == 0.0
+    assert ready.check["energy"] < 1e-12
     # energy-only calls stay uncompiled (the compiled graph is for autograd on); changed weights drop the
     # compiled graph of the old ones, and the count starts again
     calls = []
