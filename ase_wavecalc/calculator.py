@@ -44,7 +44,12 @@ only 0; ``mult`` or ``multiplicity``, 2S + 1, as other ASE calculators and geome
 as ``spin``), ``conv_tol``, ``grid_level``, ``max_cycle``,
 ``grid_response`` (PySCF provider) and ``model`` (a trained network; selects ``ModelProvider``; a ``method``
 or ``basis`` given with it must name a level the model was trained on, else ``InputError``), with
-``dtype``, ``out_of_domain`` ("raise", the default: geometries outside the model's training domain raise
+``dtype``, ``fast`` (readout models' energy and forces through ``model/fast.py``, the same function built once
+per molecule: "float32", the default, or "float64"; None/False: the eager network in ``dtype``; F, orbitals,
+the Hessian and ``forces_std`` always come from the eager network), ``compile`` (torch.compile of that path,
+``model/compiled.py``: False, the default; True: at a molecule's first call, minutes; "auto": in a background
+thread after a molecule's first ``AUTO_AFTER`` calls), ``out_of_domain`` ("raise", the default: geometries
+outside the model's training domain raise
 ``InputError``; "reference": they are computed with PySCF at the model's level of theory instead, see
 ``providers/fallback.py``), ``reference_log`` (an ASE trajectory collecting those geometries) and ``refine``
 ("scf": every result is PySCF's converged SCF at the model's level, started from the model's density,
@@ -72,7 +77,7 @@ __all__ = ["WaveCalculator"]
 # parameters that configure the PySCF provider (they do not apply to a model or a given provider)
 _PYSCF_KEYS = ("method", "basis", "conv_tol", "grid_level", "max_cycle", "grid_response")
 # parameters that configure a model provider
-_MODEL_KEYS = ("model", "dtype", "out_of_domain", "reference_log", "refine")
+_MODEL_KEYS = ("model", "dtype", "fast", "compile", "out_of_domain", "reference_log", "refine")
 _OUT_OF_DOMAIN = ("raise", "reference")
 _SPREADS = ("energy_std", "forces_std")   # kept in calc.uncertainty, not in calc.results
 # what a provider's compute may raise that the calculator reports as CalculationFailed: numerical failures of
@@ -127,6 +132,8 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         "grid_response": False,
         "model": None,
         "dtype": "float64",   # network precision with model= (the electronic structure is always float64)
+        "fast": "float32",    # readout models' energy+forces: model/fast.py in float32/float64; None: eager
+        "compile": False,     # torch.compile of that path: False, True (first call) or "auto" (model/compiled.py)
         "out_of_domain": "raise",   # with model=: "raise" or "reference" (PySCF for refused geometries)
         "reference_log": None,      # with out_of_domain="reference": ASE trajectory collecting those geometries
         "refine": None,             # with model=: "scf" = PySCF SCF at the model's level from its density
@@ -249,7 +256,8 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
             from .model.io import ModelFileError
 
             try:   # the charge is compared in calculate(), with the charge the Atoms may carry
-                provider = providers.ModelProvider(p["model"], dtype=p["dtype"])
+                provider = providers.ModelProvider(p["model"], dtype=p["dtype"], fast=p["fast"],
+                                                   compile=p["compile"])
             except (FileNotFoundError, ValueError, KeyError, OSError, ModelFileError) as exc:
                 # unknown name, missing or corrupt model files, wrong dtype, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "

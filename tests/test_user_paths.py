@@ -48,9 +48,10 @@ def test_examples_run(script, args, summary, tmp_path):
 
 def test_set_model_and_dtype_rebuild_the_provider():
     """calc.set(model=...) and calc.set(dtype=...) drop the results and rebuild the provider: another model
-    gives its own energy, float32 gives the same energy to float32 precision."""
+    gives its own energy, float32 gives the same energy to float32 precision. (dtype is the eager network's:
+    fast=None; the default fast path is float32 whatever dtype says, tests/test_fast_energy.py.)"""
     atoms = molecule("H2O")
-    calc = WaveCalculator(model="water-pbe-def2svp")
+    calc = WaveCalculator(model="water-pbe-def2svp", fast=None)
     atoms.calc = calc
     e_pbe = atoms.get_potential_energy()
     first = calc.provider

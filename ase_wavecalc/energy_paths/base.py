@@ -6,7 +6,7 @@ An energy path owns, for the models that compute their energy its way:
 | part | methods | used by |
 |---|---|---|
 | (a) its modules in the network | ``heads``, ``check_config``, ``build``, ``outputs``, ``energy_only_outputs``, ``learned_prefixes`` | ``model/network.py``, ``model/config.py`` |
-| (b) energy and gradient for the provider | ``compute``, ``serves``, ``hessian_energy``, ``require_energy``, ``uncertainty``, ``warn_if_inaccurate`` | ``providers/model.py`` |
+| (b) energy and gradient for the provider | ``fast_path``, ``compute``, ``serves``, ``hessian_energy``, ``require_energy``, ``uncertainty``, ``warn_if_inaccurate`` | ``providers/model.py`` |
 | (c) which weights each training phase trains | ``phase``, ``phases``, ``initial_energy_offsets``, ``adapt_initial_weights``, ``prepare_fresh_model``, ``batch_energy`` | ``train/trainer.py``, ``train/setup.py`` |
 | (d) its model-card entry | ``card_entries``, ``levels_of_theory``, ``trained_by``, ``refit_offsets``, ``test_metrics`` | ``train/cli_export.py`` |
 
@@ -148,6 +148,17 @@ class EnergyPath:
         raise ValueError("energy_only needs a model with energy_layers > 0 or energy_path = 'readout'")
 
     # -- (b) the provider -----------------------------------------------------------------------------
+    def fast_path(self, model, mode, compile):
+        """The provider's ``fast`` (``model.fast.FastPath``) for its options ``fast=mode``, ``compile``: the
+        path's fast energy+forces function, which its ``compute`` may use. Only the readout path has one; the
+        options are checked for every model."""
+        from ..model.fast import FastPath, fast_mode
+
+        fast_mode(mode)
+        fast = FastPath(model, None, compile=compile)
+        fast.reason = f"energy path {self.name!r} has no fast path"
+        return fast
+
     def compute(self, provider, numbers, positions_bohr, want_gradient: bool):
         """The provider's result at one geometry (``HamiltonianResult`` or a deferred one)."""
         raise NotImplementedError

@@ -156,10 +156,32 @@ class ReadoutEnergy(EnergyPath):
         return self.outputs(model, {}, model.fock_trunk(ctx), ctx)
 
     # -- (b) the provider: energy and gradient without F; F, orbitals and density deferred
+    def fast_path(self, model, mode, compile):
+        """``model.fast.FastPath``: the same energy function built once per molecule (float64 or float32,
+        optionally torch.compiled); ``mode`` None/False: the eager network."""
+        from ..model.fast import FastPath
+
+        return FastPath(model, mode, compile=compile)
+
     def compute(self, provider, numbers, positions_bohr, want_gradient: bool):
+        """Energy (and gradient) through the provider's fast path when it has one (``provider.fast``), else
+        the eager network; F, orbitals and density deferred. The committee's forces (``forces_std``, on
+        request) always come from the eager network."""
         from ..providers.model import DeferredHamiltonianResult
 
         start = time.perf_counter()
+        fast = provider.fast.compute(numbers, positions_bohr, want_gradient)
+        if fast is not None:   # the same energy function, built once per molecule (model/fast.py)
+            e_value, gradient, members = fast
+            info = {"seconds": time.perf_counter() - start, "model": provider.name, "energy_path": "readout",
+                    "fast": provider.fast.mode, "compiled": provider.fast.compiled(numbers) is not None}
+            if members is not None:
+                info["energy_std"] = float(np.std(members, ddof=1))
+                provider.check_uncertainty(info["energy_std"])
+                if want_gradient:   # the members' forces on request, from the eager network
+                    info["_committee_forces"] = lambda: _eager_member_gradients(provider, numbers, positions_bohr)
+            return DeferredHamiltonianResult(e_value, gradient, info,
+                                             lambda: provider.fock_result(numbers, positions_bohr))
         pos64 = torch.tensor(positions_bohr, requires_grad=want_gradient)
         z = torch.as_tensor(numbers, dtype=torch.long)
         with torch.set_grad_enabled(want_gradient):
@@ -233,6 +255,14 @@ class ReadoutEnergy(EnergyPath):
 
     def batch_energy(self, model, batch) -> torch.Tensor:
         return model(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)["energy"]
+
+
+def _eager_member_gradients(provider, numbers, positions_bohr) -> np.ndarray:
+    """(K, n, 3) committee gradients from the eager network (the fast path runs the committee without autograd)."""
+    pos64 = torch.tensor(np.asarray(positions_bohr, dtype=np.float64), requires_grad=True)
+    out = provider.model(torch.as_tensor(numbers, dtype=torch.long), pos64.to(provider.dtype), None,
+                         energy_only=True)
+    return _member_gradients(out["energy_committee"].reshape(-1).to(torch.float64), pos64)
 
 
 def _member_gradients(members, pos64) -> np.ndarray:

@@ -86,7 +86,8 @@ from ..energy_paths import energy_path_for
 from ..energy_paths.hamiltonian import ATOM_CORRECTION_SCALE  # noqa: F401  (re-exported: earlier home)
 from ..energy_paths.readout import READOUT_ENERGY_SCALE  # noqa: F401  (re-exported: earlier home)
 
-__all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE", "ENERGY_PATHS"]
+__all__ = ["HamiltonianModel", "build_model", "default_config", "DEFAULT_CONFIG", "MODEL_TYPE", "ENERGY_PATHS",
+           "ATOM_CORRECTION_SCALE", "READOUT_ENERGY_SCALE"]
 
 
 class PairFeatures(nn.Module):

@@ -7,7 +7,8 @@ density from F C = S C eps; the energy, gradient, Hessian and committee spread a
 energy without F (F, orbitals and density deferred, :class:`DeferredHamiltonianResult`), the Hamiltonian
 path's E_nn + 1/2 Tr[P (F + h + Delta h)] + e0 with its exact gradient (autograd through the network,
 PySCF's analytic derivatives of S and h_core, and the degeneracy-safe density-matrix response), or no
-energy (F only).
+energy (F only). The readout path computes its energy and gradient through ``self.fast`` (``model/fast.py``,
+made by the path from the ``fast``/``compile`` options) unless that is off.
 
 The network may run in float32 for speed (``dtype="float32"``); the electronic-structure part (eigenproblem,
 traces, energy) always runs in float64, so the absolute energy keeps its precision.
@@ -42,9 +43,16 @@ class ModelProvider(HamiltonianProvider):
         ``HamiltonianModel`` (then ``card`` describes it).
     dtype: "float64" (default; MD energy conservation) or "float32" for the network.
     charge: must be the charge the model was trained for (its card's ``charge``, default 0).
+    fast: energy and forces of a readout model through ``model.fast.FastReadoutEnergy`` (the same function,
+        built once per molecule): "float64" (default here: the eager network's values to rounding),
+        "float32" (also True; ``WaveCalculator``'s default) or None/False for the eager network in ``dtype``.
+        F, orbitals, the Hessian and ``forces_std`` always use the eager network.
+    compile: torch.compile of that fast path (``model/compiled.py``): False (default), True (at a molecule's
+        first call, minutes) or "auto" (in the background after a molecule's first hundreds of calls).
     """
 
-    def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None):
+    def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None,
+                 fast="float64", compile=False):
         from ..model.io import load_model
 
         if dtype not in _DTYPES:
@@ -76,6 +84,9 @@ class ModelProvider(HamiltonianProvider):
         #: card says none was trained
         self.energy_path = energy_path_for(config, self.card)
         self._cache = None            # (key, result) of the last geometry
+        #: the fast energy+forces function of the path (model/fast.py; ``.available`` False: the eager network),
+        #: chosen by the path from the fast/compile options and used by its ``compute``
+        self.fast = self.energy_path.fast_path(self.model, fast, compile)
         self.energy_path.warn_if_inaccurate(self.name, self.card)
 
     def __getstate__(self):
@@ -86,7 +97,7 @@ class ModelProvider(HamiltonianProvider):
     def describe(self) -> dict:
         return {"provider": "ModelProvider", "model": self.name, "basis": self.basis,
                 "level_of_theory": self.card.get("level_of_theory"), "dtype": str(self.dtype).split(".")[-1],
-                "charge": self.charge}
+                "charge": self.charge, "fast": self.fast.mode if self.fast.available else None}
 
     def check_training_domain(self, numbers, positions_bohr, strict: bool = False) -> None:
         """Compare the geometry with the training data recorded in the card's ``training_domain`` (written
@@ -132,7 +143,7 @@ class ModelProvider(HamiltonianProvider):
         numbers = np.asarray(numbers, dtype=int).reshape(-1)
         positions_bohr = np.asarray(positions_bohr, dtype=np.float64).reshape(-1, 3)
         # the weights' in-place version counters: a model changed in place is not served stale results
-        key = (numbers.tobytes(), positions_bohr.tobytes(), tuple(p._version for p in self.model.parameters()))
+        key = (numbers.tobytes(), positions_bohr.tobytes(), self.fast.weights_version())
         if self._cache is not None and self._cache[0] == key and self.energy_path.serves(self._cache[1],
                                                                                          want_gradient):
             return self._cache[1]
