@@ -1,5 +1,9 @@
 """`wavecalc ir MOLECULE`: optimize, harmonic IR, MD with dipoles, spectrum CSV + PNG (the numerics are in
-``ir.py``; this module is the command line around them)."""
+``ir.py``; this module is the command line around them).
+
+The calculator is ``WaveCalculator(model=..., compile="auto")``: a readout model's energy and forces are
+torch.compiled in a background thread after 200 calls of the molecule, and used once they have reproduced the
+uncompiled ones (``model/compiled.py``; the library default is ``compile=False``)."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +23,10 @@ __all__ = ["add_cli_arguments", "cli_main"]
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("structure", help="molecule name (ase.build.molecule) or structure file")
-    parser.add_argument("--model", default=None, help="model name or directory (default: the shipped PBE model)")
+    parser.add_argument("--model", default=None,
+                        help="model name or directory (default: the shipped PBE model); its energy and forces are "
+                             "torch.compiled in the background after 200 calls and used once checked against the "
+                             "uncompiled ones")
     parser.add_argument("--trajectory", default=None,
                         help="read this ASE trajectory (frames with dipoles, e.g. OUT.traj of an earlier run) "
                              "instead of running MD; its segments, time step and temperature come from the frames "
@@ -94,7 +101,7 @@ def cli_main(args) -> int:
         if not model:
             print("wavecalc ir: no shipped model for this molecule; pass --model", file=sys.stderr)
             return 2
-        calc = WaveCalculator(model=model)
+        calc = WaveCalculator(model=model, compile="auto")   # module docstring
         opt_atoms = atoms.copy()
         opt_atoms.calc = calc
         BFGS(opt_atoms, logfile=None).run(fmax=1e-3, steps=500)

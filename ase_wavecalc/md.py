@@ -12,6 +12,11 @@ centre of mass is fixed. The run starts at exactly the requested temperature ove
 minimum settles near half its starting temperature (equipartition: the kinetic energy shares with the
 potential energy of the vibrations).
 
+With ``--model`` the calculator is ``WaveCalculator(model=..., compile="auto")``: a readout model's energy and
+forces are torch.compiled in a background thread after 200 calls of the molecule, and the run switches to
+the compiled function once it has reproduced the uncompiled one (``model/compiled.py``; the library default
+is ``compile=False``).
+
 | quantity | unit |
 |---|---|
 | time step | fs |
@@ -38,7 +43,7 @@ def make_calculator(args):
     from .calculator import WaveCalculator
 
     if args.model:
-        return WaveCalculator(model=args.model, dtype=args.dtype,
+        return WaveCalculator(model=args.model, dtype=args.dtype, compile="auto",   # module docstring
                               out_of_domain=getattr(args, "out_of_domain", "raise"),
                               reference_log=getattr(args, "reference_log", None))
     return WaveCalculator(method=args.method, basis=args.basis)
@@ -209,7 +214,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("structure", help="molecule name (ase.build.molecule, e.g. H2O) or structure file")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--model", help="shipped model name or model directory (default: water-pbe-def2svp "
-                                     "for water, ethanol-pbe-def2svp for ethanol)")
+                                     "for water, ethanol-pbe-def2svp for ethanol); its energy and forces are "
+                                     "torch.compiled in the background after 200 steps and used once checked "
+                                     "against the uncompiled ones")
     src.add_argument("--pyscf", action="store_true", help="run the exact PySCF SCF instead of a model")
     parser.add_argument("--method", default="pbe", help="PySCF method with --pyscf (xc name or 'hf')")
     parser.add_argument("--basis", default="def2-svp", help="PySCF basis with --pyscf")

@@ -204,6 +204,13 @@ def test_md_trajectory_keeps_the_energy_spread_of_every_frame(tmp_path):
 
     traj = tmp_path / "md.traj"
     assert main(["md", "H2O", "--model", MODEL, "--steps", "4", "--trajectory", str(traj)]) == 0
+    from ase_wavecalc.cli import build_parser
+    from ase_wavecalc.md import make_calculator
+
+    # wavecalc md compiles in the background after AUTO_AFTER steps (a library calculator does not)
+    md_calc = make_calculator(build_parser("md").parse_args(["md", "H2O", "--model", MODEL]))
+    assert md_calc.parameters["compile"] == "auto"
+    assert WaveCalculator(model=MODEL).parameters["compile"] is False
     frames = read(traj, ":")
     assert len(frames) == 5
     fresh = WaveCalculator(model=MODEL)

@@ -76,14 +76,27 @@ def test_harmonic_ir_of_water_from_the_model():
     assert bend > asym > sym > 0
 
 
-def test_wavecalc_ir_writes_spectrum_and_harmonic_bands(tmp_path, capsys):
+def test_wavecalc_ir_writes_spectrum_and_harmonic_bands(tmp_path, capsys, monkeypatch):
     """Langevin equilibration, NVE segments, the spectrum with the harmonic bands on its axis (CSV, PNG); the
-    trajectory keeps the segments, so re-reading it gives the same spectrum without MD."""
+    trajectory keeps the segments, so re-reading it gives the same spectrum without MD. The calculator is
+    created with compile="auto" (here never reached: a real compilation takes minutes)."""
+    from ase_wavecalc import calculator as calculator_mod
     from ase_wavecalc.cli import main
+    from ase_wavecalc.model import compiled as compiled_mod
 
+    monkeypatch.setattr(compiled_mod, "AUTO_AFTER", 10**9)
+    made = []
+
+    class Recording(calculator_mod.WaveCalculator):
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(calculator_mod, "WaveCalculator", Recording)
     out = tmp_path / "water_ir"
     assert main(["ir", "H2O", "--steps", "200", "--equilibration-steps", "40", "--segments", "2",
                  "--decorrelation-steps", "20", "--out", str(out)]) == 0
+    assert made and all(kw.get("compile") == "auto" for kw in made)
     printed = capsys.readouterr().out
     assert "equilibration: Langevin 40 steps" in printed and "production: 2 NVE segment(s) of 100 steps" in printed
     assert "mean temperature" in printed and "over 3 degrees of freedom" in printed
