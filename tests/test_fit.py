@@ -93,7 +93,8 @@ def _labelled(workdir: Path) -> dict:
 
 def _fit_cmd(workdir, out, budget):
     return [sys.executable, "-m", "ase_wavecalc.cli", "fit", "H2O", "--method", "hf", "--basis", "sto-3g",
-            "--budget", budget, "--recipe", str(TINY), "--out", str(out), "--workdir", str(workdir)]
+            "--budget", budget, "--recipe", str(TINY), "--out", str(out), "--workdir", str(workdir),
+            "--name", "water-sto3g"]
 
 
 def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
@@ -136,6 +137,7 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
 
     card = json.loads((out / "model.json").read_text())
     assert card["test_metrics"]["via"] == "WaveCalculator" and card["test_metrics"]["n_frames"] > 0
+    assert card["name"] == "water-sto3g"                # --name, not the folder's name
     groups = card["test_metrics"]["by_group"]           # one row per test trajectory's temperature
     assert set(groups) == {"md300", "md500"}
     assert sum(g["n_frames"] for g in groups.values()) == card["test_metrics"]["n_frames"]

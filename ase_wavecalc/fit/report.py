@@ -304,6 +304,7 @@ def final_report(fit) -> dict:
     phase_s = st.get("phase_seconds", {})
     card_path = out / "model.json"
     card = json.loads(card_path.read_text())
+    card["name"] = fit.req.get("name") or card.get("name")      # --name (export names it after the folder)
     card["test_metrics"] = {k: v for k, v in t.items()}
     card["test_metrics"]["md_stability"] = f"{completed} of {len(stab)}"
     card["fit"] = {"command": fit.req.get("command"), "molecule": fit.req.get("molecule"),
