@@ -17,6 +17,10 @@ gradient, then central differences of the gradient; ~20 gradients of ~15 s), bes
 
     python benchmarks/transfer.py --molecule water      # ~10 min on one core, most of it CCSD(T)
     python benchmarks/transfer.py --molecule ethanol    # ~2 min
+
+Every row is also given per group of test frames (``by_group`` in the JSON): by the MD temperature the frame
+was sampled at (the dataset rows' ``temperature``) and by its CCSD(T) energy above the lowest test frame's
+(bins ``ENERGY_BINS_EV``); the offset removed there is the mean error over all frames.
 """
 from __future__ import annotations
 
@@ -37,6 +41,33 @@ from ase_wavecalc.units import HARTREE, HARTREE_PER_BOHR  # noqa: E402  (eV per 
 #: experimental harmonic frequencies of water, cm^-1 (bend, symmetric, antisymmetric stretch)
 WATER_HARMONIC_EXPERIMENT = [1649.0, 3832.0, 3943.0]
 CC_BASIS = {"water": "cc-pvtz", "ethanol": "cc-pvdz"}
+
+
+#: bins of the CCSD(T) energy above the lowest test frame's (eV) for the per-group rows
+ENERGY_BINS_EV = (0.0, 0.25, 0.5, 0.75, np.inf)
+
+
+def _temperatures(molecule, frames):
+    """The MD temperature (K) each frame was sampled at (the ``temperature`` that ``wavecalc import-npz``
+    copies from the part's ``temperature_K``); NaN where the row has none."""
+    from ase_wavecalc.dataset import connect
+
+    db = connect(ROOT / "data" / f"{molecule}_pbe_def2svp.db")
+    t = {int(r.frame): float(r.get("temperature", np.nan)) for r in db.select() if "frame" in r}
+    return np.array([t.get(int(f), np.nan) for f in frames])
+
+
+def _groups(temperatures, e_ref):
+    """{group name: boolean mask over the test frames}: every frame, each MD temperature, each energy bin."""
+    out = {"all": np.ones(len(e_ref), bool)}
+    for t in sorted({float(t) for t in temperatures if np.isfinite(t)}):
+        out[f"{t:.0f} K"] = temperatures == t
+    above = e_ref - e_ref.min()
+    for lo, hi in zip(ENERGY_BINS_EV[:-1], ENERGY_BINS_EV[1:]):
+        mask = (above >= lo) & (above < hi)
+        if mask.any():
+            out[f"E-E_min {lo:g}-{hi:g} eV" if np.isfinite(hi) else f"E-E_min >= {lo:g} eV"] = mask
+    return out
 
 
 def _frames(molecule):
@@ -78,13 +109,21 @@ def _model_predictions(model, numbers, positions_bohr):
     return np.array(e), np.array(f)
 
 
-def _errors(e, f, e_ref, f_ref, f_mask):
+def _errors(e, f, e_ref, f_ref, f_mask, subset=None):
+    """Errors on the frames ``subset`` (boolean mask; default all). The offset removed is the mean energy
+    error over all frames, so that a group's offset-removed MAE keeps its own shift against the rest."""
     de = (e - e_ref) * 1e3
-    out = {"energy_mae_mev": float(np.abs(de).mean()), "energy_mae_offset_removed_mev": float(np.abs(de - de.mean()).mean()),
-           "energy_max_offset_removed_mev": float(np.abs(de - de.mean()).max())}
-    if f_mask.any():
-        out["force_mae_mev_a"] = float(np.abs(f[f_mask] - f_ref[f_mask]).mean() * 1e3)
-        out["n_force_frames"] = int(f_mask.sum())
+    offset = de.mean()
+    sub = np.ones(len(de), bool) if subset is None else subset
+    de_s = de[sub]
+    out = {"n_frames": int(sub.sum()), "energy_mae_mev": float(np.abs(de_s).mean()),
+           "energy_mae_offset_removed_mev": float(np.abs(de_s - offset).mean()),
+           "energy_max_offset_removed_mev": float(np.abs(de_s - offset).max()),
+           "energy_mean_error_mev": float(de_s.mean())}
+    fm = f_mask & sub
+    if fm.any():
+        out["force_mae_mev_a"] = float(np.abs(f[fm] - f_ref[fm]).mean() * 1e3)
+        out["n_force_frames"] = int(fm.sum())
     return out
 
 
@@ -110,9 +149,15 @@ def accuracy(molecule: str, log=print) -> dict:
     else:
         log(f"warning: {delta} not found (configs/{molecule}_delta_mlip.toml trains it): row (d) left out")
     log(f"{molecule}: {len(idx)} held-out frames, models evaluated in {time.perf_counter() - t0:.0f} s")
+    temps = _temperatures(molecule, test)
+    groups = _groups(temps, e_cc)
     return {"n_frames": len(idx), "test_frames": [int(f) for f in test], "n_force_frames": int(f_mask.sum()),
             "reference": f"CCSD(T)/{CC_BASIS[molecule]}",
-            "methods": {name: _errors(e, f, e_cc, f_cc, f_mask) for name, (e, f) in rows.items()}}
+            "test_frame_temperatures_K": [None if not np.isfinite(t) else float(t) for t in temps],
+            "energy_bins_ev": "CCSD(T) energy above the lowest test frame's",
+            "methods": {name: _errors(e, f, e_cc, f_cc, f_mask) for name, (e, f) in rows.items()},
+            "by_group": {g: {name: _errors(e, f, e_cc, f_cc, f_mask, mask) for name, (e, f) in rows.items()}
+                         for g, mask in groups.items() if g != "all"}}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,9 +257,14 @@ def main(argv=None) -> int:
     acc = result["accuracy"]
     print(f"\n{args.molecule}: {acc['n_frames']} held-out frames against {acc['reference']} "
           f"(forces on {acc['n_force_frames']} of them)")
-    rows = [[name, f"{m['energy_mae_mev']:.2f}", f"{m['energy_mae_offset_removed_mev']:.2f}",
-             f"{m.get('force_mae_mev_a', float('nan')):.1f}"] for name, m in acc["methods"].items()]
-    print(table(["method", "E MAE (meV)", "E MAE, offset removed", "F MAE (meV/A)"], rows))
+    groups = {"all": acc["methods"], **acc.get("by_group", {})}
+    rows = [[name, g, str(m["n_frames"]), f"{m['energy_mae_mev']:.2f}", f"{m['energy_mae_offset_removed_mev']:.2f}",
+             f"{m['energy_mean_error_mev']:+.2f}",
+             f"{m['force_mae_mev_a']:.1f} ({m['n_force_frames']})" if "force_mae_mev_a" in m else ""]
+            for name in acc["methods"] for g, by in groups.items() for m in [by[name]]]
+    print(table(["method", "frames", "n", "E MAE (meV)", "E MAE, offset removed", "mean error",
+                 "F MAE (meV/A) (frames)"], rows))
+    print("offset removed: the mean error over all frames; E_min: the lowest CCSD(T) energy of the test frames")
     if args.molecule == "water":
         print("\nwater harmonic frequencies at each method's own minimum (cm^-1):")
         reuse = None
