@@ -307,26 +307,23 @@ class FastReadoutEnergy:
             layers.append(h)
         return layers
 
-    def _rotate_in(self, x, DsT, t):
+    @staticmethod
+    def _rotate_l_blocks(x, Ds, l_sizes):
+        """Each l > 0 block of x (E, D, C) (l-order along D) multiplied by its per-edge Wigner matrix Ds[l]."""
         E, _, C = x.shape
         parts = []
-        for l, xl in enumerate(torch.split(x, t.l_sizes, 1)):
+        for l, xl in enumerate(torch.split(x, l_sizes, 1)):
             if l > 0:
-                n = 2 * l + 1
-                xl = torch.bmm(DsT[l], xl.reshape(E, n, -1)).view(E, -1, C)
+                xl = torch.bmm(Ds[l], xl.reshape(E, 2 * l + 1, -1)).view(E, -1, C)
             parts.append(xl)
-        return torch.cat(parts, 1).transpose(0, 1).index_select(0, t.m_perm)
+        return torch.cat(parts, 1)
+
+    def _rotate_in(self, x, DsT, t):
+        return self._rotate_l_blocks(x, DsT, t.l_sizes).transpose(0, 1).index_select(0, t.m_perm)
 
     def _rotate_out(self, x, Ds, t):
         y = x.transpose(0, 1).index_select(1, t.m_inv)                      # (E, D, C) l-order
-        E, _, C = y.shape
-        parts = []
-        for l, yl in enumerate(torch.split(y, t.l_sizes, 1)):
-            if l > 0:
-                n = 2 * l + 1
-                yl = torch.bmm(Ds[l], yl.reshape(E, n, -1)).view(E, -1, C)
-            parts.append(yl)
-        return torch.cat(parts, 1)
+        return self._rotate_l_blocks(y, Ds, t.l_sizes)
 
     def _update(self, t, k, h, mt, Ds, self_part=None):
         """h + Gate(lin_post(sum_j m_ij) norm / sqrt 2 + lin_self(h) / sqrt 2) (norm, sqrt 2 folded in)."""
