@@ -215,6 +215,7 @@ def standardize_readout(trainer, max_frames: int = 200) -> None:
             take = np.asarray(rows)[: max(1, max_frames // len(trainer.tables))]
             for i in range(0, len(take), 16):
                 batch = trainer.tables[t].batch(take[i:i + 16], dtype=trainer.dtype, table=t)
+                batch = batch.to(getattr(trainer, "device", "cpu"))
                 out = trainer.model(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)
                 xs.append(out["readout_inputs"])
             done += len(take)
