@@ -98,6 +98,21 @@ def test_batches_move_and_stay_put():
     assert b.to("cpu") is b
 
 
+def test_fast_path_per_call_work_stays_on_its_device():
+    """The fast path's constants built on the CPU and moved to the "meta" device (shapes only): a CPU tensor
+    left in any per-call operation would raise (as it would on CUDA); CPU positions are moved in."""
+    from ase_wavecalc.model.fast import FastReadoutEnergy
+    from ase_wavecalc.providers import ModelProvider
+    from ase_wavecalc.units import BOHR
+
+    atoms = molecule("CH3CH2OH")
+    model = ModelProvider("ethanol-pbe-def2svp").model
+    for dtype in (torch.float32, torch.float64):
+        fast = FastReadoutEnergy(model, atoms.numbers, dtype, device="meta")
+        energy, _ = fast(torch.tensor(atoms.positions / BOHR, requires_grad=True))
+        assert energy.device.type == "meta" and energy.dtype == torch.float64 and energy.shape == ()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("model", ["ethanol-pbe-def2svp", "ethanol-pbe-def2svp-hamiltonian"])
@@ -115,3 +130,21 @@ def test_shipped_model_on_cuda_equals_cpu(model):
     assert abs(out["cuda"][0] - out["cpu"][0]) < 1e-6
     assert np.abs(out["cuda"][1] - out["cpu"][1]).max() < 1e-6
     assert np.abs(out["cuda"][2] - out["cpu"][2]).max() < 1e-5
+
+
+def test_trainer_on_explicit_cpu_equals_the_default(water_db, tmp_path):
+    """Trainer(device="cpu") moves model and batches to where they already are: the same run, bit for bit."""
+    from _train_helpers import build_stand_in, make_config, quiet
+
+    from ase_wavecalc.train.checkpoint import load_checkpoint
+    from ase_wavecalc.train.trainer import Trainer
+
+    states = []
+    for name, kw in (("default", {}), ("cpu", {"device": "cpu"})):
+        Trainer(make_config(water_db, max_epochs=2), tmp_path / name, build_model=build_stand_in, log=quiet,
+                **kw).fit()
+        states.append(load_checkpoint(tmp_path / name / "checkpoint.pt")["model"])
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    with pytest.raises(DeviceError):
+        Trainer(make_config(water_db, max_epochs=1), tmp_path / "bad", build_model=build_stand_in, device="tpu")
