@@ -48,7 +48,9 @@ or ``basis`` given with it must name a level the model was trained on, else ``In
 per molecule: "float32", the default, or "float64"; None/False: the eager network in ``dtype``; F, orbitals,
 the Hessian and ``forces_std`` always come from the eager network), ``compile`` (torch.compile of that path,
 ``model/compiled.py``: False, the default; True: at a molecule's first call, minutes; "auto": in a background
-thread after a molecule's first ``AUTO_AFTER`` calls), ``out_of_domain`` ("raise", the default: geometries
+thread after a molecule's first ``AUTO_AFTER`` calls), ``device`` (where the network, eager and fast, runs:
+"cpu", the default, "cuda", "cuda:N" or a ``torch.device``; ``InputError`` at construction without CUDA;
+results come back as CPU float64 and PySCF's numerics stay on the CPU), ``out_of_domain`` ("raise", the default: geometries
 outside the model's training domain raise
 ``InputError``; "reference": they are computed with PySCF at the model's level of theory instead, see
 ``providers/fallback.py``), ``reference_log`` (an ASE trajectory collecting those geometries) and ``refine``
@@ -77,7 +79,7 @@ __all__ = ["WaveCalculator"]
 # parameters that configure the PySCF provider (they do not apply to a model or a given provider)
 _PYSCF_KEYS = ("method", "basis", "conv_tol", "grid_level", "max_cycle", "grid_response")
 # parameters that configure a model provider
-_MODEL_KEYS = ("model", "dtype", "fast", "compile", "out_of_domain", "reference_log", "refine")
+_MODEL_KEYS = ("model", "dtype", "fast", "compile", "device", "out_of_domain", "reference_log", "refine")
 _OUT_OF_DOMAIN = ("raise", "reference")
 _SPREADS = ("energy_std", "forces_std")   # kept in calc.uncertainty, not in calc.results
 # what a provider's compute may raise that the calculator reports as CalculationFailed: numerical failures of
@@ -97,6 +99,16 @@ def _serialized(method):
         with self._lock:
             return method(self, *args, **kwargs)
     return locked
+
+
+def _check_device(device) -> None:
+    """``InputError`` (with ``devices.resolve_device``'s message) for a device not understood or not here."""
+    from .devices import DeviceError, resolve_device
+
+    try:
+        resolve_device(device)
+    except DeviceError as exc:
+        raise InputError(str(exc)) from exc
 
 
 class WaveCalculator(ElectronicStructureMixin, Calculator):
@@ -134,6 +146,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         "dtype": "float64",   # network precision with model= (the electronic structure is always float64)
         "fast": "float32",    # readout models' energy+forces: model/fast.py in float32/float64; None: eager
         "compile": False,     # torch.compile of that path: False, True (first call) or "auto" (model/compiled.py)
+        "device": "cpu",      # with model=: where the network runs: "cpu", "cuda", "cuda:N" or a torch.device
         "out_of_domain": "raise",   # with model=: "raise" or "reference" (PySCF for refused geometries)
         "reference_log": None,      # with out_of_domain="reference": ASE trajectory collecting those geometries
         "refine": None,             # with model=: "scf" = PySCF SCF at the model's level from its density
@@ -153,6 +166,8 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
                              f"{sorted(self.default_parameters)} and provider=")
+        if "device" in kwargs:
+            _check_device(kwargs["device"])   # at construction: no CUDA here, an unknown device string
         if provider is not None:
             from .providers.base import missing_capabilities
 
@@ -174,6 +189,8 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
         if bad:
             raise InputError(f"unknown WaveCalculator parameter(s) {bad}; valid parameters: "
                              f"{sorted(self.default_parameters)}")
+        if "device" in kwargs:
+            _check_device(kwargs["device"])
         self._given.update(k for k in kwargs if k != "parameters")
         changed = super().set(**kwargs)
         if changed and self._provider_given is None:
@@ -257,7 +274,7 @@ class WaveCalculator(ElectronicStructureMixin, Calculator):
 
             try:   # the charge is compared in calculate(), with the charge the Atoms may carry
                 provider = providers.ModelProvider(p["model"], dtype=p["dtype"], fast=p["fast"],
-                                                   compile=p["compile"])
+                                                   compile=p["compile"], device=p.get("device"))
             except (FileNotFoundError, ValueError, KeyError, OSError, ModelFileError) as exc:
                 # unknown name, missing or corrupt model files, wrong dtype, ...
                 raise InputError(f"could not load model {p['model']!r}: {type(exc).__name__}: "

@@ -208,7 +208,7 @@ def test_model_hook(monkeypatch):
     class FakeModelProvider(providers.PySCFProvider):
         """Stands in for the trained network: same interface."""
 
-        def __init__(self, name, charge=0, dtype="float64", fast=None, compile=False):
+        def __init__(self, name, charge=0, dtype="float64", fast=None, compile=False, device=None):
             if name == "buggy-model":
                 raise TypeError("bug in the loader")
             if name != "fake-model":

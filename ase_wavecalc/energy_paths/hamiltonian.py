@@ -146,8 +146,7 @@ class HamiltonianEnergy(EnergyPath):
         """Second-derivative integrals and eigh's twice-differentiable density."""
         from .. import energy as energy_mod
 
-        z = torch.as_tensor(numbers, dtype=torch.long)
-        out = provider.model(z, pos.to(provider.dtype), None)
+        out = provider.forward(numbers, pos)
         e_tot, _ = energy_mod.total_energy(
             numbers, pos, single(out["fock"]).double(), provider.basis,
             delta_hcore=single(out["delta_hcore"]).double(),

@@ -161,7 +161,7 @@ class ReadoutEnergy(EnergyPath):
         optionally torch.compiled); ``mode`` None/False: the eager network."""
         from ..model.fast import FastPath
 
-        return FastPath(model, mode, compile=compile)
+        return FastPath(model, mode, compile=compile, device=_model_device(model))
 
     def compute(self, provider, numbers, positions_bohr, want_gradient: bool):
         """Energy (and gradient) through the provider's fast path when it has one (``provider.fast``), else
@@ -183,9 +183,8 @@ class ReadoutEnergy(EnergyPath):
             return DeferredHamiltonianResult(e_value, gradient, info,
                                              lambda: provider.fock_result(numbers, positions_bohr))
         pos64 = torch.tensor(positions_bohr, requires_grad=want_gradient)
-        z = torch.as_tensor(numbers, dtype=torch.long)
         with torch.set_grad_enabled(want_gradient):
-            out = provider.model(z, pos64.to(provider.dtype), None, energy_only=True)
+            out = provider.forward(numbers, pos64, energy_only=True)
             e_tot = out["energy"].reshape(-1)[0].to(torch.float64)
             gradient = (torch.autograd.grad(e_tot, pos64, retain_graph="energy_committee" in out)[0].detach()
                         if want_gradient else None)
@@ -202,8 +201,7 @@ class ReadoutEnergy(EnergyPath):
 
     def hessian_energy(self, provider, numbers, pos: torch.Tensor) -> torch.Tensor:
         """The atom trunks and the MLP, twice differentiated."""
-        z = torch.as_tensor(numbers, dtype=torch.long)
-        return provider.model(z, pos.to(provider.dtype), None, energy_only=True)["energy"].reshape(-1)[0].double()
+        return provider.forward(numbers, pos, energy_only=True)["energy"].reshape(-1)[0].double()
 
     def uncertainty(self, provider, numbers, positions_bohr) -> dict:
         """Committee spread at a geometry: {"energy_std": Hartree, "gradient_std": (n, 3) Hartree/Bohr} (the
@@ -257,11 +255,14 @@ class ReadoutEnergy(EnergyPath):
         return model(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)["energy"]
 
 
+def _model_device(model) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def _eager_member_gradients(provider, numbers, positions_bohr) -> np.ndarray:
     """(K, n, 3) committee gradients from the eager network (the fast path runs the committee without autograd)."""
     pos64 = torch.tensor(np.asarray(positions_bohr, dtype=np.float64), requires_grad=True)
-    out = provider.model(torch.as_tensor(numbers, dtype=torch.long), pos64.to(provider.dtype), None,
-                         energy_only=True)
+    out = provider.forward(numbers, pos64, energy_only=True)
     return _member_gradients(out["energy_committee"].reshape(-1).to(torch.float64), pos64)
 
 

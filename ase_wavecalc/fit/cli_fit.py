@@ -55,6 +55,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a compact copy of the work directory to DIR (to commit; weights only) and exit")
     parser.add_argument("--unpack", default=None, metavar="DIR",
                         help="start the work directory from a packed copy (a fit begun elsewhere), then go on")
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="where training runs: cpu, cuda or cuda:N (default: cpu, or what a resumed fit used)")
     parser.add_argument("--print-recipe", action="store_true", help="print the default recipe and exit")
 
 
@@ -71,6 +73,10 @@ def cli_main(args) -> int:
         print(default_recipe_text())
         return 0
     try:
+        if args.device is not None:
+            from ..devices import resolve_device
+
+            resolve_device(args.device)     # DeviceError (a ValueError): refused before any work
         budget_s = parse_budget(args.budget)
         recipe, recipe_text = load_recipe(args.recipe)
         atoms = resolve_molecule(args.molecule, smiles=args.smiles)
@@ -108,7 +114,7 @@ def cli_main(args) -> int:
     request = {"molecule": args.molecule, "numbers": [int(z) for z in atoms.numbers],
                "positions": atoms.positions.tolist(), "method": args.method.lower(), "basis": args.basis.lower(),
                "charge": int(args.charge), "budget_s": budget_s, "workers": int(args.workers),
-               "seed": int(args.seed), "name": args.name or out.name,
+               "seed": int(args.seed), "name": args.name or out.name, "device": args.device,
                "command": "wavecalc fit " + " ".join(shlex.quote(a) for a in sys.argv[2:])
                if len(sys.argv) > 2 and sys.argv[1] == "fit" else None}
     try:

@@ -227,7 +227,8 @@ class Fit:
         text = phase_config(tables, specs,
                             seed=int(self.req["seed"]), run_extra=extra_run, optimizer_extra=optimizer_extra)
         self.background_labelling("active" if phase == "_al_train" else "readout")
-        result = train_for(run_dir, text, self.left(phase), log=_Throttled(self.log, f"[{phase}] "))
+        result = train_for(run_dir, text, self.left(phase), log=_Throttled(self.log, f"[{phase}] "),
+                           device=self.req.get("device"))
         if result["stopped"] == "signal":
             raise FitInterrupted(f"training run {run_dir} stopped by a signal")
         return result
@@ -289,7 +290,8 @@ class Fit:
         run_dir = self.work / "runs" / run
         if not (run_dir / "checkpoint.pt").is_file():     # a packed run (weights only): one epoch recreates it
             from .training import train_for
-            train_for(run_dir, (run_dir / "config.toml").read_text(), 1.0, log=_Throttled(self.log, "[export] "))
+            train_for(run_dir, (run_dir / "config.toml").read_text(), 1.0, log=_Throttled(self.log, "[export] "),
+                      device=self.req.get("device"))
         export_run(run_dir, out, test=False, force=True, refit_frames=400)
         if committee:
             add_committee(str(out), str(self.work / POOL), str(out), size=int(self.recipe["committee"]["size"]),
@@ -425,9 +427,14 @@ def run_fit(request: dict, recipe: dict, recipe_text: str, workdir, out, data_ou
                 if float(request["budget_s"]) != float(st.data["request"]["budget_s"]):
                     log(f"budget changed to {request['budget_s'] / 3600:.2f} h")
                 st.data["request"].update(budget_s=request["budget_s"], workers=request["workers"])
+                # the device: the one given now, else the one the fit was started with (a resumed fit keeps it)
+                if request.get("device") is not None and request["device"] != st.data["request"].get("device"):
+                    log(f"training device {request['device']}")
+                    st.data["request"]["device"] = request["device"]
                 recipe = st.data["recipe"]
             else:
-                st.data.update(request=dict(request), recipe=recipe, recipe_text=recipe_text)
+                st.data.update(request={**request, "device": request.get("device") or "cpu"}, recipe=recipe,
+                               recipe_text=recipe_text)
                 st.save()
             fit = Fit(st, st.data["request"], recipe, Path(out), Path(data_out or workdir / "data"), log,
                       executor=executor, user_data=user_data)

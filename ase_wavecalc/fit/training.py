@@ -69,8 +69,9 @@ def phase_config(tables: dict, datasets: list[dict], seed: int = 0, model_extra:
     return buf.getvalue()
 
 
-def train_for(run_dir: Path, config_text: str, seconds: float, log=print) -> dict:
-    """Train (or resume) the run in ``run_dir`` for at most ``seconds`` of wall time; returns
+def train_for(run_dir: Path, config_text: str, seconds: float, log=print, device=None) -> dict:
+    """Train (or resume) the run in ``run_dir`` for at most ``seconds`` of wall time on ``device`` (the fit
+    request's ``device``: "cpu", "cuda", "cuda:N"; None: cpu); returns
     {"best_epoch", "best_val_loss", "stopped", "epochs"}. A new run that has no validated epoch when the time is
     up trains one more epoch, so every phase hands a validated model to the next."""
     from ..train.config import parse_config
@@ -100,13 +101,13 @@ def train_for(run_dir: Path, config_text: str, seconds: float, log=print) -> dic
         config_text = ""
     config = parse_config(table, base_dir=str(run_dir.parent), source=config_text)
     config.run.max_time_min = max(seconds, 1.0) / 60.0
-    result = Trainer(config, run_dir, resume=resume, log=log).fit()
+    result = Trainer(config, run_dir, resume=resume, log=log, device=device).fit()
     if packed and (run_dir / "checkpoint.pt").is_file():
         (run_dir / PACKED).unlink()          # from now on the run resumes from its own checkpoint
     if result.best_epoch < 0 and result.stopped != "signal":
         config.run.max_time_min = 0.0
         config.run.max_epochs = 1
-        result = Trainer(config, run_dir, resume=True, log=log).fit()
+        result = Trainer(config, run_dir, resume=True, log=log, device=device).fit()
     return {"best_epoch": int(result.best_epoch),
             "best_val_loss": float(result.best_val_loss) if math.isfinite(result.best_val_loss) else None,
             "stopped": str(result.stopped)}

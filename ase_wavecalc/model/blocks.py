@@ -194,7 +194,7 @@ class BlockReadout(ConstantsMixin, nn.Module):
         basis = torch.stack([A[r] if r is not None else torch.zeros(A.shape[1], dtype=torch.float64)
                              for r in rows])                         # (n0, n_ao^2)
         coef = torch.linalg.lstsq(basis.T, block[:, None]).solution[:, 0]
-        self.bias[head, :n0] = coef.to(self.bias.dtype)
+        self.bias[head, :n0] = coef.to(device=self.bias.device, dtype=self.bias.dtype)
 
 
 @dataclass

@@ -126,12 +126,27 @@ class FastReadoutEnergy:
     Built once per molecule (``numbers``) and weights; see the module docstring. ``dtype`` is the dtype of
     the network part (float64 or float32); positions enter and the energy leaves in float64, so autograd
     gives the gradient in float64. The weights are copied at build time: a model changed afterwards needs
-    a new instance (``ModelProvider`` keys its instance on the weights' versions)."""
+    a new instance (``ModelProvider`` keys its instance on the weights' versions).
 
-    def __init__(self, model, numbers, dtype=torch.float64):
+    ``device``: where the per-call work runs (default: the model's). The constants are always built on the
+    CPU (from a CPU copy of a model that lives elsewhere) and then moved there; positions are moved in, the
+    energy stays on the device (autograd brings the gradient back to the caller's CPU positions)."""
+
+    def __init__(self, model, numbers, dtype=torch.float64, device=None):
         ok, why = supported(model)
         if not ok:
             raise ValueError(f"no fast energy path: {why}")
+        on = {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
+        self.device = torch.device(device) if device is not None else next(iter(on), torch.device("cpu"))
+        if on - {torch.device("cpu")}:
+            import copy
+
+            model = copy.deepcopy(model).cpu()
+        self._build(model, numbers, dtype)
+        if self.device.type != "cpu":
+            _move(self, self.device)
+
+    def _build(self, model, numbers, dtype):
         f64 = torch.float64
         numbers = torch.as_tensor(np.asarray(numbers, dtype=np.int64))
         ix = model.matrix_index(numbers, None)
@@ -222,7 +237,7 @@ class FastReadoutEnergy:
         """positions (N, 3) float64 Bohr (may require grad) -> (energy () float64, committee (K,) float64 or
         None, detached). The energy is E of the eager network at these positions."""
         dtype = self.dtype
-        pos = positions.to(dtype)[:, [1, 2, 0]]                    # e3nn order (y, z, x)
+        pos = positions.to(device=self.device, dtype=dtype)[:, [1, 2, 0]]     # e3nn order (y, z, x)
         vec = pos[self.src] - pos[self.dst]
         d = torch.linalg.norm(vec, dim=-1)
         Q = edge_frame(vec / d[:, None])
@@ -230,7 +245,7 @@ class FastReadoutEnergy:
         DsT = [None] + [D.transpose(1, 2) for D in Ds[1:]]
         # radial basis and envelope (radial.BesselBasis, PolynomialEnvelope)
         u = d / self.rbf_cutoff
-        k = torch.arange(1, self.n_rbf + 1, dtype=dtype) * math.pi
+        k = torch.arange(1, self.n_rbf + 1, dtype=dtype, device=self.device) * math.pi
         rbf = torch.sin(k * u[:, None]) / (2.0 * u[:, None])
         p = self.env_p
         ue = (d / self.env_cutoff).clamp(max=1.0)
@@ -345,6 +360,28 @@ class FastReadoutEnergy:
         return h + torch.cat(parts, 1)
 
 
+def _move(obj, device):
+    """Every tensor held by ``obj`` (a ``FastReadoutEnergy`` and its ``_Trunk``s: attributes, lists, tuples,
+    dicts) moved to ``device`` in place of the CPU one."""
+    def moved(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(device)
+        if isinstance(x, _Trunk):
+            _move(x, device)
+            return x
+        if isinstance(x, list):
+            return [moved(v) for v in x]
+        if isinstance(x, tuple):
+            return tuple(moved(v) for v in x)
+        if isinstance(x, dict):
+            return {k: moved(v) for k, v in x.items()}
+        return x
+
+    for name, value in list(vars(obj).items()):
+        if name != "layout":
+            setattr(obj, name, moved(value))
+
+
 FAST_MODES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -373,8 +410,9 @@ class FastPath:
     ``compiled.AUTO_AFTER`` calls, using the uncompiled path until then. A compiled graph is used only after
     it has reproduced the uncompiled energy and gradient; any failure leaves the uncompiled path in use."""
 
-    def __init__(self, model, mode="float32", keep: int = 4, compile=False):
+    def __init__(self, model, mode="float32", keep: int = 4, compile=False, device=None):
         self.model, self.mode = model, fast_mode(mode)
+        self.device = None if device is None else torch.device(device)
         self.available, self.reason = supported(model)
         if self.mode is None:
             self.available, self.reason = False, "switched off"
@@ -407,7 +445,7 @@ class FastPath:
         version = self.weights_version()
         got = self._instances.pop(key, None)
         if got is None or got[0] != version:
-            got = (version, FastReadoutEnergy(self.model, numbers, FAST_MODES[self.mode]))
+            got = (version, FastReadoutEnergy(self.model, numbers, FAST_MODES[self.mode], device=self.device))
             self.n_built += 1
         self._instances[key] = got             # most recent last
         while len(self._instances) > self.keep:
@@ -454,4 +492,4 @@ class FastPath:
             energy, committee = fn(pos)
             gradient = torch.autograd.grad(energy, pos)[0].numpy() if want_gradient else None
         return (float(energy.detach()), gradient,
-                None if committee is None else committee.numpy())
+                None if committee is None else committee.cpu().numpy())

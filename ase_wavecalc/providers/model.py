@@ -49,12 +49,17 @@ class ModelProvider(HamiltonianProvider):
         F, orbitals, the Hessian and ``forces_std`` always use the eager network.
     compile: torch.compile of that fast path (``model/compiled.py``): False (default), True (at a molecule's
         first call, minutes) or "auto" (in the background after a molecule's first hundreds of calls).
+    device: where the network (eager and fast) runs: "cpu" (default), "cuda", "cuda:N" or a ``torch.device``
+        (``devices.resolve_device``: ``DeviceError``, a ValueError, without CUDA). Inputs are moved there and
+        the network's outputs back to the CPU, where the electronic-structure numerics stay (float64).
     """
 
     def __init__(self, model, dtype: str = "float64", charge: int | None = None, card: dict | None = None,
-                 fast="float64", compile=False):
+                 fast="float64", compile=False, device=None):
+        from ..devices import resolve_device
         from ..model.io import load_model
 
+        self.device = resolve_device(device)
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         self.dtype = _DTYPES[dtype]
@@ -62,14 +67,16 @@ class ModelProvider(HamiltonianProvider):
             # the caller's module is never changed: used as it is when it already has the dtype and is in
             # eval mode (then changes made to it in place are seen, see the cache key), else a copy
             dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-            if dtypes != {self.dtype} or model.training:
+            devices = {p.device for p in model.parameters()}
+            if dtypes != {self.dtype} or model.training or devices - {self.device}:
                 import copy
 
-                model = copy.deepcopy(model).to(self.dtype).eval()
+                model = copy.deepcopy(model).to(dtype=self.dtype).eval().to(self.device)
             self.model, self.card = model, dict(card or {})
             self.name = self.card.get("name", type(model).__name__)
         else:
             self.model, self.card = load_model(model, dtype=self.dtype)
+            self.model.to(self.device)   # loaded on the CPU (safetensors), wherever it was trained
             self.name = str(model)
             self.model.eval()
         config = getattr(self.model, "config", None) or self.card.get("config", {})
@@ -97,7 +104,18 @@ class ModelProvider(HamiltonianProvider):
     def describe(self) -> dict:
         return {"provider": "ModelProvider", "model": self.name, "basis": self.basis,
                 "level_of_theory": self.card.get("level_of_theory"), "dtype": str(self.dtype).split(".")[-1],
-                "charge": self.charge, "fast": self.fast.mode if self.fast.available else None}
+                "charge": self.charge, "fast": self.fast.mode if self.fast.available else None,
+                "device": str(self.device)}
+
+    def forward(self, numbers, positions, energy_only: bool = False) -> dict:
+        """The eager network at one geometry on ``self.device``: ``positions`` (n, 3) Bohr (a CPU tensor, may
+        require grad) -> the model's outputs on the CPU (the moves are differentiable)."""
+        from ..devices import to_cpu
+
+        z = torch.as_tensor(np.asarray(numbers), dtype=torch.long, device=self.device)
+        kw = {"energy_only": True} if energy_only else {}
+        out = self.model(z, positions.to(device=self.device, dtype=self.dtype), None, **kw)
+        return out if self.device.type == "cpu" else to_cpu(out)
 
     def check_training_domain(self, numbers, positions_bohr, strict: bool = False) -> None:
         """Compare the geometry with the training data recorded in the card's ``training_domain`` (written
@@ -211,9 +229,8 @@ class ModelProvider(HamiltonianProvider):
         start = time.perf_counter()
         want_energy_grad = want_gradient and energy is not None
         pos64 = positions_tensor(positions_bohr, requires_grad=want_energy_grad)
-        z = torch.as_tensor(numbers, dtype=torch.long)
         with torch.set_grad_enabled(want_energy_grad):
-            out = self.model(z, pos64.to(self.dtype), None)
+            out = self.forward(numbers, pos64)
             fock = single(out["fock"]).to(torch.float64)
             mol = integrals.make_mol(numbers, pos64.detach().numpy(), self.basis, charge=self.charge)
             gradient = None

@@ -98,8 +98,9 @@ def prepare_base_energies(trainer) -> None:
     with torch.no_grad():
         for t, rows in epoch_plan(trainer.rows["val"], trainer.config.run.batch_size, None):
             table = trainer.tables[t]
-            batch = table.batch(rows, dtype=trainer.dtype, table=t)
+            batch = table.batch(rows, dtype=trainer.dtype, table=t).to(getattr(trainer, "device", "cpu"))
             pred = predicted_fock(trainer.model(batch.numbers, batch.positions_bohr, batch.batch))
+            pred = [p.cpu() for p in pred] if isinstance(pred, (list, tuple)) else pred.cpu()
             idx = torch.as_tensor(rows)
             f_err.append(fock_errors(pred, table.fock[idx], table.ao_atom)["fock_mae"])
             eps_err.append(orbital_errors(pred, table.fock[idx], table.overlap[idx], table.n_occ)["eps_occ_mae"])

@@ -24,10 +24,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="override run.max_steps (0: no limit)")
     parser.add_argument("--threads", type=int, default=None, help="override run.threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="where the model and batches live: cpu, cuda or cuda:N")
 
 
 def cli_main(args) -> int:
     from .config import ConfigError, load_config
+    from ..devices import resolve_device
+
+    resolve_device(args.device)   # DeviceError (a ValueError): one line, exit 2, before any work
 
     try:
         config = load_config(args.config)
@@ -50,7 +55,7 @@ def run_training(config, args, command: str) -> int:
         config.run.progress = False
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
-        result = Trainer(config, run_dir, resume=args.resume).fit()
+        result = Trainer(config, run_dir, resume=args.resume, device=getattr(args, "device", None)).fit()
     except (TrainingError, ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"wavecalc {command}: error: {exc}", file=sys.stderr)
         return 1

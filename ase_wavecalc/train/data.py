@@ -72,6 +72,17 @@ class Batch:
     basis: str = ""
     charge: int = 0
 
+    def to(self, device) -> "Batch":
+        """This batch with every tensor on ``device`` (itself when they are there already)."""
+        import dataclasses
+
+        device = torch.device(device)
+        if self.positions_bohr.device == device:
+            return self
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
     @property
     def n_structures(self) -> int:
         return int(self.fock.shape[0])

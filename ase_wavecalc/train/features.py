@@ -24,7 +24,7 @@ def readout_features(model: torch.nn.Module, table, rows, batch_size: int = 16) 
     | energy | (F,) | Hartree, the model's energy without its transfer head |
     | e0 | (F,) | Hartree, the sum of the per-element offsets |
     """
-    m = copy.deepcopy(model).to(torch.float64).eval()
+    m = copy.deepcopy(model).to(torch.float64).cpu().eval()   # features on the CPU, wherever the model trains
     elements = [int(z) for z in m.config["elements"]]
     element = torch.as_tensor([elements.index(int(z)) for z in table.numbers.tolist()])
     n_at = len(element)

@@ -215,6 +215,7 @@ def standardize_readout(trainer, max_frames: int = 200) -> None:
             take = np.asarray(rows)[: max(1, max_frames // len(trainer.tables))]
             for i in range(0, len(take), 16):
                 batch = trainer.tables[t].batch(take[i:i + 16], dtype=trainer.dtype, table=t)
+                batch = batch.to(getattr(trainer, "device", "cpu"))
                 out = trainer.model(batch.numbers, batch.positions_bohr, batch.batch, energy_only=True)
                 xs.append(out["readout_inputs"])
             done += len(take)
@@ -235,13 +236,15 @@ def shift_energy_offsets(trainer) -> None:
                 n[elements.index(int(z))] += 1
             for i in range(0, len(rows), 32):
                 batch = table.batch(rows[i:i + 32], dtype=trainer.dtype, table=t)
-                e = trainer.energy_path.batch_energy(trainer.model, batch)
+                e = trainer.energy_path.batch_energy(trainer.model,
+                                                     batch.to(getattr(trainer, "device", "cpu"))).cpu()
                 residuals.append(batch.e_tot - e.double())
                 counts.append(n.expand(len(e), -1))
     r = torch.cat(residuals)
     shift = torch.as_tensor(offset_correction(torch.cat(counts).numpy(), r.numpy()), dtype=torch.float64)
     with torch.no_grad():
-        trainer.model.element_energy_offsets.add_(shift.to(trainer.model.element_energy_offsets.dtype))
+        e0 = trainer.model.element_energy_offsets
+        e0.add_(shift.to(dtype=e0.dtype, device=e0.device))
     spread = float((r - torch.cat(counts) @ shift).abs().mean()) * HARTREE * 1e3
     trainer.log("per-element energy offsets shifted to the datasets' level: "
                 + ", ".join(f"Z={z}: {float(v):+.6f} Ha" for z, v in zip(elements, shift))

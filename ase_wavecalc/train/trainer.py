@@ -79,7 +79,11 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir, resume: bool = False,
-                 build_model: Callable | None = None, log: Callable[[str], None] | None = None):
+                 build_model: Callable | None = None, log: Callable[[str], None] | None = None, device=None):
+        from ..devices import resolve_device
+
+        #: where the model and the batches live ("cpu" default; devices.resolve_device: DeviceError without CUDA)
+        self.device = resolve_device(device)
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -138,7 +142,7 @@ class Trainer:
         self.model_config = (checkpoint["model_config"] if checkpoint is not None
                              else model_config_for(self.config, self.tables))
         torch.manual_seed(run.seed)
-        self.model = self.build_model(dict(self.model_config)).to(self.dtype)
+        self.model = self.build_model(dict(self.model_config)).to(self.dtype).to(self.device)
         # the resolved config (every key, defaults filled in) is what rebuilds this architecture
         self.model_config = as_plain(dict(getattr(self.model, "config", self.model_config)))
         # how the model computes its energy, and what run.trainable trains on it (energy_paths/)
@@ -176,7 +180,7 @@ class Trainer:
             self.phase.prepare(self, checkpoint is None)
         self.ema = None
         if self.config.optimizer.ema_decay > 0:
-            shadow = self.build_model(dict(self.model_config)).to(self.dtype)
+            shadow = self.build_model(dict(self.model_config)).to(self.dtype).to(self.device)
             self.ema = ExponentialMovingAverage(self.model, shadow, self.config.optimizer.ema_decay)
         opt = self.config.optimizer
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, opt.lr, opt.lr_by_prefix), lr=opt.lr,
@@ -227,6 +231,7 @@ class Trainer:
     # -- steps -----------------------------------------------------------------------------------------
     def _forward_loss(self, model, batch, loss_fn=None):
         loss_fn = loss_fn or self.loss_fn
+        batch = batch.to(self.device)
         if loss_fn.needs_positions_grad:
             batch.positions_bohr.requires_grad_(True)
         # phases whose steps do not need F (a readout without F terms, the correction on a frozen
@@ -288,7 +293,9 @@ class Trainer:
                 if self.phase.energy_only:
                     continue
                 with torch.no_grad():
-                    pred = predicted_fock(out).detach()
+                    pred = predicted_fock(out)
+                    pred = ([p.detach().cpu() for p in pred] if isinstance(pred, (list, tuple))
+                            else pred.detach().cpu())
                     idx = torch.as_tensor(rows)
                     f_err.append(fock_errors(pred, table.fock[idx], table.ao_atom)["fock_mae"])
                     eps_err.append(orbital_errors(pred, table.fock[idx], table.overlap[idx],

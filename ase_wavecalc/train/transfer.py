@@ -94,7 +94,8 @@ def fit_transfer_head(model: torch.nn.Module, tables: Sequence, train_rows: Sequ
     with torch.no_grad():
         model.transfer_weight.copy_(torch.as_tensor(w.reshape(model.transfer_weight.shape),
                                                     dtype=model.transfer_weight.dtype))
-        model.element_energy_offsets.add_(torch.as_tensor(shift, dtype=model.element_energy_offsets.dtype))
+        model.element_energy_offsets.add_(torch.as_tensor(shift, dtype=model.element_energy_offsets.dtype,
+                                                           device=model.element_energy_offsets.device))
     summary = {"alpha": best, "val_mae_mev_by_alpha": {f"{a:g}": round(v, 3) for a, v in scores.items()},
                "train_mae_mev": mae(x_tr, r_tr, c_tr, w, shift), "val_mae_mev": scores[best],
                "val_mae_mev_before": float(np.abs(r_va - c_va @ offset_correction(c_tr, r_tr)).mean()) * HARTREE * 1e3}
