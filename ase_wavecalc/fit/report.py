@@ -85,9 +85,8 @@ def test_errors(model_dir, test_db, groups=None) -> dict:
         raise RuntimeError(f"the model refused every test frame of {test_db}")
 
     def metrics(sel):
-        m = _error_metrics([r[1] for r in sel], [r[2] for r in sel], [r[3] for r in sel], [r[4] for r in sel],
-                           [r[5] for r in sel if r[5] is not None], [r[6] for r in sel if r[6] is not None])
-        return m
+        return _error_metrics([r[1] for r in sel], [r[2] for r in sel], [r[3] for r in sel], [r[4] for r in sel],
+                              [r[5] for r in sel if r[5] is not None], [r[6] for r in sel if r[6] is not None])
 
     out = metrics(frames)
     total = {"energy": sum(v["energy"] for v in refused.values()),
