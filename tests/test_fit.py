@@ -134,6 +134,8 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
     assert state["elapsed_s"] < 600                   # the fit's clock over all invocations (the epoch limits of
                                                       # the test recipe end the phases long before their deadlines)
     assert all(state["phases"][p] == "done" for p in ("sample", "label", "fock", "readout", "active", "final"))
+    # the report's phase times cover every invocation: together they are the fit's clock
+    assert abs(sum(state["phase_seconds"].values()) - state["elapsed_s"]) < 5.0
 
     card = json.loads((out / "model.json").read_text())
     assert card["test_metrics"]["via"] == "WaveCalculator" and card["test_metrics"]["n_frames"] > 0

@@ -455,6 +455,19 @@ def _run_phases(st, fit, log) -> None:
         log(f"== phase {phase} (fit clock {t0 / 60:.1f} of {fit.deadlines['final'] / 60:.0f} min; this "
             f"phase until {fit.deadlines[phase] / 60:.1f} min)")
         getattr(fit, f"phase_{phase}")()
-        st.data.setdefault("phase_seconds", {})[phase] = round(
-            st.data.get("phase_seconds", {}).get(phase, 0.0) + st.elapsed() - t0, 1)
+        end = round(st.elapsed(), 1)
+        st.data.setdefault("phase_seconds", {})[phase] = round(end - _phase_start(st, phase), 1)
+        st.data.setdefault("phase_done_at_s", {})[phase] = end
         st.save()
+
+
+def _phase_start(st, phase: str) -> float:
+    """Fit-clock seconds at which `phase` began, over every invocation that worked on it: the clock at which
+    the phase before it ended (fits started before `phase_done_at_s` existed: the sum of the earlier phases)."""
+    i = PHASES.index(phase)
+    if i == 0:
+        return 0.0
+    done_at = st.data.get("phase_done_at_s", {})
+    if PHASES[i - 1] in done_at:
+        return float(done_at[PHASES[i - 1]])
+    return float(sum(st.data.get("phase_seconds", {}).get(p, 0.0) for p in PHASES[:i]))
