@@ -56,10 +56,27 @@ def mean_temperature(traj) -> float | None:
     return round(float(np.mean([a.get_temperature() for a in frames])), 1) if frames else None
 
 
+def fit_start(model: str):
+    """(Atoms, card name) of the minimum a `wavecalc fit` model's sampling began from (its card's fit.start);
+    (None, None) for other models."""
+    import json
+
+    from ase import Atoms
+
+    card = Path(model) / "model.json"
+    start = json.loads(card.read_text()).get("fit", {}).get("start") if card.is_file() else None
+    if not start:
+        return None, None
+    return (Atoms(numbers=start["numbers"], positions=start["positions_angstrom"]),
+            json.loads(card.read_text())["name"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--molecule", choices=sorted(MOLECULES), default="ethanol")
+    parser.add_argument("--molecule", choices=sorted(MOLECULES), default=None,
+                        help="start from ase.build's geometry of this molecule (default: ethanol, or for a model "
+                             "made by `wavecalc fit` the minimum its sampling began from)")
     parser.add_argument("--model", default=None, help="model name or directory (default: the shipped one)")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 400.0], help="K")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -81,10 +98,14 @@ def main(argv=None) -> int:
     from ase_wavecalc.md import run_md
 
     warnings.filterwarnings("ignore", message=".*semi-quantitative.*", category=UserWarning)
-    model = resolve_model(args.model or DEFAULT_MODELS[args.molecule])
+    model = resolve_model(args.model or DEFAULT_MODELS[args.molecule or "ethanol"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atoms = molecule(MOLECULES[args.molecule])
+    atoms, name = fit_start(model) if args.molecule is None else (None, args.molecule)
+    if atoms is None:
+        name = args.molecule or "ethanol"
+        atoms = molecule(MOLECULES[name])
+    args.molecule = name
     info = machine_info()
     print(machine_line(info))
     print(f"{args.molecule}: model {model}; Langevin, 0.5 fs, friction 0.01/fs, up to {args.steps} steps per run")

@@ -309,6 +309,8 @@ def final_report(fit) -> dict:
     card["fit"] = {"command": fit.req.get("command"), "molecule": fit.req.get("molecule"),
                    "recipe": st.get("recipe_text"), "budget_s": fit.req["budget_s"],
                    "elapsed_s": round(st.elapsed(), 1), "phase_seconds": phase_s, "labelled_frames": frames,
+                   "start": {"numbers": [int(z) for z in cand["numbers"]],      # the xTB minimum sampling began
+                             "positions_angstrom": np.round(cand["start"], 8).tolist()},   # from (MD's start)
                    "active_rounds": st.get("active_rounds", []), "stability": stab, "timing": tm,
                    "records": st.get("records", {})}
     card_path.write_text(json.dumps(card, indent=2) + "\n")
