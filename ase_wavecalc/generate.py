@@ -53,10 +53,11 @@ def _init_worker(threads: int) -> None:
     lib.num_threads(threads)
 
 
-def _reference_task(frame: int, numbers, positions_bohr, options: dict):
-    """Run one reference; returns (frame, "ok", result) or (frame, "not_converged", message, cycles)."""
+def _reference_task(frame: int, numbers, positions_bohr, options: dict, dm0=None):
+    """Run one reference (from the density matrix ``dm0``, (nao, nao), when given, else PySCF's guess);
+    returns (frame, "ok", result) or (frame, "not_converged", message, cycles)."""
     try:
-        result = run_reference(numbers, bohr_to_angstrom(np.asarray(positions_bohr)), **options)
+        result = run_reference(numbers, bohr_to_angstrom(np.asarray(positions_bohr)), dm0=dm0, **options)
     except ReferenceNotConverged as exc:
         return frame, "not_converged", str(exc), exc.cycles
     return frame, "ok", result

@@ -105,20 +105,17 @@ class _Guess:
 
 
 def _label_one(frame, numbers, positions_bohr, options, guess: _Guess | None):
-    """(frame, "ok", result) or (frame, "not_converged", message, cycles), as ``generate._reference_task``."""
-    from ..reference import ReferenceNotConverged, run_reference
-    from ..units import bohr_to_angstrom
+    """``generate._reference_task`` from the model's guess density when there is one, and once more from
+    PySCF's guess if that SCF does not converge."""
+    from ..generate import _reference_task
 
     dm0 = None
     if guess is not None:
         dm0 = guess.density(numbers, positions_bohr, options["basis"], int(options["charge"]))
-    try:
-        result = run_reference(numbers, bohr_to_angstrom(np.asarray(positions_bohr)), dm0=dm0, **options)
-    except ReferenceNotConverged as exc:
-        if dm0 is None:
-            return frame, "not_converged", str(exc), exc.cycles
-        return _label_one(frame, numbers, positions_bohr, options, None)     # once more from PySCF's guess
-    return frame, "ok", result
+    outcome = _reference_task(frame, numbers, positions_bohr, options, dm0=dm0)
+    if outcome[1] == "not_converged" and dm0 is not None:
+        outcome = _reference_task(frame, numbers, positions_bohr, options)
+    return outcome
 
 
 def _label_shard(workdir: Path, shard: int, shards: int, deadline: float) -> int:

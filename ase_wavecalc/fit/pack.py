@@ -103,8 +103,7 @@ def _pack(workdir: Path, dest: Path) -> Path:
 
 def _unpack_dataset(src: Path, db_path: Path) -> int:
     from ..dataset import connect, dataset_charge, write_candidates, write_frame
-    from ..integrals import make_mol
-    from ..npz_import import _symmetric_from_triu
+    from ..npz_import import OneElectronIntegrals, _symmetric_from_triu
 
     with np.load(src / "dataset.npz", allow_pickle=False) as d:
         if "imported" in d.files:
@@ -114,8 +113,8 @@ def _unpack_dataset(src: Path, db_path: Path) -> int:
         meta, failed = json.loads(str(d["metadata"])), [int(f) for f in d["failed"]]
     db = connect(db_path, create=True)
     write_candidates(db, numbers, candidates, info=meta)
+    integrals = OneElectronIntegrals(numbers, meta["basis"], dataset_charge(meta))
     n = 0
-    mol = None
     for part in sorted((src / "parts").glob("part-*.npz")) if (src / "parts").is_dir() else []:
         with np.load(part, allow_pickle=False) as p:
             frames, fock = p["frame"], _symmetric_from_triu(p["fock_triu"])
@@ -123,11 +122,8 @@ def _unpack_dataset(src: Path, db_path: Path) -> int:
         with db:
             for k, f in enumerate(frames):
                 x = candidates[int(f)]
-                mol = make_mol(numbers, x, meta["basis"], charge=dataset_charge(meta)) if mol is None \
-                    else mol.set_geom_(x, unit="Bohr", inplace=False)
                 write_frame(db, int(f), numbers, x, {
-                    "fock": fock[k], "overlap": mol.intor("int1e_ovlp"),
-                    "hcore": mol.intor("int1e_kin") + mol.intor("int1e_nuc"), "e_tot": e_tot[k],
+                    "fock": fock[k], **integrals(x), "e_tot": e_tot[k],
                     "gradient": grad[k], "mo_energy": eps[k], "dipole": dip[k]}, converged=True)
                 n += 1
     with db:
