@@ -137,6 +137,41 @@ def test_training_reduces_validation_error(water_db, tmp_path):
     assert float(first["val_fock_mae_uha"]) < 0.5 * rows["val_fock_mae_uha"][0]
 
 
+def test_frames_labelled_during_a_run_join_its_training_split(water_db, tmp_path):
+    """run.grow_train_every_min: a run beside a labeller (as in `wavecalc fit`) trains on the frames written
+    to its dataset file after the split was made; validation and test keep their frames, and a resumed run
+    trains on the grown split."""
+    import shutil
+
+    from ase_wavecalc import dataset
+    from ase_wavecalc.units import BOHR
+
+    db_path = tmp_path / "growing.db"
+    shutil.copyfile(water_db, db_path)
+    db = dataset.connect(db_path)
+    later = [row for row in db.select(include_data=True) if row.frame >= 100 + 2 * 16]   # the last 8 frames
+    db.delete([row.id for row in later])
+    table = {"run": {"max_epochs": 1, "grow_train_every_min": 1e-9}}
+    cfg = make_config(db_path, **table["run"])
+    cfg.data.datasets[0].train = 8                                   # 8 train, 4 val, 4 test of 16 frames
+    run = tmp_path / "run"
+    r1 = Trainer(cfg, run, build_model=build_stand_in, log=quiet).fit()
+    assert r1.steps == 2                                             # 8 frames, batches of 4
+    before = json.loads((run / "split.json").read_text())["datasets"][0]
+    with db:                                                         # the labeller stores 8 more frames
+        for row in later:
+            dataset.write_frame(db, row.frame, row.numbers, row.positions / BOHR, dict(row.data))
+    cfg = make_config(db_path, max_epochs=3, grow_train_every_min=1e-9)
+    cfg.data.datasets[0].train = 8
+    lines = []
+    r2 = Trainer(cfg, run, resume=True, build_model=build_stand_in, log=lines.append).fit()
+    after = json.loads((run / "split.json").read_text())["datasets"][0]
+    assert after["val"] == before["val"] and after["test"] == before["test"]
+    assert sorted(set(after["train"]) - set(before["train"])) == [row.frame for row in later]
+    assert r2.steps == 2 + 2 + 4        # epoch 2 on the old split; it grew at its end; epoch 3 on 16 frames
+    assert any("8 frames labelled since the split" in line for line in lines)
+
+
 def _flat_state(ckpt):
     out = {}
 

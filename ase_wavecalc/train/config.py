@@ -48,6 +48,7 @@ max_epochs = 1000
 max_steps = 0                          # 0: no limit
 max_time_min = 0                       # wall-time budget of one invocation in minutes; 0: no limit
 checkpoint_every_min = 10.0
+grow_train_every_min = 0               # > 0: frames added to the dataset files join the training split
 seed = 0                               # weight initialization and data order
 threads = 0                            # torch intra-op threads; 0 leaves torch's default
 progress = true                        # tqdm bar
@@ -219,6 +220,10 @@ class RunConfig:
     # regression of the energy residuals on the element-pooled standardized invariants); the ridge strength,
     # 0: chosen from a grid by the validation energy error
     transfer_alpha: float = 0.0
+    # > 0: at the end of an epoch, once this many minutes have passed since the last look, the frames the
+    # dataset files gained since the split was made join the training split (validation and test keep
+    # theirs): a run that trains beside a labeller (`wavecalc fit`) learns from every frame labelled so far
+    grow_train_every_min: float = 0.0
     trainable: str = "all"        # a training phase of the model's energy path (energy_paths/): "all";
                                   # Hamiltonian path: "delta_hcore_head" (Delta h, e0, correction),
                                   # "atom_correction" (e0, the correction and its trunk); readout path:

@@ -176,6 +176,39 @@ def load_data(trainer) -> None:
         raise TrainingError("the validation split is empty: set val > 0 for at least one dataset")
 
 
+def grow_train(trainer) -> int:
+    """Frames the dataset files gained since the split was made (converged ones) join the training split;
+    validation and test keep their frames. The grown tables replace ``trainer.tables`` and split.json is
+    rewritten, so a resumed run trains on the same frames. Returns how many frames joined."""
+    from ..dataset import connect, frame_ids
+
+    split_path = trainer.run_dir / "split.json"
+    info = json.loads(split_path.read_text())
+    added = 0
+    for i, spec in enumerate(trainer.config.data.datasets):
+        entry = info["datasets"][i]
+        if entry.get("test_frames_from"):     # a split held out by another file's frames stays as it is
+            continue
+        path = trainer.config.resolve_path(spec.path)
+        known = set(entry["train"]) | set(entry["val"]) | set(entry["test"])
+        new = sorted(set(frame_ids(connect(path), converged=True)) - known)
+        if not new:
+            continue
+        table = load_table(path, keys=trainer.loss_fn.dataset_keys, labels=spec.labels)
+        new = [f for f in new if f in set(int(x) for x in table.frame)]
+        entry["train"] = sorted(entry["train"] + new)
+        entry.update(sha256=table.sha256, n_frames=table.n_frames)
+        entry["counts"]["train"] = len(entry["train"])
+        trainer.tables[i] = table
+        for k in trainer.rows:
+            trainer.rows[k][i] = table.rows_of_frames(entry[k])
+        added += len(new)
+    if added:
+        _atomic_write_text(split_path, json.dumps(info, indent=1))
+        trainer.n_train = sum(len(r) for r in trainer.rows["train"])
+    return added
+
+
 def load_initial_weights(trainer, path) -> bool:
     """``run.init_weights``: load the weights at ``path`` into ``trainer.model`` (an energy correction that
     does not fit starts from its initialization); returns whether they held the readout standardization."""

@@ -46,7 +46,8 @@ from .losses import WeightedLoss, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
 from .runlog import _dump_toml, _hms, append_csv, plot_learning_curve, truncate_csv
 from .runtime import _isolated_global_state, _one_thread, _run_dir_lock, _StopSignals
-from .setup import load_data, load_initial_weights, mean_atom_blocks, model_config_for, shift_energy_offsets
+from .setup import (grow_train, load_data, load_initial_weights, mean_atom_blocks, model_config_for,
+                    shift_energy_offsets)
 from .stages import parameter_groups
 from ..units import BOHR, HARTREE
 
@@ -332,7 +333,7 @@ class Trainer:
         from tqdm import tqdm
 
         run, p = self.config.run, self.progress
-        self._t_start = self._last_ckpt = time.monotonic()
+        self._t_start = self._last_ckpt = self._last_growth = time.monotonic()
         self._val_s, self._ckpt_s, self._bad_steps, self._last_plot = 0.0, 1.0, 0, -math.inf
         self._time_at_start = p["train_time_s"]
         truncate_csv(self.run_dir / "metrics.csv", p["epoch"])
@@ -365,6 +366,7 @@ class Trainer:
                     if (stopped := stop_reason(before_step=False)) is not None:
                         break
                     last_val = self._end_epoch(bar)
+                    self._grow_train()
                     continue
                 if p["epoch"] >= run.max_epochs:
                     stopped = "max_epochs"
@@ -416,6 +418,19 @@ class Trainer:
                            train_time_s=p["train_time_s"], best_val_loss=p["best_val_loss"],
                            best_epoch=p["best_epoch"], structures_per_s=rate, last_validation=last_val,
                            signum=signals.signum)
+
+    def _grow_train(self) -> None:
+        """``run.grow_train_every_min``: frames labelled since the split was made join the training split."""
+        every = self.config.run.grow_train_every_min
+        if every <= 0 or time.monotonic() - self._last_growth < 60.0 * every:
+            return
+        self._last_growth = time.monotonic()
+        n = grow_train(self)
+        if n:
+            self.log(f"{n} frames labelled since the split joined the training split: {self.n_train} train "
+                     f"structures")
+            self._account_time()
+            self.save()
 
     def _account_time(self) -> None:
         """progress["train_time_s"]: earlier invocations plus the wall time of this one so far."""
