@@ -91,10 +91,58 @@ def _labelled(workdir: Path) -> dict:
     return out
 
 
-def _fit_cmd(workdir, out, budget):
+def _fit_cmd(workdir, out, budget, data=None):
     return [sys.executable, "-m", "ase_wavecalc.cli", "fit", "H2O", "--method", "hf", "--basis", "sto-3g",
             "--budget", budget, "--recipe", str(TINY), "--out", str(out), "--workdir", str(workdir),
-            "--name", "water-sto3g"]
+            "--name", "water-sto3g"] + (["--data", str(data)] if data else [])
+
+
+def _user_frames(folder: Path, n: int = 6) -> Path:
+    """``n`` water frames labelled with RHF/STO-3G as a user would bring them: npz parts in ``folder``."""
+    from ase.build import molecule
+
+    from ase_wavecalc import dataset
+    from ase_wavecalc.npz_export import export_npz
+    from ase_wavecalc.reference import reference_settings, run_reference
+    from ase_wavecalc.units import angstrom_to_bohr
+
+    rng = np.random.default_rng(1)
+    db = dataset.connect(folder.with_suffix(".db"), create=True)
+    dataset.update_metadata(db, reference_settings("hf", "sto-3g", conv_tol=1e-10))
+    atoms = molecule("H2O")
+    for k in range(n):
+        x = atoms.positions + rng.normal(scale=0.05, size=atoms.positions.shape)
+        ref = run_reference(atoms.numbers, x, method="hf", basis="sto-3g", conv_tol=1e-10)
+        dataset.write_frame(db, k, atoms.numbers, angstrom_to_bohr(x), ref)
+    export_npz(folder.with_suffix(".db"), folder, progress=False, compact=True)
+    return folder
+
+
+def test_user_data_is_checked_before_any_work(tmp_path, capsys):
+    """--data: frames of another molecule, level of theory or charge are refused in one line, before any
+    sampling; a folder of npz parts or a dataset file of this molecule is accepted and imported whole."""
+    from ase_wavecalc.fit.user_data import check_user_data, import_user_data
+
+    root = Path(__file__).resolve().parents[1] / "data"
+    cases = [(["H2O", "--data", str(root / "ethanol_pbe_def2svp")], "C2H6O frames; the molecule is H2O"),
+             (["H2O", "--method", "hf", "--data", str(root / "water_pbe_def2svp")], "method"),
+             (["H2O", "--charge", "2", "--basis", "sto-3g", "--method", "hf", "--data", str(tmp_path / "mine")],
+              "charge"),
+             (["H2O", "--data", str(tmp_path / "nothing.db")], "does not exist"),
+             (["H2O", "--data", str(tmp_path)], "without npz parts")]
+    folder = _user_frames(tmp_path / "mine")
+    for argv, message in cases:
+        out = tmp_path / "model"
+        assert wavecalc(["fit", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+        assert not out.exists() and not out.with_name("model.work").exists()
+    from ase.build import molecule
+    numbers = molecule("H2O").numbers
+    for source in (folder, folder.with_suffix(".db")):
+        assert check_user_data(source, numbers, "hf", "sto-3g", 0) == 6
+        target = tmp_path / f"user_{source.suffix or 'npz'}.db"
+        assert import_user_data(source, target) == 6
 
 
 def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
@@ -103,11 +151,12 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
     lost or labelled twice, the budget is honoured over all invocations, and the model works through
     WaveCalculator against PySCF computed here."""
     workdir, out = tmp_path / "work", tmp_path / "water-fit"
+    data = _user_frames(tmp_path / "user-frames")          # --data: frames the user labelled before
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng = np.random.default_rng(int(time.time()))     # random moments; what must hold holds for every moment
     history = []
     for kill_after in (rng.uniform(0, 15), rng.uniform(3, 30)):
-        p = subprocess.Popen(_fit_cmd(workdir, out, "10m"), env=env, stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(_fit_cmd(workdir, out, "10m", data), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         t0 = time.monotonic()                     # (the random moment counts from the fit's start, not from
         while not (workdir / "fit.json").exists() and time.monotonic() - t0 < 120:   # python's)
@@ -119,10 +168,10 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
         history.append(_labelled(workdir))
     # the killed fit packed (as a session's end commits it), unpacked elsewhere, and finished from there
     packed = tmp_path / "packed"
-    assert subprocess.run(_fit_cmd(workdir, out, "10m") + ["--pack", str(packed)], env=env).returncode == 0
+    assert subprocess.run(_fit_cmd(workdir, out, "10m", data) + ["--pack", str(packed)], env=env).returncode == 0
     assert not list(packed.rglob("checkpoint.pt")) and not list(packed.rglob("*.db"))   # weights and npz only
     workdir = tmp_path / "work2"
-    done = subprocess.run(_fit_cmd(workdir, out, "10m") + ["--unpack", str(packed)], env=env,
+    done = subprocess.run(_fit_cmd(workdir, out, "10m", data) + ["--unpack", str(packed)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     final = _labelled(workdir)
@@ -145,6 +194,9 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
     assert sum(g["n_frames"] for g in groups.values()) == card["test_metrics"]["n_frames"]
     assert "MD at 500 K" in (out / "report.md").read_text()
     assert "recipe" in card["fit"] and card["fit"]["command"].startswith("wavecalc fit H2O")
+    assert card["fit"]["labelled_frames"]["user.db"] == 6              # the user's frames, trained on
+    readout = json.loads((workdir / "runs" / "readout" / "split.json").read_text())
+    assert any(Path(d["path"]).name == "user.db" and d["train"] for d in readout["datasets"])
     assert (out / "report.md").is_file()
     for part in ("pool", "test"):
         assert list((workdir / "data" / part).glob("part-*.npz"))
@@ -167,6 +219,7 @@ def test_fit_honours_a_short_budget(tmp_path):
     """With a budget shorter than the recipe's epochs need, the phases end at their deadlines: the fit's clock
     stays near the budget and a usable model comes out."""
     workdir, out = tmp_path / "work", tmp_path / "water-fit"
+    data = _user_frames(tmp_path / "user-frames")          # --data: frames the user labelled before
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(TINY.read_text().replace("max_epochs = 40", "max_epochs = 100000")

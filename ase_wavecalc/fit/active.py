@@ -17,7 +17,6 @@ def explore(model_dir, start_atoms, temperatures, steps: int, friction: float, s
             max_frames: int, spread_quantile: float, seed: int = 0, deadline=None, log=print) -> dict:
     """Run one Langevin MD per temperature on the model in ``model_dir``; returns {"frames": [Atoms],
     "runs": [{temperature_K, steps, stopped, reason}]}. ``deadline``: a callable -> True when time is up."""
-    from ase import units
     from ase.calculators.calculator import CalculationFailed, InputError
 
     from ..calculator import WaveCalculator

@@ -46,8 +46,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-out", default=None, help="folder for the npz parts of the labelled data "
                                                         "(default: WORKDIR/data)")
     parser.add_argument("--recipe", default=None, help="a TOML recipe merged over the shipped default")
-    parser.add_argument("--data", default=None, metavar="FRAMES.db",
-                        help="frames already labelled at the same level of theory (a wavecalc dataset), trained on")
+    parser.add_argument("--data", default=None, metavar="FRAMES",
+                        help="frames of this molecule already labelled at the same level of theory, trained on "
+                             "beside the fit's own: a dataset file (.db) or a folder of npz parts (part-*.npz)")
     parser.add_argument("--dask-scheduler", default=None, metavar="tcp://HOST:PORT",
                         help="label on a Dask cluster instead of local processes")
     parser.add_argument("--seed", type=int, default=0, help="sampling and training seed")
@@ -83,8 +84,10 @@ def cli_main(args) -> int:
         check_molecule(atoms, args.basis, args.charge, args.method)
         if args.workers < 1:
             raise FitInputError(f"--workers must be >= 1, got {args.workers}")
-        if args.data is not None and not Path(args.data).is_file():
-            raise FitInputError(f"--data {args.data!r} does not exist")
+        if args.data is not None:
+            from .user_data import check_user_data
+
+            check_user_data(args.data, atoms.numbers, args.method, args.basis, args.charge)
         # the smallest budget: the recipe's floor, or the time to label 30 frames in the labelling phase
         t_label = label_seconds_estimate(atoms, args.basis, args.method, args.charge)
         ends = recipe["budget"]["phase_end"]

@@ -15,8 +15,6 @@ resumes from its checkpoint, labelling from the frames in the dataset files).
 """
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -182,7 +180,7 @@ class Fit:
         create_dataset(self.work / POOL, c["numbers"], c["train"], settings, "fit candidates (farthest-point order)",
                        charge)
         if self.user_data:
-            self._import_user_data(settings)
+            self._import_user_data()
         # the labelling phase labels training frames only; the test frames come first after it (beside the
         # first training run), since nothing needs them before the final phase
         self.st.set("label_queue", [[POOL, list(range(len(c["train"])))]])
@@ -191,14 +189,13 @@ class Fit:
                           n_candidates=int(len(c["train"])), n_test=int(len(c["test"])),
                           label_seconds_estimate=round(t_label, 2), expected_frames=expected)
 
-    def _import_user_data(self, settings: dict) -> None:
-        from ..dataset import check_metadata, connect, metadata
+    def _import_user_data(self) -> None:
+        from .user_data import check_user_data, import_user_data
 
-        meta = metadata(self.user_data)
-        check_metadata(meta, {k: v for k, v in settings.items() if k in ("method", "xc", "basis")},
-                       repr(self.user_data))
-        shutil.copyfile(self.user_data, self.work / USER)
-        self.log(f"[sample] {len(connect(self.work / USER).select())} user frames from {self.user_data}")
+        check_user_data(self.user_data, self.req["numbers"], self.req["method"], self.req["basis"],
+                        int(self.req["charge"]))
+        n = import_user_data(self.user_data, self.work / USER)
+        self.log(f"[sample] {n} user frames from {self.user_data}")
 
     def train_sets(self) -> list[str]:
         names = [POOL] + ([USER] if (self.work / USER).exists() else [])
