@@ -66,10 +66,11 @@ def test_farthest_point_order_spreads_the_first_frames():
     (["C1CC(", "--budget", "2h"], "RDKit"),                       # unparseable SMILES, or RDKit not installed
     (["H2O", "--method", "nosuchfunctional"], "nosuchfunctional"),
     (["H2O", "--budget", "soon"], "budget"),
+    ([], "required: MOLECULE"),
 ])
 def test_bad_input_is_refused_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "model"
-    if argv[0] == "Au2":
+    if argv and argv[0] == "Au2":
         from ase import Atoms
         Atoms("Au2", positions=[[0, 0, 0], [0, 0, 2.5]]).write(tmp_path / "au2.xyz")
         argv = [str(tmp_path / "au2.xyz")] + argv[1:]
@@ -78,6 +79,11 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys, argv, message):
     assert code == 2
     assert message in err and err.count("\n") == 1               # one line, naming the problem
     assert not out.exists() and not out.with_name("model.work").exists()
+
+
+def test_print_recipe_needs_no_molecule(capsys):
+    assert wavecalc(["fit", "--print-recipe"]) == 0
+    assert "[fock]" in capsys.readouterr().out
 
 
 def _labelled(workdir: Path) -> dict:

@@ -27,10 +27,10 @@ def parse_budget(text: str) -> float:
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("molecule", metavar="MOLECULE",
+    parser.add_argument("molecule", metavar="MOLECULE", nargs="?",
                         help="an ASE molecule name (H2O, CH3CH2OH, ...), a SMILES string (needs RDKit) or a "
                              "structure file ASE reads (xyz, sdf, ...; path@INDEX picks a frame)")
-    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory of the model to write")
+    parser.add_argument("--out", metavar="MODEL_DIR", help="directory of the model to write (required)")
     parser.add_argument("--budget", default="2h", help="wall time for the whole fit (e.g. 2h, 90m, 3h30m)")
     parser.add_argument("--method", default="pbe", help="PySCF RKS functional, or hf")
     parser.add_argument("--basis", default="def2-svp", help="PySCF basis set")
@@ -73,6 +73,9 @@ def cli_main(args) -> int:
     if args.print_recipe:
         print(default_recipe_text())
         return 0
+    missing = [name for name, value in (("MOLECULE", args.molecule), ("--out", args.out)) if value is None]
+    if missing:
+        return _refuse(f"the following arguments are required: {', '.join(missing)}")
     try:
         if args.device is not None:
             from ..devices import resolve_device

@@ -221,6 +221,8 @@ class Fit:
         patience_steps = tables["scheduler"].pop("patience_steps", None)
         if patience_steps is not None:
             tables["scheduler"]["patience"] = max(2, int(round(float(patience_steps) / steps_per_epoch)))
+        if tables["scheduler"].get("kind") == "cosine":    # the lr reaches its floor as the run's time ends
+            tables["scheduler"]["horizon_min"] = max(0.98 * self.left(phase), 1.0) / 60.0
         text = phase_config(tables, specs,
                             seed=int(self.req["seed"]), run_extra=extra_run, optimizer_extra=optimizer_extra)
         self.background_labelling("active" if phase == "_al_train" else "readout")

@@ -35,11 +35,14 @@ lr_by_prefix = {}                      # {"readout_mlp." = 1e-3}: own lr for par
 warmup_steps = 0                       # linear warm-up of the learning rates (Adam's first steps move
                                        # every weight by ~lr, which can wreck a pretrained network)
 
-[scheduler]                            # ReduceLROnPlateau on the validation loss
-factor = 0.5
-patience = 10                          # epochs
-threshold = 1e-3                       # relative improvement that counts
+[scheduler]
+kind = "plateau"                       # "plateau": ReduceLROnPlateau on the validation loss; "cosine": the lr
+                                       # falls from its base to min_lr along half a cosine over horizon_min
+factor = 0.5                           # plateau: the factor of each reduction
+patience = 10                          # plateau: epochs
+threshold = 1e-3                       # plateau: relative improvement that counts
 min_lr = 1e-6
+horizon_min = 0                        # cosine: minutes of the run's training wall time (all invocations)
 
 [run]
 precision = "float32"                  # or "float64"
@@ -189,14 +192,21 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
+    kind: str = "plateau"
     factor: float = 0.5
     patience: int = 10
     threshold: float = 1e-3
     min_lr: float = 1e-6
+    horizon_min: float = 0.0
 
     def __post_init__(self):
+        if self.kind not in ("plateau", "cosine"):
+            raise ConfigError(f"scheduler.kind must be 'plateau' or 'cosine', got {self.kind!r}")
         if not 0.0 < self.factor < 1.0:
             raise ConfigError(f"scheduler.factor must be in (0, 1), got {self.factor}")
+        if self.kind == "cosine" and not self.horizon_min > 0:
+            raise ConfigError("scheduler.kind = 'cosine' needs scheduler.horizon_min > 0 (minutes of training "
+                              f"over which the lr falls to min_lr), got {self.horizon_min}")
 
 
 @dataclass

@@ -261,17 +261,28 @@ class Trainer:
         clip = self.config.optimizer.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        warmup = self.config.optimizer.warmup_steps
-        if warmup and self.progress["step"] <= warmup:
-            # linear warm-up over the first steps of the run (the plateau scheduler, which acts only
-            # after `patience` epochs, takes over from the base lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["base_lr"] * min(1.0, (self.progress["step"] + 1) / warmup)
+        self._set_scheduled_lr()
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self._bad_steps = 0
         return float(loss.detach())
+
+    def _set_scheduled_lr(self) -> None:
+        """The learning rates of this step: a linear warm-up over the run's first ``warmup_steps`` (the plateau
+        scheduler, which acts only after ``patience`` epochs, takes over from the base lr); with the cosine
+        schedule, base lr x (1 + cos(pi t / horizon)) / 2 after it, t the run's training wall time over all
+        invocations, never below min_lr."""
+        warmup, sch = self.config.optimizer.warmup_steps, self.config.scheduler
+        factor = min(1.0, (self.progress["step"] + 1) / warmup) if warmup else 1.0
+        if sch.kind == "cosine":
+            t = self._time_at_start + (time.monotonic() - self._t_start)
+            frac = min(1.0, t / (60.0 * sch.horizon_min))
+            for group in self.optimizer.param_groups:
+                group["lr"] = max(sch.min_lr, group["base_lr"] * factor * 0.5 * (1.0 + math.cos(math.pi * frac)))
+        elif warmup and self.progress["step"] <= warmup:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
 
     def validate(self) -> dict:
         """Validation loss and errors of the EMA model (float64 metrics)."""
@@ -451,7 +462,8 @@ class Trainer:
         p = self.progress
         t0 = time.perf_counter()
         val = self.validate()
-        self.scheduler.step(val["val_loss"])
+        if self.config.scheduler.kind == "plateau":
+            self.scheduler.step(val["val_loss"])
         if val["val_loss"] < p["best_val_loss"]:
             p["best_val_loss"], p["best_epoch"] = val["val_loss"], p["epoch"]
             save_checkpoint(self.run_dir / "best.pt", {
