@@ -309,6 +309,12 @@ class _GateBase(ConstantsMixin, nn.Module):
         ns = layout.n_scalars
         self.n_gated = layout.n_irreps - ns
         self.register_constant("gate_index", comp[ns:] - ns)
+        # the gate of each gated component as a 0/1 matrix (D - ns, n_gated): spreading the gates by a product
+        # with it instead of indexing them by gate_index gives the same numbers, and torch.compile (inductor,
+        # torch 2.13, CPU) differentiates it correctly, where the indexed form's backward came out wrong
+        if self.n_gated:
+            spread = torch.nn.functional.one_hot(comp[ns:] - ns, self.n_gated)
+            self.register_constant("gate_spread", spread.double())
         n_out = channels * max(self.n_gated, 1)
         self.weight = nn.Parameter(torch.randn(channels, n_out) / math.sqrt(channels))
         self.bias = nn.Parameter(torch.zeros(channels * max(self.n_gated, 1)))
@@ -330,7 +336,7 @@ class NodeGate(_GateBase):
         if ns == 2:
             parts.append(torch.tanh(x[:, 1:2]))
         if self.n_gated:
-            parts.append(x[:, ns:] * self._gates(x[:, 0])[:, self.gate_index])
+            parts.append(x[:, ns:] * torch.einsum("ngc,dg->ndc", self._gates(x[:, 0]), self.gate_spread))
         return torch.cat(parts, 1)
 
 
@@ -346,6 +352,5 @@ class EdgeGate(_GateBase):
         if ns == 2:
             parts.append(torch.tanh(x[1:2]))
         if self.n_gated:
-            g = self._gates(x[0]).transpose(0, 1)                     # (n_gated, E, C)
-            parts.append(x[ns:] * g[self.gate_index])
+            parts.append(x[ns:] * torch.einsum("egc,dg->dec", self._gates(x[0]), self.gate_spread))
         return torch.cat(parts, 0)

@@ -149,6 +149,13 @@ class PairFeatures(nn.Module):
         return rotate_out(pt * env[None, :, None], Ds, self.layout)
 
 
+@torch.compiler.disable      # a check on values: in a compiled graph it would recompile for every geometry
+def _refuse_coinciding_atoms(d: torch.Tensor) -> None:
+    """ValueError if two atoms are closer than 1e-3 Bohr (``d``: the edge lengths, (E,))."""
+    if d.numel() and float(d.detach().min()) < 1e-3:
+        raise ValueError("two atoms (almost) coincide")
+
+
 class HamiltonianModel(nn.Module):
     """Equivariant Fock-matrix network; build it with :func:`build_model` (see module docstring)."""
 
@@ -219,6 +226,7 @@ class HamiltonianModel(nn.Module):
         """Set element ``z``'s diagonal-block biases to the invariant part of a mean atom block (Hartree)."""
         self.atom_readout[str(int(z))].set_mean_block(block)
 
+    @torch.compiler.disable      # host-side bookkeeping: torch.compile leaves it out of the graph
     def matrix_index(self, numbers: torch.Tensor, batch: torch.Tensor | None) -> MatrixIndex:
         """Edges and block placement for this composition (cached: training repeats compositions)."""
         nums = numbers.detach().cpu().numpy().astype(np.int64)
@@ -250,8 +258,7 @@ class HamiltonianModel(nn.Module):
         pos = positions.to(dtype)
         vec = (pos[ix.src] - pos[ix.dst])[:, [1, 2, 0]]          # r_j - r_i, fed to e3nn as (y, z, x)
         d = torch.linalg.norm(vec, dim=-1)
-        if d.numel() and float(d.detach().min()) < 1e-3:
-            raise ValueError("two atoms (almost) coincide")
+        _refuse_coinciding_atoms(d)
         Ds = self.wigner(edge_frame(vec / d[:, None]))
         env = self.envelope(d)
         onehot = torch.nn.functional.one_hot(ix.elem, len(self.elements)).to(dtype)

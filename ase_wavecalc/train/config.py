@@ -52,6 +52,7 @@ max_steps = 0                          # 0: no limit
 max_time_min = 0                       # wall-time budget of one invocation in minutes; 0: no limit
 checkpoint_every_min = 10.0
 grow_train_every_min = 0               # > 0: frames added to the dataset files join the training split
+compile = false                        # torch.compile the steps of F-only phases (checked against eager)
 seed = 0                               # weight initialization and data order
 threads = 0                            # torch intra-op threads; 0 leaves torch's default
 progress = true                        # tqdm bar
@@ -205,8 +206,8 @@ class SchedulerConfig:
         if not 0.0 < self.factor < 1.0:
             raise ConfigError(f"scheduler.factor must be in (0, 1), got {self.factor}")
         if self.kind == "cosine" and not self.horizon_min > 0:
-            raise ConfigError("scheduler.kind = 'cosine' needs scheduler.horizon_min > 0 (minutes of training "
-                              f"over which the lr falls to min_lr), got {self.horizon_min}")
+            raise ConfigError("scheduler.kind = 'cosine' needs scheduler.horizon_min > 0 (minutes of "
+                              f"training over which the lr falls to min_lr), got {self.horizon_min}")
 
 
 @dataclass
@@ -234,6 +235,9 @@ class RunConfig:
     # dataset files gained since the split was made join the training split (validation and test keep
     # theirs): a run that trains beside a labeller (`wavecalc fit`) learns from every frame labelled so far
     grow_train_every_min: float = 0.0
+    # training steps through torch.compile (inductor) where the loss needs no force gradients, checked against
+    # the eager step on the first batch (train/compiled_step.py); falls back to eager steps otherwise
+    compile: bool = False
     trainable: str = "all"        # a training phase of the model's energy path (energy_paths/): "all";
                                   # Hamiltonian path: "delta_hcore_head" (Delta h, e0, correction),
                                   # "atom_correction" (e0, the correction and its trunk); readout path:

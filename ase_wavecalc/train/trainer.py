@@ -46,6 +46,7 @@ from .losses import WeightedLoss, predicted_fock
 from .metrics import UHA, fock_errors, orbital_errors
 from .runlog import _dump_toml, _hms, append_csv, plot_learning_curve, truncate_csv
 from .runtime import _isolated_global_state, _one_thread, _run_dir_lock, _StopSignals
+from .compiled_step import CompiledSteps
 from .setup import (grow_train, load_data, load_initial_weights, mean_atom_blocks, model_config_for,
                     shift_energy_offsets)
 from .stages import parameter_groups
@@ -152,6 +153,8 @@ class Trainer:
         self.energy_path = energy_path_for(self.model_config)
         self.phase = self.energy_path.phase(run.trainable, self.loss_fn.weights)
         self.model.train()
+        self._steps = (CompiledSteps(self.model, run.batch_size, self._forward_loss, self.log) if run.compile
+                       else None)      # run.compile: steps through torch.compile where checked (compiled_step.py)
         loaded_norm = False
         if checkpoint is None and run.init_weights:
             loaded_norm = load_initial_weights(self, self.config.resolve_path(run.init_weights))
@@ -245,7 +248,8 @@ class Trainer:
     def train_step(self, batch) -> float:
         """One optimizer step on ``batch``; returns the loss (nan if the step was skipped)."""
         self.model.train()
-        _, loss, _ = self._forward_loss(self.model, batch)
+        module = self._steps.module_for(batch, self.loss_fn.needs_positions_grad) if self._steps else self.model
+        _, loss, _ = self._forward_loss(module, batch)
         self.optimizer.zero_grad(set_to_none=True)
         if not loss.requires_grad:  # every term masked (e.g. all structures gated out of energy/forces)
             return math.nan

@@ -1,0 +1,76 @@
+"""``run.compile``: training steps through torch.compile, used only where checked against the eager step.
+
+The long test (``python -m pytest -m long``) compiles the tiny real network (a minute or more on a cold
+inductor cache) and checks that its
+training follows the eager run's; the others check, without compiling, when the eager network is used.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from _train_helpers import write_tiny_config
+
+from ase_wavecalc.train.compiled_step import CompiledSteps
+from ase_wavecalc.train.trainer import Trainer
+
+
+class _Batch:
+    def __init__(self, n):
+        self.n_structures = n
+
+
+def test_eager_where_compile_cannot_or_must_not_be_used(monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    lines = []
+    steps = CompiledSteps(model, batch_size=4, forward_loss=None, log=lines.append)
+    assert steps.module_for(_Batch(4), needs_positions_grad=True) is model      # a force loss: eager
+    assert steps.module_for(_Batch(3), needs_positions_grad=False) is model     # the short last batch: eager
+    assert steps.compiled is None                                               # nothing tried yet
+    monkeypatch.setattr("ase_wavecalc.model.compiled.compile_available", lambda: (False, "no C++ compiler"))
+    assert steps.module_for(_Batch(4), needs_positions_grad=False) is model
+    assert steps.compiled is False and "no C++ compiler" in lines[0]
+
+
+def test_a_compiled_step_that_differs_from_eager_is_never_used(monkeypatch):
+    """A stand-in for a miscompiled graph: torch.compile returning a module whose gradients are wrong."""
+    model = torch.nn.Linear(3, 1)
+
+    class Wrong(torch.nn.Module):
+        def forward(self, x):
+            return 2.0 * model(x)
+
+    monkeypatch.setattr("ase_wavecalc.model.compiled.compile_available", lambda: (True, ""))
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: Wrong())
+    x = torch.randn(4, 3)
+
+    def forward_loss(module, batch):
+        loss = module(x).square().sum()
+        return None, loss, {}
+
+    lines = []
+    steps = CompiledSteps(model, batch_size=4, forward_loss=forward_loss, log=lines.append)
+    assert steps.module_for(_Batch(4), needs_positions_grad=False) is model
+    assert steps.compiled is False and "differs from the eager one" in lines[0]
+
+
+@pytest.mark.long
+def test_compiled_fock_training_follows_the_eager_run(water_db, tmp_path):
+    """The tiny real network on F: the compiled run's validation F tracks the eager run's step for step (float32
+    rounding apart), and the compiled steps were used."""
+    curves = {}
+    for compile_ in (False, True):
+        cfg = tmp_path / f"c{compile_}.toml"
+        write_tiny_config(cfg, water_db, run=f"compile = {'true' if compile_ else 'false'}", max_epochs=4)
+        from ase_wavecalc.train.config import load_config
+
+        lines = []
+        Trainer(load_config(cfg), tmp_path / f"run{compile_}", log=lines.append).fit()
+        rows = np.genfromtxt(tmp_path / f"run{compile_}" / "metrics.csv", delimiter=",", names=True)
+        curves[compile_] = rows["val_fock_mae_uha"]
+        if compile_:
+            assert any("training steps compiled" in line for line in lines), lines
+    assert all(math.isfinite(v) for v in curves[True])
+    np.testing.assert_allclose(curves[True], curves[False], rtol=1e-3)
