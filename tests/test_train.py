@@ -176,9 +176,8 @@ def test_cosine_schedule_follows_the_runs_training_time(water_db, tmp_path):
     """scheduler.kind = "cosine": lr = base (1 + cos(pi t / horizon)) / 2, t the run's training wall time over
     all its invocations (progress["train_time_s"] at the start of this one plus what it has run), never below
     min_lr; settings it cannot use are refused."""
-    import time
-
     from ase_wavecalc.train.config import SchedulerConfig
+    from ase_wavecalc.train.stages import set_scheduled_lrs
 
     cfg = make_config(water_db, max_epochs=1)
     cfg.scheduler = SchedulerConfig(kind="cosine", horizon_min=10.0, min_lr=1e-5)
@@ -186,8 +185,7 @@ def test_cosine_schedule_follows_the_runs_training_time(water_db, tmp_path):
     trainer.fit()
     for earlier_s, expected in ((0.0, 1e-2), (150.0, 1e-2 * (1 + 2 ** -0.5) / 2), (300.0, 5e-3), (600.0, 1e-5),
                                 (900.0, 1e-5)):
-        trainer._time_at_start, trainer._t_start = earlier_s, time.monotonic()   # a resumed run's clock
-        trainer._set_scheduled_lr()
+        set_scheduled_lrs(trainer.optimizer, 10 ** 6, 0, cfg.scheduler, earlier_s)
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-4), earlier_s
     for bad, match in ((dict(kind="cosine"), "horizon_min"), (dict(kind="linear", horizon_min=1.0), "kind")):
         with pytest.raises(ConfigError, match=match):

@@ -1,15 +1,33 @@
 """At what rate weights learn in a training stage: parameter groups with their own learning rates
-(``optimizer.lr_by_prefix``), and the adaptation of earlier weights to a model without the Delta h head
+(``optimizer.lr_by_prefix``), the rate of each step (warm-up, cosine schedule), and the adaptation of earlier weights to a model without the Delta h head
 (``run.init_weights``). Which weights learn (``run.trainable``) is a training phase of the model's energy
 path (``ase_wavecalc.energy_paths``: ``energy_path_for(config).phase(name, loss).freeze(model)``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import TrainingError
 
-__all__ = ["parameter_groups", "adapt_readout_heads"]
+__all__ = ["parameter_groups", "set_scheduled_lrs", "adapt_readout_heads"]
+
+
+def set_scheduled_lrs(optimizer, step: int, warmup_steps: int, scheduler, train_time_s: float) -> None:
+    """The learning rates of step ``step``: a linear warm-up over the run's first ``warmup_steps`` (the plateau
+    scheduler, which acts only after ``patience`` epochs, takes over from the base lr); with
+    ``scheduler.kind == "cosine"``, base lr x warm-up x (1 + cos(pi t / horizon)) / 2, t = ``train_time_s``, the
+    run's training wall time over all invocations (seconds), never below ``scheduler.min_lr``."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if scheduler.kind == "cosine":
+        frac = min(1.0, train_time_s / (60.0 * scheduler.horizon_min))
+        for group in optimizer.param_groups:
+            cosine = 0.5 * (1.0 + math.cos(math.pi * frac))
+            group["lr"] = max(scheduler.min_lr, group["base_lr"] * factor * cosine)
+    elif warmup_steps and step <= warmup_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, lr_by_prefix: dict) -> list[dict]:

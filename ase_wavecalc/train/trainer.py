@@ -1,4 +1,4 @@
-"""The training loop: AdamW + ReduceLROnPlateau + EMA, checkpoints that resume bit for bit.
+"""The training loop: AdamW + a plateau or cosine lr schedule + EMA, checkpoints that resume bit for bit.
 
 Run directory (``Trainer.run_dir``):
 
@@ -49,7 +49,7 @@ from .runtime import _isolated_global_state, _one_thread, _run_dir_lock, _StopSi
 from .compiled_step import CompiledSteps
 from .setup import (grow_train, load_data, load_initial_weights, mean_atom_blocks, model_config_for,
                     shift_energy_offsets)
-from .stages import parameter_groups
+from .stages import parameter_groups, set_scheduled_lrs
 from ..units import BOHR, HARTREE
 
 __all__ = ["Trainer", "TrainResult"]
@@ -155,6 +155,7 @@ class Trainer:
         self.model.train()
         self._steps = (CompiledSteps(self.model, run.batch_size, self._forward_loss, self.log) if run.compile
                        else None)      # run.compile: steps through torch.compile where checked (compiled_step.py)
+        self._time_at_start, self._t_start = 0.0, time.monotonic()     # the loop's clock (set again by _loop)
         loaded_norm = False
         if checkpoint is None and run.init_weights:
             loaded_norm = load_initial_weights(self, self.config.resolve_path(run.init_weights))
@@ -265,28 +266,13 @@ class Trainer:
         clip = self.config.optimizer.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self._set_scheduled_lr()
+        set_scheduled_lrs(self.optimizer, self.progress["step"], self.config.optimizer.warmup_steps,
+                          self.config.scheduler, self._time_at_start + (time.monotonic() - self._t_start))
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self._bad_steps = 0
         return float(loss.detach())
-
-    def _set_scheduled_lr(self) -> None:
-        """The learning rates of this step: a linear warm-up over the run's first ``warmup_steps`` (the plateau
-        scheduler, which acts only after ``patience`` epochs, takes over from the base lr); with the cosine
-        schedule, base lr x (1 + cos(pi t / horizon)) / 2 after it, t the run's training wall time over all
-        invocations, never below min_lr."""
-        warmup, sch = self.config.optimizer.warmup_steps, self.config.scheduler
-        factor = min(1.0, (self.progress["step"] + 1) / warmup) if warmup else 1.0
-        if sch.kind == "cosine":
-            t = self._time_at_start + (time.monotonic() - self._t_start)
-            frac = min(1.0, t / (60.0 * sch.horizon_min))
-            for group in self.optimizer.param_groups:
-                group["lr"] = max(sch.min_lr, group["base_lr"] * factor * 0.5 * (1.0 + math.cos(math.pi * frac)))
-        elif warmup and self.progress["step"] <= warmup:
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
 
     def validate(self) -> dict:
         """Validation loss and errors of the EMA model (float64 metrics)."""
