@@ -300,7 +300,9 @@ def final_report(fit) -> dict:
     stab = res["stability"]
     completed = sum(r["completed"] for r in stab)
     frames = {name: fit.labelled(name) for name in fit.train_sets() + ["test.db"]}
-    phase_s = st.get("phase_seconds", {})
+    phase_s = dict(st.get("phase_seconds", {}))
+    if "final" not in phase_s:        # this phase, up to the report (its seconds are recorded when it ends)
+        phase_s["final"] = round(max(0.0, st.elapsed() - sum(phase_s.values())), 1)
     card_path = out / "model.json"
     card = json.loads(card_path.read_text())
     card["name"] = fit.req.get("name") or card.get("name")      # --name (export names it after the folder)
