@@ -195,7 +195,8 @@ def grow_train(trainer) -> int:
         if not new:
             continue
         table = load_table(path, keys=trainer.loss_fn.dataset_keys, labels=spec.labels)
-        new = [f for f in new if f in set(int(x) for x in table.frame)]
+        in_table = {int(x) for x in table.frame}
+        new = [f for f in new if f in in_table]
         entry["train"] = sorted(entry["train"] + new)
         entry.update(sha256=table.sha256, n_frames=table.n_frames)
         entry["counts"]["train"] = len(entry["train"])
