@@ -63,12 +63,12 @@ def fit_start(model: str):
 
     from ase import Atoms
 
-    card = Path(model) / "model.json"
-    start = json.loads(card.read_text()).get("fit", {}).get("start") if card.is_file() else None
+    path = Path(model) / "model.json"
+    card = json.loads(path.read_text()) if path.is_file() else {}
+    start = card.get("fit", {}).get("start")
     if not start:
         return None, None
-    return (Atoms(numbers=start["numbers"], positions=start["positions_angstrom"]),
-            json.loads(card.read_text())["name"])
+    return Atoms(numbers=start["numbers"], positions=start["positions_angstrom"]), card["name"]
 
 
 def main(argv=None) -> int:
