@@ -164,7 +164,8 @@ def main(argv=None) -> int:
           + (f"; {len(edges)} frames before the stops in {out / 'edge_frames.traj'}" if edges else ""))
     finish_machine_info(info)
     result = {"benchmark": "md_stability", "machine": info, "molecule": args.molecule, "model": model,
-              "out_of_domain": args.out_of_domain, "steps_requested": args.steps, "runs": runs, "completed": len(runs) - stopped,
+              "out_of_domain": args.out_of_domain, "fast_path": calc.parameters.get("fast"),
+              "compiled": bool(calc.parameters.get("compile")), "steps_requested": args.steps, "runs": runs, "completed": len(runs) - stopped,
               "median_steps": float(np.median(steps)), "edge_frames": len(edges)}
     path = write_result(f"md_stability_{args.molecule}", result, args.json)
     print(f"written {path}")

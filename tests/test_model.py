@@ -1,6 +1,7 @@
 """The Hamiltonian network: symmetries (rotation, inversion, translation, permutation), symmetry of F,
 batching, dtypes, smoothness, and safe save/load. Small random models in float64; a few seconds."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from ase_wavecalc.basis import BasisLayout, ao_rotation
 from ase_wavecalc.model import ModelFileError, build_model, default_config, load_model, save_model
 from ase_wavecalc.model.layers import WignerD, edge_frame
 from ase_wavecalc.units import BOHR
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 SMALL = dict(channels=6, pair_channels=6, num_layers=2, radial_hidden=8, pair_hidden=16, pair_layers=1,
              delta_hcore_head=True)
@@ -280,6 +283,32 @@ def test_load_errors(tmp_path):
         load_model(d)
     with pytest.raises(ValueError, match="basis"):
         save_model(model, tmp_path / "x", {"basis": "sto-3g"})
+
+
+def test_card_names_each_level_of_theory_once(tmp_path):
+    """A transfer model's energies come from higher-level labels than its Hamiltonian: the card says so by
+    ``energy_level_of_theory`` differing from ``level_of_theory``; cards written with the old duplicate key
+    ``hamiltonian_level_of_theory`` load if it agrees with ``level_of_theory`` and are refused if not."""
+    from ase_wavecalc.model.io import energy_labels
+
+    pbe = {"method": "rks", "xc": "pbe", "basis": "def2-svp"}
+    cc = {"method": "CCSD(T)", "basis": "cc-pvdz"}
+    assert energy_labels({"level_of_theory": pbe, "energy_level_of_theory": dict(pbe)}) == "reference"
+    assert energy_labels({"level_of_theory": pbe, "energy_level_of_theory": cc}) == "high"
+    assert energy_labels({"level_of_theory": pbe}) == "reference"
+    d = save_model(_model("def2-svp"), tmp_path / "m", {"level_of_theory": pbe, "energy_level_of_theory": cc,
+                                                         "hamiltonian_level_of_theory": dict(pbe)})
+    card = load_model(d)[1]
+    assert "hamiltonian_level_of_theory" not in card and energy_labels(card) == "high"
+    card = json.loads((d / "model.json").read_text())
+    card["hamiltonian_level_of_theory"] = cc
+    (d / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="disagrees with 'level_of_theory'"):
+        load_model(d)
+    for name in ("water-ccsdt-transfer", "ethanol-ccsdt-transfer", "ethanol-pbe-def2svp"):
+        card = json.loads((MODELS / name / "model.json").read_text())
+        assert "hamiltonian_level_of_theory" not in card
+        assert energy_labels(card) == ("high" if "ccsdt" in name else "reference")
 
 
 def test_config_is_validated_and_json_serializable():

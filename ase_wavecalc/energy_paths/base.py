@@ -245,11 +245,10 @@ class EnergyPath:
         return {"energy_trained": True, "energy_path": {"name": self.name, "formula": self.formula}}
 
     def levels_of_theory(self, level: dict, high_level: dict | None) -> dict:
-        """The card's levels of theory: energies trained on high-level labels (transfer learning) have their
-        own (``energy_level_of_theory``) beside the Hamiltonian's (``hamiltonian_level_of_theory``)."""
-        if high_level is None:
-            return {"energy_level_of_theory": level}
-        return {"energy_level_of_theory": high_level, "hamiltonian_level_of_theory": dict(level)}
+        """The card's energy level of theory: the Hamiltonian's ``level``, or for energies trained on
+        high-level labels (transfer learning) that ``high_level`` (the card's ``level_of_theory`` stays the
+        Hamiltonian's)."""
+        return {"energy_level_of_theory": dict(level) if high_level is None else high_level}
 
     def refit_offsets(self, model, datasets, charge: int, labels) -> dict | None:
         """``wavecalc export``: e0 refit by least squares on training frames (train/offsets.py)."""

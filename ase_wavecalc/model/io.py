@@ -15,6 +15,9 @@ rename of the energy parts (config keys ``energy_head``/``atom_energy_hidden``, 
 | dtype | dtype the weights were saved in ("float32" / "float64") |
 | weights_sha256 | checksum of weights.safetensors, checked on load |
 | versions | ase_wavecalc, torch, e3nn versions that wrote the files |
+| level_of_theory | the reference the Fock matrices (orbitals, density) were trained on |
+| energy_level_of_theory | the labels the energies were trained on: ``level_of_theory``, or a higher level for a \
+transfer model (:func:`energy_labels`) |
 | anything else | what the caller put in ``card`` (training data, method/xc, metrics, units, ...) |
 
 A model is named either by a directory path or by the NAME of a folder shipped in the package
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["save_model", "load_model", "ModelFileError", "FORMAT_VERSION", "WEIGHTS_FILE", "CARD_FILE",
+__all__ = ["save_model", "load_model", "energy_labels", "ModelFileError", "FORMAT_VERSION", "WEIGHTS_FILE", "CARD_FILE",
            "available_models"]
 
 FORMAT_VERSION = 2
@@ -170,7 +173,18 @@ def _read_card(path: Path) -> dict:
     if "elements" in card and not _same_elements(card["elements"], config["elements"]):
         raise ModelFileError(f"{card_file}: elements {card['elements']} disagree with config elements "
                              f"{config['elements']}")
+    legacy = card.pop("hamiltonian_level_of_theory", None)   # written by transfer exports before format 2.1
+    if legacy is not None and legacy != card.get("level_of_theory"):
+        raise ModelFileError(f"{card_file}: 'hamiltonian_level_of_theory' disagrees with 'level_of_theory'")
     return card
+
+
+def energy_labels(card: dict) -> str:
+    """Which labels a model's energies were trained on: ``"high"`` (a transfer model, whose
+    ``energy_level_of_theory`` is not its Hamiltonian's) or ``"reference"``."""
+    level = card.get("level_of_theory")
+    energy = card.get("energy_level_of_theory")
+    return "high" if energy is not None and level is not None and energy != level else "reference"
 
 
 def load_model(name_or_path, dtype: torch.dtype = torch.float64):

@@ -32,7 +32,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force: bool = False, log=print) -> dict:
     """Load ``model_name``, fit a committee of ``size`` on ``dataset``, save to ``out``; returns the card."""
     from ..model import build_model
-    from ..model.io import _read_card, _resolve, load_model, save_model
+    from ..model.io import _read_card, _resolve, energy_labels, load_model, save_model
     from .committee import fit_committee
     from .data import load_table
 
@@ -54,7 +54,7 @@ def add_committee(model_name, dataset, out, size: int = 8, seed: int = 0, force:
     missing, unexpected = model.load_state_dict(kept, strict=False)
     if unexpected or any(not k.startswith("committee_mlps.") for k in missing):
         raise ValueError(f"weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    labels = "high" if card.get("hamiltonian_level_of_theory") else "reference"
+    labels = energy_labels(card)
     table = load_table(dataset, keys=("e_tot",), labels=labels)
     name = Path(dataset).name
     split = [d for d in card["split"]["datasets"] if d["name"] == name]
