@@ -42,6 +42,25 @@ def test_recipe_merges_and_refuses_typos(tmp_path):
         load_recipe(bad)
 
 
+def test_final_phase_keeps_only_its_reserve_of_a_long_budget():
+    """The phases end at their budget shares, except that the one before "final" runs on until only
+    final.reserve_min is left: a long budget's final 10 % would mostly sit idle."""
+    from ase_wavecalc.fit.recipe import PHASES, phase_deadlines
+
+    recipe, _ = load_recipe(None)
+    ends, reserve = recipe["budget"]["phase_end"], 60.0 * recipe["final"]["reserve_min"]
+    for hours in (0.5, 2.0, 5.0, 8.0):
+        budget = 3600.0 * hours
+        got = phase_deadlines(recipe, budget)
+        assert got["final"] == budget and list(got) == list(PHASES)
+        assert got["active"] == max(ends["active"] * budget, budget - reserve)
+        assert all(got[p] == ends[p] * budget for p in PHASES if p not in ("active", "final"))
+        assert all(a < b for a, b in zip(list(got.values()), list(got.values())[1:]))
+    assert phase_deadlines(recipe, 5 * 3600.0)["active"] == 5 * 3600.0 - reserve > ends["active"] * 5 * 3600.0
+    del recipe["final"]["reserve_min"]          # a fit started before the key existed keeps its shares
+    assert phase_deadlines(recipe, 5 * 3600.0)["active"] == ends["active"] * 5 * 3600.0
+
+
 def test_farthest_point_order_spreads_the_first_frames():
     from ase_wavecalc.fit.candidates import _descriptor, farthest_point_order
 

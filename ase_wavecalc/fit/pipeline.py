@@ -353,8 +353,10 @@ class Fit:
                 break
             name = f"readout_al{r}"
             prev = self.work / "runs" / self.st.get("last_readout")
-            self.deadlines["_al_train"] = self.deadlines["active"] if r + 1 >= max_rounds else \
-                self.st.elapsed() + 0.6 * max(0.0, self.left("active"))
+            until = self.st.elapsed() + 0.6 * max(0.0, self.left("active"))
+            if r + 1 >= max_rounds or self.deadlines["active"] - until <= max(0.4 * length, 30.0):
+                until = self.deadlines["active"]   # no time for another round after this one: train to the end
+            self.deadlines["_al_train"] = until
             self._train(name, "_al_train", "readout", extra_run={"init_weights": str(prev)},
                         optimizer_extra={"lr": float(rec["continue_lr"]), "warmup_steps": 200})
             self.st.set("last_readout", name)

@@ -73,5 +73,12 @@ def load_recipe(path: str | Path | None = None) -> tuple[dict, str]:
 
 
 def phase_deadlines(recipe: dict, budget_s: float) -> dict[str, float]:
-    """Seconds of the fit's own clock at which each phase ends."""
-    return {p: float(recipe["budget"]["phase_end"][p]) * budget_s for p in PHASES}
+    """Seconds of the fit's own clock at which each phase ends: ``budget.phase_end`` times the budget, except
+    that the phase before "final" runs on until only ``final.reserve_min`` is left when that is later (the
+    final phase's work, export, tests, MD check and timing, does not grow with the budget)."""
+    ends = {p: float(recipe["budget"]["phase_end"][p]) * budget_s for p in PHASES}
+    reserve = recipe.get("final", {}).get("reserve_min")
+    if reserve is not None:
+        before = PHASES[PHASES.index("final") - 1]
+        ends[before] = max(ends[before], budget_s - 60.0 * float(reserve))
+    return ends
