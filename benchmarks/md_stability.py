@@ -61,14 +61,12 @@ def fit_start(model: str):
     (None, None) for other models."""
     import json
 
-    from ase import Atoms
+    from ase_wavecalc.fit.card import fit_start as start_of
 
     path = Path(model) / "model.json"
     card = json.loads(path.read_text()) if path.is_file() else {}
-    start = card.get("fit", {}).get("start")
-    if not start:
-        return None, None
-    return Atoms(numbers=start["numbers"], positions=start["positions_angstrom"]), card["name"]
+    atoms = start_of(card)
+    return (atoms, card["name"]) if atoms is not None else (None, None)
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ from ase.build import molecule
 from ase_wavecalc import WaveCalculator
 from ase_wavecalc.domain import (STRETCH_ERROR, bond_signature, describe_frames, formula, longest_bonds, merge,
                                  outside, pair_distances)
+from ase_wavecalc.fit.card import dataset_folder
 from ase_wavecalc.providers import OutOfDomainError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,15 +103,8 @@ def _shipped_cards():
 
 
 def _parts(card, entry) -> list[str]:
-    """The committed npz parts of one of a card's datasets: ``data/<name>/`` for the staged models, the folder
-    the fit's ``--data-out`` named for a `wavecalc fit` model (its datasets are that folder's pool.db, al_<r>.db)."""
-    folder = ROOT / "data"
-    if "fit" in card:
-        import shlex
-
-        words = shlex.split(card["fit"]["command"])
-        folder = ROOT / words[words.index("--data-out") + 1]
-    return sorted(glob.glob(str(folder / Path(entry["name"]).stem / "part-*.npz")))
+    """The committed npz parts of one of a card's datasets (``data/<name>/``, or a fit's ``--data-out`` folder)."""
+    return sorted(glob.glob(str(dataset_folder(card, entry["name"], ROOT) / "part-*.npz")))
 
 
 @pytest.mark.parametrize("card_path", _shipped_cards(), ids=lambda p: Path(p).parent.name)

@@ -26,12 +26,10 @@ def _geometry(name: str, spec: str):
         return molecule(spec)
     import json
 
-    from ase import Atoms
-
+    from ase_wavecalc.fit.card import fit_start
     from ase_wavecalc.model.io import _resolve
 
-    start = json.loads((_resolve(name) / "model.json").read_text())["fit"]["start"]
-    return Atoms(numbers=start["numbers"], positions=start["positions_angstrom"])
+    return fit_start(json.loads((_resolve(name) / "model.json").read_text()))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

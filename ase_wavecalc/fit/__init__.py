@@ -11,6 +11,7 @@ export and report), resumable at any point and bounded by one wall-time budget.
 | ``training`` | training configs from the recipe, time-bounded runs of the ``Trainer`` |
 | ``active`` | MD on the committee model and the frames worth labelling |
 | ``report`` | test errors through ``WaveCalculator``, MD stability, timing, report, card, npz parts |
+| ``card`` | what a fit card records, read back: the start geometry, the folder of its npz parts |
 | ``pipeline`` | the phases in order against the budget |
 | ``cli_fit`` | the sub-command |
 """

@@ -309,7 +309,7 @@ def final_report(fit) -> dict:
     card["test_metrics"] = {k: v for k, v in t.items()}
     card["test_metrics"]["md_stability"] = f"{completed} of {len(stab)}"
     card["fit"] = {"command": fit.req.get("command"), "molecule": fit.req.get("molecule"),
-                   "recipe": st.get("recipe_text"), "budget_s": fit.req["budget_s"],
+                   "recipe": st.get("recipe_text"), "budget_s": fit.req["budget_s"], "data_out": str(fit.data_out),
                    "elapsed_s": round(st.elapsed(), 1), "phase_seconds": phase_s, "labelled_frames": frames,
                    "start": {"numbers": [int(z) for z in cand["numbers"]],      # the xTB minimum sampling began
                              "positions_angstrom": np.round(cand["start"], 8).tolist()},   # from (MD's start)

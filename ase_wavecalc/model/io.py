@@ -173,7 +173,7 @@ def _read_card(path: Path) -> dict:
     if "elements" in card and not _same_elements(card["elements"], config["elements"]):
         raise ModelFileError(f"{card_file}: elements {card['elements']} disagree with config elements "
                              f"{config['elements']}")
-    legacy = card.pop("hamiltonian_level_of_theory", None)   # written by transfer exports before format 2.1
+    legacy = card.pop("hamiltonian_level_of_theory", None)   # a duplicate older transfer exports wrote
     if legacy is not None and legacy != card.get("level_of_theory"):
         raise ModelFileError(f"{card_file}: 'hamiltonian_level_of_theory' disagrees with 'level_of_theory'")
     return card
