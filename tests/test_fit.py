@@ -100,6 +100,30 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys, argv, message):
     assert not out.exists() and not out.with_name("model.work").exists()
 
 
+def test_a_lone_atom_name_is_read_as_smiles(monkeypatch):
+    """ASE names come before SMILES ("CO" is carbon monoxide), but a name that builds one atom cannot be fitted:
+    "C" is methane's SMILES. Without RDKit the lone atom is refused, naming what is missing."""
+    from ase import Atoms
+
+    from ase_wavecalc.fit import molecule as mol
+
+    methane = Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63],
+                                      [0.63, -0.63, -0.63]])
+    monkeypatch.setattr(mol, "_from_smiles", lambda spec: methane.copy())
+    atoms = mol.resolve_molecule("C")
+    assert atoms.get_chemical_formula() == "CH4" and atoms.info["resolved_from"] == "SMILES"
+    co = mol.resolve_molecule("CO")
+    assert co.get_chemical_formula() == "CO" and co.info["resolved_from"] == "ASE collection name"
+
+    def no_rdkit(spec):
+        raise mol.FitInputError("RDKit is not installed")
+    monkeypatch.setattr(mol, "_from_smiles", no_rdkit)
+    atoms = mol.resolve_molecule("C")
+    assert len(atoms) == 1
+    with pytest.raises(mol.FitInputError, match="at least 2 atoms.*RDKit"):
+        mol.check_molecule(atoms, "def2-svp", 0, "pbe")
+
+
 def test_print_recipe_needs_no_molecule(capsys):
     assert wavecalc(["fit", "--print-recipe"]) == 0
     assert "[fock]" in capsys.readouterr().out
@@ -176,7 +200,6 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
     lost or labelled twice, the budget is honoured over all invocations, and the model works through
     WaveCalculator against PySCF computed here."""
     workdir, out = tmp_path / "work", tmp_path / "water-fit"
-    data = _user_frames(tmp_path / "user-frames")          # --data: frames the user labelled before
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng = np.random.default_rng(int(time.time()))     # random moments; what must hold holds for every moment
     history = []
@@ -244,7 +267,6 @@ def test_fit_honours_a_short_budget(tmp_path):
     """With a budget shorter than the recipe's epochs need, the phases end at their deadlines: the fit's clock
     stays near the budget and a usable model comes out."""
     workdir, out = tmp_path / "work", tmp_path / "water-fit"
-    data = _user_frames(tmp_path / "user-frames")          # --data: frames the user labelled before
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(TINY.read_text().replace("max_epochs = 40", "max_epochs = 100000")

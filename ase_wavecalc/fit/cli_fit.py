@@ -123,6 +123,9 @@ def cli_main(args) -> int:
                "seed": int(args.seed), "name": args.name or out.name, "device": args.device,
                "command": "wavecalc fit " + " ".join(shlex.quote(a) for a in sys.argv[2:])
                if len(sys.argv) > 2 and sys.argv[1] == "fit" else None}
+    how = atoms.info.get("resolved_from", "")
+    print(f"molecule: {atoms.get_chemical_formula()}, {len(atoms)} atoms, from {how} {args.molecule!r}"
+          + (" (pass --smiles to read it as SMILES)" if how == "ASE collection name" else ""), flush=True)
     try:
         run_fit(request, recipe, recipe_text, workdir, out, data_out=args.data_out,
                 dask_scheduler=args.dask_scheduler, user_data=args.data,

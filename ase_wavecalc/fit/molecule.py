@@ -48,16 +48,20 @@ def _from_smiles(smiles: str):
 
 def resolve_molecule(spec: str, smiles: bool = False):
     """``ase.Atoms`` for a file path (``path@INDEX`` picks a frame), an ``ase.build.molecule`` name or SMILES.
-    Names come before SMILES ("CO" is carbon monoxide); ``smiles=True`` reads ``spec`` as SMILES only."""
+    Names come before SMILES ("CO" is carbon monoxide), except names of a lone atom ("C" is methane);
+    ``smiles=True`` reads ``spec`` as SMILES only. ``atoms.info["resolved_from"]`` says which reading was
+    taken: "file", "ASE collection name" or "SMILES"."""
     from ase.build import molecule
 
     spec = str(spec).strip()
     if not spec:
         raise FitInputError("no molecule given")
     path = spec.partition("@")[0]
+    source = "SMILES"
     if smiles:
         atoms = _from_smiles(spec)
     elif os.path.exists(path):
+        source = "file"
         from ..sampling import load_structure
         try:
             atoms = load_structure(spec)
@@ -66,11 +70,19 @@ def resolve_molecule(spec: str, smiles: bool = False):
     else:
         try:
             atoms = molecule(spec)
+            source = "ASE collection name"
         except KeyError:
             if any(spec.lower().endswith(ext) for ext in (".xyz", ".sdf", ".pdb", ".traj", ".db", ".mol", ".cif")):
                 raise FitInputError(f"structure file {spec!r} does not exist") from None
             atoms = _from_smiles(spec)
+        else:
+            if len(atoms) == 1:       # "C", "N", "O": a lone atom cannot be fitted; as SMILES it is CH4, NH3, H2O
+                try:
+                    atoms, source = _from_smiles(spec), "SMILES"
+                except FitInputError:
+                    pass              # check_molecule refuses the atom
     atoms = atoms.copy()
+    atoms.info["resolved_from"] = source
     atoms.calc = None
     atoms.pbc = False
     atoms.cell = None
@@ -87,7 +99,9 @@ def check_molecule(atoms, basis: str, charge: int, method: str) -> None:
     from ..validation import check_atoms
 
     if len(atoms) < 2:
-        raise FitInputError(f"a fit needs a molecule of at least 2 atoms, got {atoms.get_chemical_formula()}")
+        hint = (" (as SMILES it needs RDKit: pip install rdkit)"
+                if atoms.info.get("resolved_from") == "ASE collection name" else "")
+        raise FitInputError(f"a fit needs a molecule of at least 2 atoms, got {atoms.get_chemical_formula()}{hint}")
     smiles_charge = atoms.info.get("smiles_charge")
     if smiles_charge is not None and int(smiles_charge) != int(charge):
         raise FitInputError(f"the SMILES has formal charge {smiles_charge}, but the fit is for charge {charge}: "
