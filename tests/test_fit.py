@@ -200,6 +200,7 @@ def test_fit_end_to_end_with_sigkill_and_resume(tmp_path):
     lost or labelled twice, the budget is honoured over all invocations, and the model works through
     WaveCalculator against PySCF computed here."""
     workdir, out = tmp_path / "work", tmp_path / "water-fit"
+    data = _user_frames(tmp_path / "user-frames")          # --data: frames the user labelled before
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng = np.random.default_rng(int(time.time()))     # random moments; what must hold holds for every moment
     history = []
