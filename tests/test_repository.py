@@ -53,3 +53,16 @@ def test_the_rejected_density_functional_lives_beside_its_benchmark():
     assert importlib.util.find_spec("ase_wavecalc.density_functional") is None
     assert (ROOT / "benchmarks" / "_density_functional.py").is_file()
     assert "from _density_functional import DensityFunctional" in (ROOT / "benchmarks" / "density_functional.py").read_text()
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml names every folder of ase_wavecalc that is a package, and models/ as ase_wavecalc.models:
+    `pip install .` (not editable) copies only what the list names, so a sub-package left out of it works in
+    the editable checkout of the tests and is missing for a user (ase_wavecalc.energy_paths once was)."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ase_wavecalc").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == folders | {"ase_wavecalc.models"}
+    assert setuptools["package-dir"] == {"ase_wavecalc.models": "models"}
+    assert (ROOT / "models" / "__init__.py").is_file()
