@@ -39,8 +39,9 @@ def test_refused_geometry_is_computed_by_the_reference_and_logged(model, tmp_pat
 
     outside = water(0.6)
     outside.calc = WaveCalculator(provider=ModelProvider(model, card=CARD))
-    with pytest.raises(OutOfDomainError, match="far below the shortest H-O distance"):
+    with pytest.raises(OutOfDomainError, match="far below the shortest H-O distance") as refused:
         outside.get_potential_energy()                            # the default: refuse
+    assert 'out_of_domain="reference"' in str(refused.value)      # and the message names the way out
     outside.calc = WaveCalculator(provider=fallback)
     with pytest.warns(UserWarning, match="computed with the reference"):
         forces = outside.get_forces()

@@ -77,6 +77,55 @@ def test_farthest_point_order_spreads_the_first_frames():
         assert np.isclose(d[order[k]], d.max())
 
 
+def test_interleaved_order_gives_every_source_its_share_spread_within_it():
+    """The first k frames of the order hold each source's share of the pool (to one frame), and within a source
+    the frames come in that source's own farthest-point order: hot or distorted outliers do not crowd out
+    the 300 K frames at the head of the labelling queue."""
+    from ase_wavecalc.fit.candidates import farthest_point_order, interleaved_order
+
+    rng = np.random.default_rng(2)
+    base = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    scales = {"md300": 0.02, "md700": 0.08, "normal_modes": 0.15}
+    counts = {"md300": 50, "md700": 40, "normal_modes": 10}
+    frames = np.concatenate([base + rng.normal(scale=scales[k], size=(n, 3, 3)) for k, n in counts.items()])
+    sources = np.concatenate([[k] * n for k, n in counts.items()])
+    assert sum(sources[farthest_point_order(frames)[:20]] == "md300") <= 2      # the global order: outliers first
+    order = interleaved_order(frames, sources)
+    assert sorted(order.tolist()) == list(range(100))
+    for k in (10, 20, 37, 100):
+        for name, n in counts.items():
+            assert abs(np.sum(sources[order[:k]] == name) - k * n / 100) <= 1
+    for name in counts:
+        ids = np.flatnonzero(sources == name)
+        mine = [i for i in order if sources[i] == name]
+        assert mine == ids[farthest_point_order(frames[ids])].tolist()
+
+
+def test_normal_mode_samples_keep_the_bonds_of_the_minimum():
+    """A displacement that breaks a bond or stretches one beyond 1.25x is redrawn: the check itself, and the
+    samples of ethanol (a soft methyl and hydroxyl torsion) at 700 K."""
+    from ase.build import molecule
+
+    from ase_wavecalc.fit.candidates import keeps_bonds, normal_mode_samples, relax
+
+    start = molecule("CH3CH2OH")
+    x0 = start.positions
+    moved = x0.copy()
+    h = [i for i, z in enumerate(start.numbers) if z == 1][0]
+    c = int(np.argmin(np.linalg.norm(x0[:h] - x0[h], axis=1)))      # the heavy atom the hydrogen sits on
+    for factor, kept in ((1.2, True), (1.3, False), (2.5, False)):
+        moved[h] = x0[c] + factor * (x0[h] - x0[c])
+        assert keeps_bonds(start.numbers, x0, moved) is kept
+    cc = np.array([[0.0, 0.0, 0.0], [1.52, 0.0, 0.0]])                 # still bonded at 1.28x (below 1.98 A)
+    assert keeps_bonds([6, 6], cc, cc * 1.2) and not keeps_bonds([6, 6], cc, cc * 1.28)
+    pytest.importorskip("tblite")
+    minimum, _ = relax(start)
+    samples = normal_mode_samples(minimum, 12, [700.0], np.random.default_rng(0))
+    assert samples.shape == (12, 9, 3)
+    assert all(keeps_bonds(minimum.numbers, minimum.positions, x) for x in samples)
+    assert np.abs(samples - minimum.positions).max() > 0.05          # displaced, not the minimum itself
+
+
 @pytest.mark.parametrize("argv, message", [
     (["Au2", "--basis", "sto-3g"], "Au"),                         # an element the basis does not have
     (["CH3"], "open shell"),                                      # a radical
@@ -122,6 +171,28 @@ def test_a_lone_atom_name_is_read_as_smiles(monkeypatch):
     assert len(atoms) == 1
     with pytest.raises(mol.FitInputError, match="at least 2 atoms.*RDKit"):
         mol.check_molecule(atoms, "def2-svp", 0, "pbe")
+
+
+def test_a_geometry_whose_reference_fails_is_stored_as_failed_not_raised(monkeypatch):
+    """A labeller meeting a frame whose reference raises (not an SCF that did not converge: a linear-algebra
+    error of an extreme geometry) records it as failed and goes on; raised, it would stop labelling, and each
+    restart would meet the same frame first. A failing model guess falls back to PySCF's."""
+    from ase_wavecalc import generate
+    from ase_wavecalc.fit.labelling import _label_one
+
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("singular overlap")
+    monkeypatch.setattr(generate, "run_reference", broken)
+    outcome = _label_one(3, np.array([8, 1, 1]), np.zeros((3, 3)), {"basis": "sto-3g", "charge": 0}, None)
+    assert outcome[0] == 3 and outcome[1] == "not_converged" and "LinAlgError" in outcome[2]
+
+    class BrokenGuess:
+        def density(self, *args):
+            raise RuntimeError("checkpoint half written")
+    calls = []
+    monkeypatch.setattr(generate, "run_reference", lambda *a, dm0=None, **k: calls.append(dm0) or {"info": {}})
+    outcome = _label_one(4, np.array([8, 1, 1]), np.zeros((3, 3)), {"basis": "sto-3g", "charge": 0}, BrokenGuess())
+    assert outcome[1] == "ok" and calls == [None]
 
 
 def test_print_recipe_needs_no_molecule(capsys):

@@ -1,10 +1,12 @@
 """Phase "sample" of a fit: candidate geometries for labelling, and the held-out test geometries.
 
 1. The start: the input structure relaxed with the sampling driver (GFN2-xTB when tblite is installed).
-2. Training candidates: Langevin MD at each recipe temperature (own seed each), plus random displacements
+2. Training candidates: Langevin MD at each recipe temperature (own seeds), plus random displacements
    along the driver's normal modes with Boltzmann amplitudes at those temperatures (the stretched and bent
-   tails that MD visits rarely). They are put in farthest-point order of a descriptor of the geometry
-   (inverse interatomic distances), so that whatever number the budget labels is spread over the pool.
+   tails that MD visits rarely), redrawn when they break or stretch a bond of the minimum (``keeps_bonds``).
+   They are put in farthest-point order of a descriptor of the geometry (inverse interatomic distances)
+   within each source, the sources interleaved in proportion to their size (``interleaved_order``), so that
+   whatever number the budget labels is spread over each source and holds each its share.
 3. Test geometries: MD trajectories of their own (other seeds) at the test temperatures; never trained on.
 
 Positions are stored in Angstrom in ``candidates.npz`` (arrays ``numbers``, ``train``, ``test``,
@@ -14,9 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["relax", "normal_mode_samples", "farthest_point_order", "make_candidates"]
+__all__ = ["relax", "normal_mode_samples", "keeps_bonds", "farthest_point_order", "interleaved_order",
+           "make_candidates"]
 
 KB_EV = 8.617333262e-5   # eV/K
+MAX_STRETCH = 1.25       # normal-mode samples: no bond of the minimum longer than this x its length there
+MAX_DRAWS = 30           # normal-mode samples: draws before the last one is kept whatever its bonds
 
 
 def relax(atoms, driver: str = "auto", charge: int = 0, fmax: float = 0.01, steps: int = 500):
@@ -63,9 +68,32 @@ def normal_mode_samples(atoms, n: int, temperatures, rng, driver: str = "auto", 
     temps = np.asarray(list(temperatures), dtype=float)
     for i in range(n):
         t = temps[i % len(temps)]
-        q = rng.normal(size=len(w2)) * np.sqrt(KB_EV * t / w2)      # mass-weighted amplitudes (eV/A^2/amu units)
-        out[i] = x0 + (modes @ q / np.sqrt(masses)).reshape(-1, 3)
+        for attempt in range(MAX_DRAWS):
+            # mass-weighted amplitudes (eV/A^2/amu units); after 10 rejected draws, smaller ones
+            scale = 0.8 ** max(0, attempt - 9)
+            q = rng.normal(size=len(w2)) * np.sqrt(KB_EV * t / w2) * scale
+            out[i] = x0 + (modes @ q / np.sqrt(masses)).reshape(-1, 3)
+            if keeps_bonds(a.numbers, x0, out[i]):
+                break
     return out
+
+
+def keeps_bonds(numbers, start, positions, stretch: float = MAX_STRETCH) -> bool:
+    """True when ``positions`` (N, 3; Angstrom) has the bonds of ``start`` (``domain.bond_signature``) and
+    none of them is longer than ``stretch`` x its length there. A displacement along normal modes is a straight
+    line in a curved landscape: along a soft mode it pulls hydrogens off their atoms (malondialdehyde's fit
+    labelled 22 frames with a C-H bond at up to 1.56 A), frames that no 300-500 K trajectory reaches and that
+    widen the model's training domain."""
+    from ..domain import bond_signature, bonded_pairs
+
+    if bond_signature(numbers, positions) != bond_signature(numbers, start):
+        return False
+    pairs = bonded_pairs(numbers, start)
+    if not len(pairs):
+        return True
+    d0 = np.linalg.norm(start[pairs[:, 0]] - start[pairs[:, 1]], axis=1)
+    d = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
+    return bool(np.all(d <= stretch * d0))
 
 
 def _descriptor(positions):
@@ -90,6 +118,31 @@ def farthest_point_order(positions, start: int = 0) -> np.ndarray:
         dist[order[:k + 1]] = -1.0
         cur = int(np.argmax(dist))
     return order
+
+
+def interleaved_order(positions, sources) -> np.ndarray:
+    """Indices of the frames: farthest-point order within each source ("md300", "md500", "md700",
+    "normal_modes", ...), the sources taken in turn in proportion to their number of frames, so that every first
+    k frames hold each source's share (to one frame), each spread over its source.
+
+    Why not one farthest-point order over all frames: its first frames are the outliers. Malondialdehyde's first
+    163 of 2,886 candidates were 92 from 700 K MD, 50 normal-mode displacements, 20 from 500 K and 1 from 300 K,
+    and of 1,077 labelled ones 42 came from 300 K: a short fit then trains on the hot tail and the test frames'
+    300-500 K region has few frames."""
+    sources = np.asarray(sources)
+    names = sorted(set(sources.tolist()))
+    per = {}
+    for name in names:
+        ids = np.flatnonzero(sources == name)
+        per[name] = ids[farthest_point_order(np.asarray(positions)[ids])]
+    share = {name: len(per[name]) / len(sources) for name in names}
+    taken = {name: 0 for name in names}
+    order = []
+    for _ in range(len(sources)):
+        name = min((n for n in names if taken[n] < len(per[n])), key=lambda n: ((taken[n] + 1) / share[n], n))
+        order.append(per[name][taken[name]])
+        taken[name] += 1
+    return np.asarray(order, dtype=np.int64)
 
 
 def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: int = 0, seed: int = 0,
@@ -143,7 +196,10 @@ def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: in
         source += ["normal_modes"] * n_nm
         log(f"  {n_nm} candidates displaced along the normal modes")
     train = np.concatenate(frames)
-    order = farthest_point_order(train, start=0)
+    if sampling.get("order", "interleaved") == "interleaved":
+        order = interleaved_order(train, source)
+    else:                                                  # "farthest": one order over all sources
+        order = farthest_point_order(train, start=0)
     train, source = train[order], [source[i] for i in order]
     tests, test_source = [], []
     ttemps = [float(t) for t in sampling["test_temperatures"]]

@@ -106,15 +106,23 @@ class _Guess:
 
 def _label_one(frame, numbers, positions_bohr, options, guess: _Guess | None):
     """``generate._reference_task`` from the model's guess density when there is one, and once more from
-    PySCF's guess if that SCF does not converge."""
+    PySCF's guess if that SCF does not converge. Any other error of this geometry's reference (a singular
+    overlap, a linear-algebra failure) is the frame's outcome too, stored as failed: raised, it would stop the
+    labeller, and every restart would meet the same frame first."""
     from ..generate import _reference_task
 
     dm0 = None
     if guess is not None:
-        dm0 = guess.density(numbers, positions_bohr, options["basis"], int(options["charge"]))
-    outcome = _reference_task(frame, numbers, positions_bohr, options, dm0=dm0)
-    if outcome[1] == "not_converged" and dm0 is not None:
-        outcome = _reference_task(frame, numbers, positions_bohr, options)
+        try:
+            dm0 = guess.density(numbers, positions_bohr, options["basis"], int(options["charge"]))
+        except Exception:  # noqa: BLE001  (the guess is an optimization: PySCF's own guess instead)
+            dm0 = None
+    try:
+        outcome = _reference_task(frame, numbers, positions_bohr, options, dm0=dm0)
+        if outcome[1] == "not_converged" and dm0 is not None:
+            outcome = _reference_task(frame, numbers, positions_bohr, options)
+    except Exception as exc:  # noqa: BLE001  (see above; KeyboardInterrupt and SystemExit still stop the labeller)
+        outcome = (frame, "not_converged", f"reference failed: {type(exc).__name__}: {exc}", 0)
     return outcome
 
 
@@ -180,7 +188,6 @@ def label_with_executor(workdir, queue, request: dict, recipe: dict, executor, d
     import concurrent.futures as cf
 
     from ..dataset import connect, read_candidates
-    from ..generate import _reference_task
 
     workdir = Path(workdir)
     options = _options(request, recipe)
@@ -197,7 +204,7 @@ def label_with_executor(workdir, queue, request: dict, recipe: dict, executor, d
                 break
             name, frame = item
             numbers, candidates = cands[name]
-            futures[executor.submit(_reference_task, frame, numbers, candidates[frame], options)] = name
+            futures[executor.submit(_label_one, frame, numbers, candidates[frame], options, None)] = name
         if not futures:
             return
         finished, _ = cf.wait(futures, timeout=max(1.0, deadline - time.time()), return_when=cf.FIRST_COMPLETED)

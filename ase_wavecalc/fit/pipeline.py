@@ -71,10 +71,22 @@ class Fit:
         p = self.work / name
         return len(frame_ids(connect(p), converged=True)) if p.exists() else 0
 
+    def label_seconds(self) -> float:
+        """Seconds per reference on one core: the median of the training frames labelled so far (the sampling
+        phase's estimate before any)."""
+        from ..dataset import connect
+        p = self.work / POOL
+        times = [float(r.seconds) for r in connect(p).select(converged=True, include_data=False)
+                 if "seconds" in r] if p.exists() else []
+        if times:
+            return float(np.median(times))
+        return float(self.st.data.get("records", {}).get("sample", {}).get("label_seconds_estimate", 60.0))
+
     def label_until(self, phase: str, workers: int, queue=None, overrun_ok: bool = False,
-                    max_new: int | None = None) -> None:
+                    stop_when=None) -> None:
         """Label the queue with ``workers`` processes (or the executor) until the phase's deadline (with
-        ``overrun_ok``, until the queue is done, whatever the clock says)."""
+        ``overrun_ok``, until the queue is done, whatever the clock says), or until ``stop_when()`` is true
+        (checked every second)."""
         from .labelling import label_with_executor, pending, start_labellers, stop_labellers
 
         if queue is not None:
@@ -93,7 +105,7 @@ class Fit:
         try:
             while any(p.poll() is None for p in procs):
                 time.sleep(1.0)
-                if max_new is not None and sum(self.labelled(n) - start[n] for n in names) >= max_new:
+                if stop_when is not None and stop_when():
                     break
                 if time.monotonic() - last > 120:       # a status line every two minutes
                     last = time.monotonic()
@@ -241,7 +253,7 @@ class Fit:
             for _ in range(3):
                 if self.labelled(POOL) >= 8 or not pending(self.work, self.st.get("label_queue")):
                     break
-                self.label_until("label", self.workers, overrun_ok=True, max_new=8 - self.labelled(POOL))
+                self.label_until("label", self.workers, overrun_ok=True, stop_when=lambda: self.labelled(POOL) >= 8)
             n_pool = self.labelled(POOL)
             if n_pool < 8:
                 raise RuntimeError(f"only {n_pool} training frames could be labelled (SCF failures? see "
@@ -323,8 +335,12 @@ class Fit:
                 cand = np.load(self.work / "candidates.npz")
                 start = Atoms(numbers=cand["numbers"], positions=cand["start"])
                 t_md = self.st.elapsed() + 0.35 * max(0.0, self.left("active"))
+                # as many frames as the workers label in a quarter of the time left (24 in the recipe takes
+                # ~3 min for malondialdehyde on 2 cores, and would take most of a 2-h fit's phase for 20 atoms)
+                fit_in = int(0.25 * max(0.0, self.left("active")) * self.workers / self.label_seconds())
+                n_round = max(2, min(int(rec["max_frames_per_round"]), fit_in))
                 found = explore(model_dir, start, rec["temperatures"], int(rec["steps"]), float(rec["friction"]),
-                                int(rec["select_every"]), int(rec["max_frames_per_round"]), float(rec["spread_quantile"]),
+                                int(rec["select_every"]), n_round, float(rec["spread_quantile"]),
                                 seed=int(self.req["seed"]) + r, log=lambda s: self.log("[active] " + s),
                                 deadline=lambda: self.st.elapsed() > t_md)
                 record = {"round": r, "selected": len(found["frames"]), "runs": found["runs"], "trained": False}
@@ -347,7 +363,9 @@ class Fit:
             mine = [[al, list(range(n))]]
             self.stop_background()        # (it labelled beside the MD; the new frames go first now)
             rest = [q for q in self.st.get("label_queue") if q[0] != al]
-            self.label_until("active", self.workers, queue=mine + rest, max_new=len(pending(self.work, mine)))
+            # until the round's own frames are all stored (converged or failed): frames of the pool that a
+            # labeller done with its share of the round finishes meanwhile do not count for them
+            self.label_until("active", self.workers, queue=mine + rest, stop_when=lambda: not pending(self.work, mine))
             if pending(self.work, mine):
                 self.log("[active] out of time while labelling the round's frames")
                 break

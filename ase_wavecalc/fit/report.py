@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import warnings
@@ -315,7 +316,9 @@ def final_report(fit) -> dict:
                              "positions_angstrom": np.round(cand["start"], 8).tolist()},   # from (MD's start)
                    "active_rounds": st.get("active_rounds", []), "stability": stab, "timing": tm,
                    "records": st.get("records", {})}
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    tmp = card_path.with_name(card_path.name + ".tmp")      # whole, then renamed: a kill never leaves half a card
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, card_path)
     ratio = (f"{tm['model_s'] / tm['gfn2_xtb_s']:.1f}x" if tm.get("gfn2_xtb_s") else "n/a")
     lines = [f"# `wavecalc fit` report: {card.get('name')}", "",
              f"Molecule {fit.req.get('molecule')} ({Atoms(numbers=cand['numbers']).get_chemical_formula()}), "

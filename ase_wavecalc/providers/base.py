@@ -70,7 +70,14 @@ class OutOfDomainError(InputError):
     in training, an atom pair far closer or a bond far longer than in any training frame, or a predicted
     HOMO-LUMO gap far below every training gap): no model number is returned.
     An ``InputError``, so ASE code that catches those catches it; ``out_of_domain="reference"`` of
-    :class:`~ase_wavecalc.WaveCalculator` computes such geometries with the reference method instead."""
+    :class:`~ase_wavecalc.WaveCalculator` computes such geometries with the reference method instead, which
+    the message says."""
+
+    HINT = ("; WaveCalculator(model=..., out_of_domain=\"reference\") computes such geometries with the "
+            "reference method (PySCF) instead")
+
+    def __init__(self, reason: str):
+        super().__init__(reason + self.HINT)
 
 
 @dataclass
