@@ -120,7 +120,7 @@ def farthest_point_order(positions, start: int = 0) -> np.ndarray:
     return order
 
 
-def interleaved_order(positions, sources) -> np.ndarray:
+def interleaved_order(positions, sources, shares: dict | None = None) -> np.ndarray:
     """Indices of the frames: farthest-point order within each source ("md300", "md500", "md700",
     "normal_modes", ...), the sources taken in turn in proportion to their number of frames, so that every first
     k frames hold each source's share (to one frame), each spread over its source.
@@ -128,14 +128,14 @@ def interleaved_order(positions, sources) -> np.ndarray:
     Why not one farthest-point order over all frames: its first frames are the outliers. Malondialdehyde's first
     163 of 2,886 candidates were 92 from 700 K MD, 50 normal-mode displacements, 20 from 500 K and 1 from 300 K,
     and of 1,077 labelled ones 42 came from 300 K: a short fit then trains on the hot tail and the test frames'
-    300-500 K region has few frames."""
+    300-500 K region has few frames. ``shares``: {source: weight} instead of the sources' sizes."""
     sources = np.asarray(sources)
     names = sorted(set(sources.tolist()))
     per = {}
     for name in names:
         ids = np.flatnonzero(sources == name)
         per[name] = ids[farthest_point_order(np.asarray(positions)[ids])]
-    share = {name: len(per[name]) / len(sources) for name in names}
+    share = {name: float((shares or {}).get(name, len(per[name]) / len(sources))) for name in names}
     taken = {name: 0 for name in names}
     order = []
     for _ in range(len(sources)):
