@@ -126,6 +126,47 @@ def test_normal_mode_samples_keep_the_bonds_of_the_minimum():
     assert np.abs(samples - minimum.positions).max() > 0.05          # displaced, not the minimum itself
 
 
+def test_md_runs_start_half_from_the_lowest_conformer_and_the_rest_in_turn():
+    from ase_wavecalc.fit.candidates import md_start
+
+    minima = ["low", "b", "c"]
+    assert [md_start(minima, j, 6) for j in range(6)] == ["low", "low", "low", "b", "c", "b"]
+    assert [md_start(["low"], j, 6) for j in range(6)] == ["low"] * 6
+
+
+def test_conformer_search_finds_the_low_minima_of_the_same_molecule(monkeypatch):
+    """Glycine has other minima within 0.25 eV (GFN2-xTB); malondialdehyde's SMILES embeds with its OH turned
+    away from the other oxygen, above the hydrogen-bonded minimum, which the search must find and put first.
+    Every minimum has the start's bonds; none is a relabelled copy of another. Without RDKit: the start alone."""
+    pytest.importorskip("rdkit")
+    pytest.importorskip("tblite")
+    from ase_wavecalc.domain import bond_signature
+    from ase_wavecalc.fit import conformers
+    from ase_wavecalc.fit.candidates import relax
+    from ase_wavecalc.fit.molecule import resolve_molecule
+
+    start, _ = relax(resolve_molecule("NCC(=O)O"))
+    minima = conformers.low_conformers(start, n_embed=4)
+    energies = [m.info["energy_eV"] for m in minima]
+    assert len(minima) >= 2 and energies == sorted(energies) and energies[0] == 0.0 and max(energies) <= 0.25
+    assert sum(m.info["is_start"] for m in minima) == 1
+    assert {bond_signature(m.numbers, m.positions) for m in minima} == {bond_signature(start.numbers, start.positions)}
+    prints = [conformers._fingerprint(m.numbers, m.positions) for m in minima]
+    assert min(np.sqrt(np.mean((a - b) ** 2)) for i, a in enumerate(prints) for b in prints[:i]) > conformers.SAME
+
+    start, _ = relax(resolve_molecule("O/C=C\\C=O"))
+    lowest = conformers.low_conformers(start, n_embed=4)[0]
+    z, x = lowest.numbers, lowest.positions
+    oxygens = np.flatnonzero(z == 8)
+    d = np.linalg.norm(x[:, None] - x[oxygens][None], axis=-1)[z == 1]     # H-O distances
+    hydroxyl = np.argmin(d.min(axis=1))
+    assert not lowest.info["is_start"] and d[hydroxyl].max() < 2.0            # O-H...O: the hydrogen bond
+
+    monkeypatch.setattr(conformers, "_rdkit_molecule", lambda atoms, charge: None)
+    alone = conformers.low_conformers(start)
+    assert len(alone) == 1 and alone[0].info["is_start"] and np.allclose(alone[0].positions, start.positions)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["Au2", "--basis", "sto-3g"], "Au"),                         # an element the basis does not have
     (["CH3"], "open shell"),                                      # a radical

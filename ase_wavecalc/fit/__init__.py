@@ -6,7 +6,9 @@ export and report), resumable at any point and bounded by one wall-time budget.
 | ``recipe`` | the TOML recipe (shipped default ``recipes/default.toml``, user overrides), phase deadlines |
 | ``molecule`` | the molecule from a name, SMILES or file; refusals before any work; cost of a reference |
 | ``state`` | ``fit.json``: what is done, the fit's clock over all invocations, the work-directory lock |
-| ``candidates`` | relaxed start, MD and normal-mode candidates in farthest-point order, test geometries |
+| ``conformers`` | the low minima of the molecule (RDKit embeddings relaxed with the sampling driver) |
+| ``candidates`` | relaxed start, MD (from the conformers) and normal-mode candidates in an order interleaved by
+  source, test geometries |
 | ``labelling`` | labeller processes (or a Dask executor) over the label queue, until a deadline |
 | ``training`` | training configs from the recipe, time-bounded runs of the ``Trainer`` |
 | ``active`` | MD on the committee model and the frames worth labelling |

@@ -145,6 +145,20 @@ def interleaved_order(positions, sources, shares: dict | None = None) -> np.ndar
     return np.asarray(order, dtype=np.int64)
 
 
+def md_start(minima: list, j: int, n_traj: int):
+    """The start of trajectory ``j`` of ``n_traj`` at one temperature: the first half from the lowest of
+    ``minima`` (lowest first), the others from the rest in turn."""
+    half = (n_traj + 1) // 2
+    if len(minima) == 1 or j < half:
+        return minima[0]
+    return minima[1 + (j - half) % (len(minima) - 1)]
+
+
+def _has_rdkit() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("rdkit") is not None
+
+
 def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: int = 0, seed: int = 0,
                     progress=None, seconds: float | None = None) -> dict:
     """Relax, sample, order. Returns arrays (Angstrom): numbers, start, train (n_train, N, 3) in farthest-point
@@ -153,14 +167,35 @@ def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: in
     import time
 
     from ..sampling import sample_geometries
+    from .conformers import low_conformers
 
     log = progress or (lambda line: None)
     driver = sampling["driver"]
+    t_start = time.perf_counter()
     start, driver_name = relax(atoms, driver=driver, charge=charge)
     log(f"start structure relaxed with {driver_name}")
     if "xTB" not in driver_name:
         log("WARNING: GFN2-xTB (tblite) is not installed: sampling runs HF/STO-3G MD with PySCF, hundreds of times "
             "slower, and takes fewer candidates (pip install tblite)")
+    minima = [start]
+    if int(sampling.get("conformer_embeddings", 0)) > 0:
+        minima = low_conformers(start, driver=driver, charge=charge, n_embed=int(sampling["conformer_embeddings"]),
+                                window_eV=float(sampling["conformer_window_eV"]),
+                                max_keep=int(sampling["max_conformers"]), seed=seed,
+                                seconds=None if seconds is None else 0.3 * seconds)
+        if len(minima) > 1:
+            log(f"  {len(minima)} conformers (RDKit embeddings relaxed with {driver_name}), eV above the lowest: "
+                + ", ".join(f"{m.info['energy_eV']:.3f}" + (" (the start)" if m.info["is_start"] else "")
+                            for m in minima))
+        elif not _has_rdkit():
+            log("  no conformer search (it needs RDKit: pip install rdkit): MD starts from the start structure only")
+        if not minima[0].info.get("is_start", True):
+            above = next(m.info["energy_eV"] for m in minima if m.info["is_start"])
+            log(f"  the start is {above:.3f} eV above the lowest conformer: the test MD, the normal modes, half "
+                "the MD runs and the model's MD checks start from that one")
+        start = minima[0]
+        if seconds is not None:
+            seconds = max(0.3 * seconds, seconds - (time.perf_counter() - t_start))
     rng = np.random.default_rng(seed)
     temps = [float(t) for t in sampling["temperatures"]]
     n_nm = int(round(float(sampling["normal_mode_fraction"]) * n_train))
@@ -185,12 +220,13 @@ def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: in
             mj = m // n_traj + (1 if j < m % n_traj else 0)
             if mj == 0:
                 continue
-            pos, _ = sample_geometries(start, mj, temperature=t, interval=int(sampling["interval"]),
+            pos, _ = sample_geometries(md_start(minima, j, n_traj), mj, temperature=t, interval=int(sampling["interval"]),
                                        friction=float(sampling["friction"]), seed=seed * 1000 + 11 + k + 50 * j,
                                        driver=driver, charge=charge)
             frames.append(pos)
             source += [f"md{t:g}"] * mj
-        log(f"  {m} candidates from {n_traj} Langevin MD runs at {t:g} K")
+        log(f"  {m} candidates from {n_traj} Langevin MD runs at {t:g} K"
+            + (f" ({min(n_traj, (n_traj + 1) // 2)} from the lowest conformer)" if len(minima) > 1 else ""))
     if n_nm:
         frames.append(normal_mode_samples(start, n_nm, temps, rng, driver=driver, charge=charge))
         source += ["normal_modes"] * n_nm
@@ -216,5 +252,7 @@ def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: in
     test = np.concatenate(tests) if tests else np.zeros((0, len(atoms), 3))
     log(f"  {len(test)} held-out test geometries from their own trajectories at {', '.join(f'{t:g}' for t in ttemps)} K")
     return {"numbers": np.asarray(start.numbers), "start": start.positions.copy(), "train": train,
+            "minima": np.stack([m.positions for m in minima]),
+            "minima_energy_eV": np.array([m.info.get("energy_eV", 0.0) for m in minima]),
             "train_source": np.asarray(source), "test": test, "test_source": np.asarray(test_source),
             "driver": driver_name}

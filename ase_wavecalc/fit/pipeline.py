@@ -333,7 +333,9 @@ class Fit:
                 model_dir = self.work / "models" / f"round_{r}"
                 self._export(self.st.get("last_readout"), model_dir)
                 cand = np.load(self.work / "candidates.npz")
-                start = Atoms(numbers=cand["numbers"], positions=cand["start"])
+                # each round's MD from the next of the sampled conformers (the start alone before they existed)
+                minima = cand["minima"] if "minima" in cand.files else cand["start"][None]
+                start = Atoms(numbers=cand["numbers"], positions=minima[r % len(minima)])
                 t_md = self.st.elapsed() + 0.35 * max(0.0, self.left("active"))
                 # as many frames as the workers label in a quarter of the time left (24 in the recipe takes
                 # ~3 min for malondialdehyde on 2 cores, and would take most of a 2-h fit's phase for 20 atoms)
