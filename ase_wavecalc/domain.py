@@ -23,6 +23,9 @@ further out (rings of different sizes built from the
 same environments) can share a pattern. ``outside`` gives the reason a geometry is outside the recorded
 compositions and bonds, or None; ``pair_distances`` compares its pair distances with the recorded range
 (warning or refusal, see there). Cards without a key (exports before it existed) are not checked for it.
+Whether an MD run kept its molecule is another question (``bond_graph_key``, ``first_lasting_bond_change``):
+there like atoms may trade places (malondialdehyde's proton hops between its two oxygens and the molecule is
+the same), and a change that reverts within tens of femtoseconds is a bond in flight, not a broken one.
 Angstrom throughout.
 """
 from __future__ import annotations
@@ -31,8 +34,9 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["BOND_SCALE", "formula", "bonded_pairs", "bond_signature", "describe_frames", "merge", "outside",
-           "longest_bonds", "pair_distances"]
+__all__ = ["BOND_SCALE", "formula", "bonded_pairs", "bond_signature", "bond_graph_key", "first_lasting_bond_change",
+           "describe_frames", "merge",
+           "outside", "longest_bonds", "pair_distances"]
 
 BOND_SCALE = 1.3    # x (r_cov,a + r_cov,b): bonded
 
@@ -84,6 +88,54 @@ def bond_signature(numbers, positions_angstrom) -> str:
         neighbours[b].append(symbols[a])
     counts = Counter(f"{s}[{_hill(n)}]" for s, n in zip(symbols, neighbours))
     return " ".join(env if n == 1 else f"{env}x{n}" for env, n in sorted(counts.items()))
+
+
+def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, rounds: int = 4) -> str:
+    """A short key of the bond graph (bonded as in :func:`bonded_pairs` at ``scale``) that does not depend on
+    which of several like atoms is which: a proton that moved to an equivalent site (malondialdehyde's O-H...O
+    transfer) gives the same molecule and the same key; a bond broken or formed, or another isomer, gives another.
+
+    ``rounds`` rounds of Weisfeiler-Lehman refinement (each atom's label becomes its label with the sorted labels
+    of its neighbours), then the sorted multiset of labels, hashed (BLAKE2b, 16 hex digits). Isomorphic graphs
+    always share the key; non-isomorphic molecular graphs of a few dozen atoms practically never do (the test
+    fails only for regular graphs, such as two rings against one of the same atoms)."""
+    import hashlib
+
+    from ase.data import chemical_symbols
+
+    def short(text: str) -> str:
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    z = np.asarray(numbers, dtype=int).reshape(-1)
+    neighbours: list[list[int]] = [[] for _ in z]
+    for a, b in bonded_pairs(z, positions_angstrom, scale):
+        neighbours[a].append(int(b))
+        neighbours[b].append(int(a))
+    labels = [chemical_symbols[int(a)] for a in z]
+    for _ in range(rounds):
+        labels = [short(labels[i] + "|" + ",".join(sorted(labels[j] for j in nbrs)))
+                  for i, nbrs in enumerate(neighbours)]
+    return short(" ".join(sorted(labels)))
+
+
+def first_lasting_bond_change(numbers, frames_angstrom, hold: int, scale: float = BOND_SCALE) -> int | None:
+    """Index of the first frame from which the bond graph (:func:`bond_graph_key` at ``scale``) differs from
+    the first frame's for ``hold`` frames in a row, or up to the last frame; None when it never does. A change
+    that reverts sooner (a proton in flight between two equivalent sites, an overstretched vibration) does not
+    count. numbers: (n,); frames_angstrom: (n_frames, n, 3)."""
+    frames = np.asarray(frames_angstrom, dtype=float).reshape(-1, len(np.ravel(numbers)), 3)
+    if not len(frames):
+        return None
+    ref = bond_graph_key(numbers, frames[0], scale)
+    since = None
+    for k, pos in enumerate(frames):
+        if bond_graph_key(numbers, pos, scale) == ref:
+            since = None
+            continue
+        since = k if since is None else since
+        if k - since + 1 >= hold or k == len(frames) - 1:
+            return since
+    return None
 
 
 def describe_frames(numbers, positions_angstrom) -> dict:

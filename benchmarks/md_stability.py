@@ -25,24 +25,21 @@ from _common import (DEFAULT_MODELS, MOLECULES, finish_machine_info, machine_inf
                      table, write_result)
 
 
-def bond_graph(atoms, factor: float = 1.25) -> frozenset:
-    """Pairs (i, j), i < j, closer than ``factor`` x the sum of their covalent radii."""
-    from ase_wavecalc.domain import bonded_pairs
-
-    return frozenset((int(a), int(b)) for a, b in bonded_pairs(atoms.numbers, atoms.positions, factor))
-
-
-def first_broken_frame(traj) -> int | None:
-    """Index of the first trajectory frame whose bond graph differs from the first frame's (a bond broken or
-    formed: the molecule fell apart or rearranged, which a model's domain checks alone would not stop), or
-    None when every frame keeps it."""
+def first_broken_frame(traj, hold: int = 100) -> int | None:
+    """Index of the first trajectory frame from which the bond graph (pairs closer than 1.25 x the sum of their
+    covalent radii) differs from the first frame's for ``hold`` frames in a row or up to the last frame (a bond
+    broken or formed: the molecule fell apart or rearranged, which a model's domain checks alone would not stop),
+    or None. Like atoms may trade places (a proton moved to an equivalent site is the same molecule), and a change
+    that reverts within ``hold`` frames (50 fs at the 0.5-fs steps written every step here) does not count
+    (``ase_wavecalc.domain.first_lasting_bond_change``)."""
     from ase.io import read
+
+    from ase_wavecalc.domain import first_lasting_bond_change
 
     frames = read(traj, ":") if Path(traj).exists() else []
     if not frames:
         return None
-    ref = bond_graph(frames[0])
-    return next((k for k, a in enumerate(frames) if bond_graph(a) != ref), None)
+    return first_lasting_bond_change(frames[0].numbers, [a.positions for a in frames], hold, 1.25)
 
 
 def mean_temperature(traj) -> float | None:

@@ -1,8 +1,9 @@
 """Active learning for a fit: Langevin MD on the committee model, and the frames worth labelling.
 
 A frame is selected where the committee's energy spread is in the top ``spread_quantile`` of its run or above
-the model card's warning threshold (the most uncertain first), and, for a run the model stopped (a geometry outside its training domain),
-the frames just before the stop. Frames come out at least ``select_every`` steps apart.
+the model card's warning threshold (the most uncertain first), and, for a run the model stopped (a geometry
+outside its training domain), the geometry it refused and the frames just before it. Frames come out at least
+``select_every`` steps apart (the refused geometry excepted).
 """
 from __future__ import annotations
 
@@ -47,12 +48,16 @@ def explore(model_dir, start_atoms, temperatures, steps: int, friction: float, s
                     spreads.append(float(std))
             except (InputError, CalculationFailed) as exc:
                 stopped, reason = True, str(exc).splitlines()[0][:160]
+                refused = atoms.copy()      # the geometry the model refused (a bond pattern or distance it
+                refused.calc = None         # never saw, e.g. a proton in flight): what most needs a label
+                seen.append(refused)
+                spreads.append(np.nan)
         runs.append({"temperature_K": float(t), "steps": int(done), "stopped": stopped, "reason": reason})
         log(f"  MD at {t:g} K: {done} steps" + (f", stopped: {reason}" if stopped else ""))
         spreads = np.asarray(spreads)
         card = getattr(calc.provider, "card", {}) or {}
         threshold = float((card.get("committee") or {}).get("energy_std_warning_mev") or 0.0) / 1000.0   # eV
-        # first the frames just before a stop, then the least certain ones (the run's top quantile, and any
+        # first the refused geometry and the frames just before it, then the least certain ones (the run's top quantile, and any
         # frame above the card's warning threshold), most uncertain first, up to the cap
         picked = list(range(max(0, len(seen) - 4), len(seen))[::-1]) if stopped and seen else []
         if len(spreads) and np.isfinite(spreads).any():
