@@ -32,7 +32,8 @@ def test_budget_strings():
 def test_recipe_merges_and_refuses_typos(tmp_path):
     recipe, _ = load_recipe(TINY)
     assert recipe["committee"]["size"] == 2                      # from the user recipe
-    assert recipe["labels"]["conv_tol"] == 1e-10                 # from the default
+    default, _ = load_recipe(None)
+    assert recipe["labels"] == default["labels"]                 # from the default
     bad = tmp_path / "bad.toml"
     bad.write_text("[sampling]\ntemperatrues = [300.0]\n")
     with pytest.raises(RecipeError, match="temperatrues.*temperatures"):
