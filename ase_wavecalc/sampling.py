@@ -214,13 +214,14 @@ def check_sampling_settings(n_frames: int, temperature: float, interval: int, ti
 def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval: int = 25,
                       timestep: float = 0.5, friction: float = 0.02, seed: int = 0,
                       equilibration: int = 200, driver: str = "auto", charge: int = 0,
-                      progress: bool = False):
+                      progress: bool = False, on_step=None):
     """Run Langevin MD and return (positions (n_frames, n_atoms, 3) Angstrom, info dict).
 
     Velocities start from a Maxwell-Boltzmann distribution at ``temperature`` (no net momentum or
     rotation); after ``equilibration`` steps a frame is taken every ``interval`` steps. All random
     numbers come from ``numpy.random.default_rng(seed)``, so a seed gives the same trajectory.
     ``info`` records every setting (stored as sampler metadata by ``wavecalc generate``).
+    ``on_step``: called with the atoms after every step past the equilibration (read them, do not change them).
     """
 
     check_sampling_settings(n_frames, temperature, interval, timestep, friction, equilibration)
@@ -246,6 +247,8 @@ def sample_geometries(atoms, n_frames: int, temperature: float = 300.0, interval
             dyn.run(equilibration)
             if bar is not None:
                 bar.update(equilibration)
+        if on_step is not None:
+            dyn.attach(lambda: on_step(atoms), interval=1)
         for i in range(n_frames):
             dyn.run(interval)
             if bar is not None:

@@ -89,3 +89,24 @@ def test_active_learning_labels_the_geometry_the_model_refused(monkeypatch):
     lengths = [a.get_distance(0, 1) for a in out["frames"]]
     assert max(lengths) > 0.85        # the refused geometry itself is among the frames to label
     assert all(a.calc is None for a in out["frames"])
+
+
+def test_md_sampling_keeps_a_proton_in_flight_not_a_lost_one():
+    from ase_wavecalc.fit.candidates import TransientPatterns
+
+    acid, moved, h = _acid_with_proton_moved()
+    far = acid.copy()
+    far.positions[h] += np.array([4.0, 0.0, 0.0])
+    seen = TransientPatterns(acid.numbers, acid.positions, hold=5, max_keep=4)
+    trajectory = [acid] * 3 + [far] * 3 + [moved] * 4 + [far] * 2 + [acid] * 2 + [far] * 7 + [acid] * 3
+    for atoms in trajectory:
+        seen(atoms)
+    # two excursions of 3 and 2 frames came back (to the moved proton, then to the start): their middle frames;
+    # the third lasted past the 5-step hold: a lost proton, not kept, and the collection stopped
+    assert len(seen.frames) == 2 and seen.done
+    for f in seen.frames:
+        assert np.allclose(f, far.positions)
+    steady = TransientPatterns(acid.numbers, acid.positions, hold=5)
+    for atoms in [acid] * 5 + [moved] * 5:          # a proton that hops in one step: nothing in flight to keep
+        steady(atoms)
+    assert steady.frames == [] and not steady.done

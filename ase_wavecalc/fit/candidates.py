@@ -7,6 +7,11 @@
    They are put in farthest-point order of a descriptor of the geometry (inverse interatomic distances)
    within each source, the sources interleaved in proportion to their size (``interleaved_order``), so that
    whatever number the budget labels is spread over each source and holds each its share.
+   Each MD run also keeps, at every step, where the bond pattern left the start's and came back within 50 fs
+   (``TransientPatterns``: a proton in flight between two equivalent sites, an overstretched bond that
+   recovers): source "transient". Frames taken every ``interval`` steps rarely catch them, and a model whose
+   training frames lack a pattern refuses it (``domain``), which stops MD through, e.g., malondialdehyde's
+   proton transfer.
 3. Test geometries: MD trajectories of their own (other seeds) at the test temperatures; never trained on.
 
 Positions are stored in Angstrom in ``candidates.npz`` (arrays ``numbers``, ``train``, ``test``,
@@ -16,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["relax", "normal_mode_samples", "keeps_bonds", "farthest_point_order", "interleaved_order",
-           "make_candidates"]
+__all__ = ["relax", "normal_mode_samples", "keeps_bonds", "TransientPatterns", "farthest_point_order",
+           "interleaved_order", "make_candidates"]
 
 KB_EV = 8.617333262e-5   # eV/K
 MAX_STRETCH = 1.25       # normal-mode samples: no bond of the minimum longer than this x its length there
@@ -94,6 +99,46 @@ def keeps_bonds(numbers, start, positions, stretch: float = MAX_STRETCH) -> bool
     d0 = np.linalg.norm(start[pairs[:, 0]] - start[pairs[:, 1]], axis=1)
     d = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
     return bool(np.all(d <= stretch * d0))
+
+
+class TransientPatterns:
+    """An ``on_step`` observer of an MD run (``sampling.sample_geometries``) that keeps the middle frame of each
+    excursion of the bond pattern (``domain.bond_signature``) away from the start's that returns to it within
+    ``hold`` steps, at most ``max_keep`` frames (``frames``: a list of (N, 3) arrays, Angstrom). An excursion
+    that lasts longer (a bond broken for good, another isomer) is not kept, and ends the collection."""
+
+    def __init__(self, numbers, start_positions, hold: int = 100, max_keep: int = 4):
+        from ..domain import bond_signature, bonded_pairs
+
+        self._signature, self._pairs_of = bond_signature, bonded_pairs
+        self.numbers = np.asarray(numbers, dtype=int)
+        self.reference = bond_signature(self.numbers, start_positions)
+        self.pairs = self._pair_set(start_positions)     # the pairs of the last frame with the start's pattern
+        self.hold, self.max_keep = int(hold), int(max_keep)
+        self.excursion: list = []
+        self.frames: list = []
+        self.done = False
+
+    def _pair_set(self, positions) -> frozenset:
+        return frozenset(map(tuple, self._pairs_of(self.numbers, positions).tolist()))
+
+    def __call__(self, atoms) -> None:
+        if self.done:
+            return
+        pos = atoms.positions
+        pairs = self._pair_set(pos)
+        if not self.excursion and pairs == self.pairs:       # the usual step: no bond changed
+            return
+        if self._signature(self.numbers, pos) == self.reference:
+            self.pairs = pairs                                # back (perhaps with like atoms exchanged)
+            if self.excursion:
+                self.frames.append(self.excursion[len(self.excursion) // 2])
+                self.excursion = []
+                self.done = len(self.frames) >= self.max_keep
+            return
+        self.excursion.append(pos.copy())
+        if len(self.excursion) > self.hold:                   # a lasting change: not a transient
+            self.excursion, self.done = [], True
 
 
 def _descriptor(positions):
@@ -213,6 +258,7 @@ def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: in
             log(f"  MD at {per_step * 1e3:.1f} ms per step: {n_md} MD candidates fit the sampling phase")
     frames, source = [], []
     n_traj = max(1, int(sampling.get("trajectories_per_temperature", 1)))
+    n_transient = int(sampling.get("transients_per_run", 0))
     for k, t in enumerate(temps):
         m = n_md // len(temps) + (1 if k < n_md % len(temps) else 0)
         # independent trajectories (own seeds): more chances to cross into other conformers than one long run
@@ -220,13 +266,21 @@ def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: in
             mj = m // n_traj + (1 if j < m % n_traj else 0)
             if mj == 0:
                 continue
-            pos, _ = sample_geometries(md_start(minima, j, n_traj), mj, temperature=t, interval=int(sampling["interval"]),
+            begin = md_start(minima, j, n_traj)
+            seen = TransientPatterns(begin.numbers, begin.positions, max_keep=n_transient)
+            pos, _ = sample_geometries(begin, mj, temperature=t, interval=int(sampling["interval"]),
                                        friction=float(sampling["friction"]), seed=seed * 1000 + 11 + k + 50 * j,
-                                       driver=driver, charge=charge)
+                                       driver=driver, charge=charge, on_step=seen if n_transient else None)
             frames.append(pos)
             source += [f"md{t:g}"] * mj
+            if seen.frames:
+                frames.append(np.stack(seen.frames))
+                source += ["transient"] * len(seen.frames)
         log(f"  {m} candidates from {n_traj} Langevin MD runs at {t:g} K"
             + (f" ({min(n_traj, (n_traj + 1) // 2)} from the lowest conformer)" if len(minima) > 1 else ""))
+    if "transient" in source:
+        log(f"  {source.count('transient')} frames where the bond pattern changed for under 50 fs (a proton in "
+            "flight, an overstretched bond)")
     if n_nm:
         frames.append(normal_mode_samples(start, n_nm, temps, rng, driver=driver, charge=charge))
         source += ["normal_modes"] * n_nm
