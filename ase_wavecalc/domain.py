@@ -25,7 +25,9 @@ compositions and bonds, or None; ``pair_distances`` compares its pair distances 
 (warning or refusal, see there). Cards without a key (exports before it existed) are not checked for it.
 Whether an MD run kept its molecule is another question (``bond_graph_key``, ``first_lasting_bond_change``):
 there like atoms may trade places (malondialdehyde's proton hops between its two oxygens and the molecule is
-the same), and a change that reverts within tens of femtoseconds is a bond in flight, not a broken one.
+the same), a hydrogen belongs to its nearest atom (at PBE/def2-SVP that proton sits between the oxygens, 1.24 A
+from each, as low in energy as at GFN2-xTB's minimum), and a change that reverts within tens of femtoseconds is
+a bond in flight, not a broken one.
 Angstrom throughout.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["BOND_SCALE", "formula", "bonded_pairs", "bond_signature", "bond_graph_key", "first_lasting_bond_change",
+__all__ = ["BOND_SCALE", "HYDROGEN_REACH", "formula", "bonded_pairs", "bond_signature", "bond_graph_key", "first_lasting_bond_change",
            "describe_frames", "merge",
            "outside", "longest_bonds", "pair_distances"]
 
@@ -90,10 +92,19 @@ def bond_signature(numbers, positions_angstrom) -> str:
     return " ".join(env if n == 1 else f"{env}x{n}" for env, n in sorted(counts.items()))
 
 
-def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, rounds: int = 4) -> str:
+HYDROGEN_REACH = 1.5   # x (r_cov,H + r_cov,X): how far a hydrogen may be from its nearest atom and count as on it
+
+
+def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, rounds: int = 4,
+                   hydrogens_on_nearest: bool = False) -> str:
     """A short key of the bond graph (bonded as in :func:`bonded_pairs` at ``scale``) that does not depend on
     which of several like atoms is which: a proton that moved to an equivalent site (malondialdehyde's O-H...O
     transfer) gives the same molecule and the same key; a bond broken or formed, or another isomer, gives another.
+
+    ``hydrogens_on_nearest``: each hydrogen is bonded to its nearest atom only, if within ``HYDROGEN_REACH`` x
+    their summed covalent radii (1.46 A from O, 1.61 A from C), else to none: a proton shared between two
+    oxygens (1.24 A from each in PBE's malondialdehyde, bonded to both or neither by the cutoff) is then on one
+    of them, the molecule it belongs to; one that left is on none.
 
     ``rounds`` rounds of Weisfeiler-Lehman refinement (each atom's label becomes its label with the sorted labels
     of its neighbours), then the sorted multiset of labels, hashed (BLAKE2b, 16 hex digits). Isomorphic graphs
@@ -101,16 +112,26 @@ def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, round
     fails only for regular graphs, such as two rings against one of the same atoms)."""
     import hashlib
 
-    from ase.data import chemical_symbols
+    from ase.data import chemical_symbols, covalent_radii
 
     def short(text: str) -> str:
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     z = np.asarray(numbers, dtype=int).reshape(-1)
+    pos = np.asarray(positions_angstrom, dtype=float).reshape(-1, 3)
+    pairs = [(int(a), int(b)) for a, b in bonded_pairs(z, pos, scale)]
+    if hydrogens_on_nearest and len(z) > 1:
+        pairs = [(a, b) for a, b in pairs if z[a] != 1 and z[b] != 1]
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        for h in np.flatnonzero(z == 1):
+            k = int(np.argmin(d[h]))
+            if d[h, k] < HYDROGEN_REACH * (covalent_radii[1] + covalent_radii[z[k]]) and (k, int(h)) not in pairs:
+                pairs.append((int(h), k))
     neighbours: list[list[int]] = [[] for _ in z]
-    for a, b in bonded_pairs(z, positions_angstrom, scale):
-        neighbours[a].append(int(b))
-        neighbours[b].append(int(a))
+    for a, b in pairs:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
     labels = [chemical_symbols[int(a)] for a in z]
     for _ in range(rounds):
         labels = [short(labels[i] + "|" + ",".join(sorted(labels[j] for j in nbrs)))
@@ -119,17 +140,17 @@ def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, round
 
 
 def first_lasting_bond_change(numbers, frames_angstrom, hold: int, scale: float = BOND_SCALE) -> int | None:
-    """Index of the first frame from which the bond graph (:func:`bond_graph_key` at ``scale``) differs from
-    the first frame's for ``hold`` frames in a row, or up to the last frame; None when it never does. A change
-    that reverts sooner (a proton in flight between two equivalent sites, an overstretched vibration) does not
-    count. numbers: (n,); frames_angstrom: (n_frames, n, 3)."""
+    """Index of the first frame from which the molecule (:func:`bond_graph_key` at ``scale``, each hydrogen on
+    its nearest atom) differs from the first frame's for ``hold`` frames in a row, or up to the last frame; None
+    when it never does. A change that reverts sooner (an overstretched vibration) does not count.
+    numbers: (n,); frames_angstrom: (n_frames, n, 3)."""
     frames = np.asarray(frames_angstrom, dtype=float).reshape(-1, len(np.ravel(numbers)), 3)
     if not len(frames):
         return None
-    ref = bond_graph_key(numbers, frames[0], scale)
+    ref = bond_graph_key(numbers, frames[0], scale, hydrogens_on_nearest=True)
     since = None
     for k, pos in enumerate(frames):
-        if bond_graph_key(numbers, pos, scale) == ref:
+        if bond_graph_key(numbers, pos, scale, hydrogens_on_nearest=True) == ref:
             since = None
             continue
         since = k if since is None else since

@@ -44,6 +44,24 @@ def test_a_proton_moved_to_an_equivalent_site_keeps_the_bond_graph_a_broken_bond
             == bond_graph_key(ethanol.numbers, ethanol.positions))
 
 
+def test_a_proton_shared_by_two_oxygens_belongs_to_the_molecule_a_lost_one_does_not():
+    from ase import Atoms
+
+    def zundel(x_shared):
+        """H5O2+ with its oxygens 2.4 A apart on the x axis and the shared proton at (x_shared, y, 0)."""
+        return Atoms("OOHHHHH", positions=[(0, 0, 0), (2.4, 0, 0), (-0.33, 0.9, 0), (-0.33, -0.45, 0.78),
+                                           (2.73, 0.9, 0), (2.73, -0.45, -0.78), x_shared])
+
+    z = zundel((1.0, 0, 0)).numbers
+    key = bond_graph_key(z, zundel((1.0, 0, 0)).positions, 1.25, hydrogens_on_nearest=True)  # H3O+ ... H2O
+    shared = zundel((1.2, 0, 0)).positions                                    # 1.2 A from each oxygen
+    assert bond_graph_key(z, shared, 1.25) != bond_graph_key(z, zundel((1.0, 0, 0)).positions, 1.25)
+    assert bond_graph_key(z, shared, 1.25, hydrogens_on_nearest=True) == key
+    assert bond_graph_key(z, zundel((1.4, 0, 0)).positions, 1.25, hydrogens_on_nearest=True) == key  # moved on
+    lost = zundel((1.2, 2.5, 0)).positions                                    # 2.8 A from the oxygens
+    assert bond_graph_key(z, lost, 1.25, hydrogens_on_nearest=True) != key
+
+
 def test_a_transient_change_is_not_a_broken_molecule_a_lasting_one_is():
     acid, moved, h = _acid_with_proton_moved()
     far = acid.copy()
