@@ -12,9 +12,14 @@ records:
 | ``bond_signatures`` | per formula, the distinct bonding patterns of its training frames | ``{"C2H6O": ["C[CH2O] C[CH3] H[C]x5 H[O] O[CH]"]}`` |
 | ``min_pair_distance_A`` | per element pair, the shortest distance of any two atoms | ``{"6-6": 1.4143, ...}`` |
 | ``max_bond_length_A`` | per element pair, the longest bond (bonded as below) | ``{"6-6": 1.7038, ...}`` |
+| ``hydrogens_on_nearest`` | bonds of hydrogen as below (cards since 2026-12-08; absent: by the cutoff alone) | ``true`` |
 
 Two atoms are bonded when closer than ``BOND_SCALE`` x the sum of their covalent radii (ASE's
-``covalent_radii``, Cordero et al. 2008): 1.39 A for C-H, 1.26 A for O-H, 1.98 A for C-C. A bonding pattern
+``covalent_radii``, Cordero et al. 2008): 1.39 A for C-H, 1.26 A for O-H, 1.98 A for C-C; in cards with
+``hydrogens_on_nearest``, a hydrogen is bonded to its nearest atom alone, up to ``HYDROGEN_REACH`` x the radii
+(1.61 A from C, 1.46 A from O): by the cutoff, a proton shared by two oxygens (PBE's malondialdehyde holds it
+1.20-1.24 A from each) is bonded to both or to neither, a pattern a model refuses until it has trained on it,
+while it is the same molecule; its length is still checked (``pair_distances``). A bonding pattern
 is the multiset of atom environments, each atom's element with the Hill formula of its bonded neighbours
 (``C[CH2O]``: a carbon bonded to one C, two H and one O). That is one round of Weisfeiler-Lehman refinement of
 the bond graph: it tells apart ethanol and dimethyl ether, n- and iso-butane, 1- and 2-propanol, and notices
@@ -36,11 +41,11 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["BOND_SCALE", "HYDROGEN_REACH", "formula", "bonded_pairs", "bond_signature", "bond_graph_key", "first_lasting_bond_change",
-           "describe_frames", "merge",
-           "outside", "longest_bonds", "pair_distances"]
+__all__ = ["BOND_SCALE", "HYDROGEN_REACH", "formula", "bonded_pairs", "bond_signature", "bond_graph_key",
+           "first_lasting_bond_change", "describe_frames", "merge", "outside", "longest_bonds", "pair_distances"]
 
 BOND_SCALE = 1.3    # x (r_cov,a + r_cov,b): bonded
+HYDROGEN_REACH = 1.5   # x (r_cov,H + r_cov,X): how far a hydrogen may be from its nearest atom and count as on it
 
 # pair distances against the training range (pair_distances)
 EXTRAPOLATION_ERROR = 0.8     # x the shortest training distance of the element pair: refused
@@ -62,8 +67,14 @@ def formula(numbers) -> str:
     return _hill([chemical_symbols[int(z)] for z in np.asarray(numbers, dtype=int).reshape(-1)])
 
 
-def bonded_pairs(numbers, positions_angstrom, scale: float = BOND_SCALE) -> np.ndarray:
+def bonded_pairs(numbers, positions_angstrom, scale: float = BOND_SCALE,
+                 hydrogens_on_nearest: bool = False) -> np.ndarray:
     """(n_bonds, 2) atom indices i < j (in that order) closer than ``scale`` x their summed covalent radii.
+
+    ``hydrogens_on_nearest``: a hydrogen is bonded to its nearest atom only, if closer than ``HYDROGEN_REACH``
+    x their summed covalent radii (1.46 A from O, 1.61 A from C), else to none; the other pairs by ``scale``. A
+    proton shared by two oxygens (1.24 A from each in PBE's malondialdehyde, bonded to both by the cutoff, to
+    neither a little further out) is then on one of them, as it is on either side of the transfer.
 
     numbers: (n,) atomic numbers; positions_angstrom: (n, 3)."""
     from ase.data import covalent_radii
@@ -73,26 +84,32 @@ def bonded_pairs(numbers, positions_angstrom, scale: float = BOND_SCALE) -> np.n
     if len(z) != len(pos):
         raise ValueError(f"{len(z)} atomic numbers but {len(pos)} positions")
     i, j = np.triu_indices(len(z), 1)
-    bonded = np.linalg.norm(pos[i] - pos[j], axis=1) < scale * (covalent_radii[z[i]] + covalent_radii[z[j]])
+    d = np.linalg.norm(pos[i] - pos[j], axis=1)
+    bonded = d < scale * (covalent_radii[z[i]] + covalent_radii[z[j]])
+    if hydrogens_on_nearest and len(z) > 1:
+        full = np.full((len(z), len(z)), np.inf)
+        full[i, j] = full[j, i] = d
+        nearest = np.argmin(full, axis=1)
+        reach = HYDROGEN_REACH * (covalent_radii[1] + covalent_radii[z[nearest]])
+        on = (z == 1) & (full[np.arange(len(z)), nearest] < reach)          # hydrogen -> its nearest atom
+        is_h = (z[i] == 1) | (z[j] == 1)
+        bonded = np.where(is_h, (on[i] & (nearest[i] == j)) | (on[j] & (nearest[j] == i)), bonded)
     return np.stack([i[bonded], j[bonded]], axis=1)
 
 
-def bond_signature(numbers, positions_angstrom) -> str:
+def bond_signature(numbers, positions_angstrom, hydrogens_on_nearest: bool = False) -> str:
     """The bonding pattern: atom environments with their counts, sorted, e.g. for ethanol
-    "C[CH2O] C[CH3] H[C]x5 H[O] O[CH]" (an atom without bonds is "X[]")."""
+    "C[CH2O] C[CH3] H[C]x5 H[O] O[CH]" (an atom without bonds is "X[]"). Bonded as in :func:`bonded_pairs`."""
     from ase.data import chemical_symbols
 
     z = np.asarray(numbers, dtype=int).reshape(-1)
     symbols = [chemical_symbols[int(a)] for a in z]
     neighbours: list[list[str]] = [[] for _ in symbols]
-    for a, b in bonded_pairs(z, positions_angstrom):
+    for a, b in bonded_pairs(z, positions_angstrom, hydrogens_on_nearest=hydrogens_on_nearest):
         neighbours[a].append(symbols[b])
         neighbours[b].append(symbols[a])
     counts = Counter(f"{s}[{_hill(n)}]" for s, n in zip(symbols, neighbours))
     return " ".join(env if n == 1 else f"{env}x{n}" for env, n in sorted(counts.items()))
-
-
-HYDROGEN_REACH = 1.5   # x (r_cov,H + r_cov,X): how far a hydrogen may be from its nearest atom and count as on it
 
 
 def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, rounds: int = 4,
@@ -112,22 +129,13 @@ def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, round
     fails only for regular graphs, such as two rings against one of the same atoms)."""
     import hashlib
 
-    from ase.data import chemical_symbols, covalent_radii
+    from ase.data import chemical_symbols
 
     def short(text: str) -> str:
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     z = np.asarray(numbers, dtype=int).reshape(-1)
-    pos = np.asarray(positions_angstrom, dtype=float).reshape(-1, 3)
-    pairs = [(int(a), int(b)) for a, b in bonded_pairs(z, pos, scale)]
-    if hydrogens_on_nearest and len(z) > 1:
-        pairs = [(a, b) for a, b in pairs if z[a] != 1 and z[b] != 1]
-        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-        np.fill_diagonal(d, np.inf)
-        for h in np.flatnonzero(z == 1):
-            k = int(np.argmin(d[h]))
-            if d[h, k] < HYDROGEN_REACH * (covalent_radii[1] + covalent_radii[z[k]]) and (k, int(h)) not in pairs:
-                pairs.append((int(h), k))
+    pairs = [(int(a), int(b)) for a, b in bonded_pairs(z, positions_angstrom, scale, hydrogens_on_nearest)]
     neighbours: list[list[int]] = [[] for _ in z]
     for a, b in pairs:
         neighbours[a].append(b)
@@ -159,14 +167,15 @@ def first_lasting_bond_change(numbers, frames_angstrom, hold: int, scale: float 
     return None
 
 
-def describe_frames(numbers, positions_angstrom) -> dict:
-    """``compositions`` and ``bond_signatures`` of frames of one molecule.
+def describe_frames(numbers, positions_angstrom, hydrogens_on_nearest: bool = False) -> dict:
+    """``compositions`` and ``bond_signatures`` of frames of one molecule (bonded as in :func:`bonded_pairs`).
 
     numbers: (n,); positions_angstrom: (n_frames, n, 3)."""
     frames = np.asarray(positions_angstrom, dtype=float)
     frames = frames.reshape(-1, *frames.shape[-2:])
     name = formula(numbers)
-    return {"compositions": [name], "bond_signatures": {name: sorted({bond_signature(numbers, p) for p in frames})}}
+    return {"compositions": [name],
+            "bond_signatures": {name: sorted({bond_signature(numbers, p, hydrogens_on_nearest) for p in frames})}}
 
 
 def merge(descriptions) -> dict:
@@ -192,7 +201,7 @@ def outside(domain: dict, numbers, positions_angstrom, model_name: str) -> str |
                 "trained on it, or PySCF)")
     patterns = (domain.get("bond_signatures") or {}).get(here)
     if patterns:
-        pattern = bond_signature(numbers, positions_angstrom)
+        pattern = bond_signature(numbers, positions_angstrom, bool(domain.get("hydrogens_on_nearest", False)))
         if pattern not in patterns:
             return (f"the bonds of this geometry ({pattern}: each atom with its bonded neighbours, bonded below "
                     f"{BOND_SCALE:g}x the summed covalent radii) are those of no {here} training frame of model "
@@ -206,22 +215,22 @@ def _pair_key(za, zb) -> str:
     return f"{min(int(za), int(zb))}-{max(int(za), int(zb))}"
 
 
-def longest_bonds(numbers, positions_angstrom) -> dict[str, float]:
+def longest_bonds(numbers, positions_angstrom, hydrogens_on_nearest: bool = False) -> dict[str, float]:
     """Per element pair ("6-6": C-C), the longest bond in frames of one molecule, Angstrom.
 
-    numbers: (n,); positions_angstrom: (n_frames, n, 3). Bonded means closer than ``BOND_SCALE`` x the summed
-    covalent radii (as in :func:`bonded_pairs`), so the key is missing for element pairs never bonded."""
-    from ase.data import covalent_radii
-
+    numbers: (n,); positions_angstrom: (n_frames, n, 3). Bonded as in :func:`bonded_pairs` (the bonds
+    :func:`pair_distances` checks), so the key is missing for element pairs never bonded."""
     z = np.asarray(numbers, dtype=int).reshape(-1)
     frames = np.asarray(positions_angstrom, dtype=float).reshape(-1, len(z), 3)
-    i, j = np.triu_indices(len(z), 1)
-    dist = np.linalg.norm(frames[:, i] - frames[:, j], axis=-1)                 # (n_frames, n_pairs)
-    bonded = dist < BOND_SCALE * (covalent_radii[z[i]] + covalent_radii[z[j]])
     longest: dict[str, float] = {}
-    for k in np.flatnonzero(bonded.any(axis=0)):
-        key = _pair_key(z[i[k]], z[j[k]])
-        longest[key] = max(longest.get(key, 0.0), float(dist[bonded[:, k], k].max()))
+    for pos in frames:
+        bonds = bonded_pairs(z, pos, hydrogens_on_nearest=hydrogens_on_nearest)
+        if not len(bonds):
+            continue
+        lengths = np.linalg.norm(pos[bonds[:, 0]] - pos[bonds[:, 1]], axis=1)
+        for (a, b), d in zip(bonds, lengths):
+            key = _pair_key(z[a], z[b])
+            longest[key] = max(longest.get(key, 0.0), float(d))
     return longest
 
 
@@ -283,7 +292,7 @@ def pair_distances(domain: dict, numbers, positions_angstrom, model_name: str,
         if d < limit - EXTRAPOLATION_WARNING:
             warnings.setdefault("close", f"{label(a, b, d)}, below {where}: the model extrapolates")
     if longest:
-        bonds = bonded_pairs(z, pos)
+        bonds = bonded_pairs(z, pos, hydrogens_on_nearest=bool(domain.get("hydrogens_on_nearest", False)))
         lengths = np.linalg.norm(pos[bonds[:, 0]] - pos[bonds[:, 1]], axis=1) if len(bonds) else np.zeros(0)
         for k in np.argsort(-lengths):
             limit = longest.get(_pair_key(z[bonds[k, 0]], z[bonds[k, 1]]))

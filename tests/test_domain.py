@@ -226,3 +226,32 @@ def test_stretched_bonds_are_checked_on_the_bond_graph_only():
     water.set_distance(0, 1, 1.15, fix=0)
     assert "stretched far beyond" in pair_distances(domain, water.numbers, water.positions, "m")[0]
     assert longest_bonds(water.numbers, water.positions[None]) == pytest.approx({"1-8": 1.15})
+
+
+def test_a_shared_proton_is_checked_by_its_length_not_refused_for_its_pattern():
+    """In cards with ``hydrogens_on_nearest`` a hydrogen is on its nearest atom: a proton between two oxygens
+    (1.2 A from each: bonded to both by the cutoff) keeps the training pattern and is judged by the O-H length;
+    one pulled off a carbon is refused for its length, and one gone altogether for its pattern. Cards without
+    the key keep the cutoff rule."""
+    from ase import Atoms
+
+    def zundel(x_shared):
+        """H5O2+ with its oxygens 2.4 A apart and the shared proton at ``x_shared``."""
+        return Atoms("OOHHHHH", positions=[(0, 0, 0), (2.4, 0, 0), (-0.33, 0.9, 0), (-0.33, -0.45, 0.78),
+                                           (2.73, 0.9, 0), (2.73, -0.45, -0.78), x_shared])
+
+    start = zundel((1.0, 0, 0))
+    frames = np.stack([zundel((x, 0, 0)).positions for x in (0.98, 1.0, 1.05, 1.1)])
+    z = start.numbers
+    domain = {**describe_frames(z, frames, hydrogens_on_nearest=True),
+              "max_bond_length_A": longest_bonds(z, frames, hydrogens_on_nearest=True), "hydrogens_on_nearest": True}
+    assert domain["max_bond_length_A"]["1-8"] == pytest.approx(1.1)
+    shared = zundel((1.2, 0, 0)).positions
+    assert outside(domain, z, shared, "m") is None
+    refusal, warned = pair_distances(domain, z, shared, "m")
+    assert refusal is None and "stretched" in warned                        # 1.2 A: past 1.1 + 0.05, below 1.21
+    refusal, _ = pair_distances(domain, z, zundel((1.2, 0.7, 0)).positions, "m")
+    assert refusal is not None and "H-O bond" in refusal                    # 1.39 A > 1.1 x 1.1 A
+    assert "formed" in outside(domain, z, zundel((1.2, 2.5, 0)).positions, "m")   # 2.8 A from every oxygen
+    cutoff = {**describe_frames(z, frames), "max_bond_length_A": longest_bonds(z, frames)}
+    assert "formed" in outside(cutoff, z, shared, "m")                    # H[O2]: a pattern never trained on

@@ -103,16 +103,18 @@ def keeps_bonds(numbers, start, positions, stretch: float = MAX_STRETCH) -> bool
 
 class TransientPatterns:
     """An ``on_step`` observer of an MD run (``sampling.sample_geometries``) that keeps the middle frame of each
-    excursion of the bond pattern (``domain.bond_signature``) away from the start's that returns to it within
-    ``hold`` steps, at most ``max_keep`` frames (``frames``: a list of (N, 3) arrays, Angstrom). An excursion
-    that lasts longer (a bond broken for good, another isomer) is not kept, and ends the collection."""
+    excursion of the bond pattern away from the start's that returns to it within ``hold`` steps, at most
+    ``max_keep`` frames (``frames``: a list of (N, 3) arrays, Angstrom). An excursion that lasts longer (a bond
+    broken for good, another isomer) is not kept, and ends the collection. The pattern is
+    ``domain.bond_signature`` by the bond cutoff alone (a hydrogen bonded to two atoms or none is an excursion):
+    these frames stretch bonds furthest, which sets how far the model's domain reaches."""
 
     def __init__(self, numbers, start_positions, hold: int = 100, max_keep: int = 4):
         from ..domain import bond_signature, bonded_pairs
 
         self._signature, self._pairs_of = bond_signature, bonded_pairs
         self.numbers = np.asarray(numbers, dtype=int)
-        self.reference = bond_signature(self.numbers, start_positions)
+        self.reference = bond_signature(self.numbers, start_positions, hydrogens_on_nearest=False)
         self.pairs = self._pair_set(start_positions)     # the pairs of the last frame with the start's pattern
         self.hold, self.max_keep = int(hold), int(max_keep)
         self.excursion: list = []
@@ -129,7 +131,7 @@ class TransientPatterns:
         pairs = self._pair_set(pos)
         if not self.excursion and pairs == self.pairs:       # the usual step: no bond changed
             return
-        if self._signature(self.numbers, pos) == self.reference:
+        if self._signature(self.numbers, pos, hydrogens_on_nearest=False) == self.reference:
             self.pairs = pairs                                # back (perhaps with like atoms exchanged)
             if self.excursion:
                 self.frames.append(self.excursion[len(self.excursion) // 2])

@@ -152,17 +152,17 @@ def training_domain(tables, row_sets) -> dict:
         z = table.numbers.numpy().astype(int)
         pos = table.positions_bohr[torch.as_tensor(np.asarray(rows))].numpy() * BOHR
         i, j = np.triu_indices(len(z), 1)
-        molecules.append(describe_frames(z, pos))
+        molecules.append(describe_frames(z, pos, hydrogens_on_nearest=True))
         dist = np.linalg.norm(pos[:, i] - pos[:, j], axis=-1).min(axis=0)
         for a, b, d in zip(z[i], z[j], dist):
             key = f"{min(a, b)}-{max(a, b)}"
             shortest[key] = min(shortest.get(key, np.inf), float(d))
-        for key, d in longest_bonds(z, pos).items():
+        for key, d in longest_bonds(z, pos, hydrogens_on_nearest=True).items():
             longest[key] = max(longest.get(key, 0.0), d)
     return {"min_pair_distance_A": {k: round(v, 4) for k, v in sorted(shortest.items())},
             "max_bond_length_A": {k: math.ceil(v * 1e4) / 1e4 for k, v in sorted(longest.items())},
             "min_homo_lumo_gap_eV": round(min(gaps), 3) if gaps else None, **merge(molecules),
-            "source": "training frames"}
+            "hydrogens_on_nearest": True, "source": "training frames"}
 
 
 def training_stages(run_dir, max_stages: int = 20) -> list[dict]:
