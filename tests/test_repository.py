@@ -66,3 +66,18 @@ def test_every_subpackage_is_installed():
     assert set(setuptools["packages"]) == folders | {"ase_wavecalc.models"}
     assert setuptools["package-dir"] == {"ase_wavecalc.models": "models"}
     assert (ROOT / "models" / "__init__.py").is_file()
+
+
+def test_committed_reports_link_only_committed_files():
+    """Every image or file a committed Markdown page links to by a relative path exists beside it (fit reports
+    copied into benchmarks/results once lost their learning-curve images)."""
+    pages = [*ROOT.glob("models/*/report.md"), *ROOT.glob("benchmarks/results/**/*.md"), *ROOT.glob("docs/*.md"),
+             ROOT / "README.md"]
+    missing = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                missing.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not missing, "links to files that are not there:\n" + "\n".join(missing)
