@@ -215,7 +215,8 @@ class Fit:
         return names
 
     def _train(self, name: str, phase: str, table: str, extra_run: dict | None = None,
-               optimizer_extra: dict | None = None, loss_extra: dict | None = None) -> dict:
+               optimizer_extra: dict | None = None, loss_extra: dict | None = None,
+               scheduler: dict | None = None) -> dict:
         from .training import dataset_specs, phase_config, train_for
 
         rec = self.recipe[table]
@@ -224,6 +225,8 @@ class Fit:
         if not specs:
             raise RuntimeError("no labelled frames to train on: the labelling phase produced none (see labeller_*.log)")
         tables = {k: dict(rec[k]) for k in ("model", "loss", "optimizer", "scheduler", "run")}
+        if scheduler is not None:
+            tables["scheduler"] = dict(scheduler)
         # every phase's network is the Fock network's architecture (plus, for the readout, its energy parts)
         tables["model"] = {**self.recipe["fock"]["model"], **tables["model"]}
         tables["loss"].update(loss_extra or {})
@@ -378,7 +381,8 @@ class Fit:
                 until = self.deadlines["active"]   # no time for another round after this one: train to the end
             self.deadlines["_al_train"] = until
             self._train(name, "_al_train", "readout", extra_run={"init_weights": str(prev)},
-                        optimizer_extra={"lr": float(rec["continue_lr"]), "warmup_steps": 200})
+                        optimizer_extra={"lr": float(rec["continue_lr"]), "warmup_steps": 200},
+                        scheduler=rec.get("scheduler"))
             self.st.set("last_readout", name)
             rounds[-1]["trained"] = True
             self.st.set("active_rounds", rounds)
