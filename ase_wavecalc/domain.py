@@ -71,8 +71,10 @@ def bonded_pairs(numbers, positions_angstrom, scale: float = BOND_SCALE,
                  hydrogens_on_nearest: bool = False) -> np.ndarray:
     """(n_bonds, 2) atom indices i < j (in that order) closer than ``scale`` x their summed covalent radii.
 
-    ``hydrogens_on_nearest``: a hydrogen is bonded to its nearest atom only, if closer than ``HYDROGEN_REACH``
-    x their summed covalent radii (1.46 A from O, 1.61 A from C), else to none; the other pairs by ``scale``. A
+    ``hydrogens_on_nearest``: a hydrogen is bonded to its nearest atom (nearest relative to the summed covalent
+    radii, so S-H 1.40 A is nearer than O-H 1.38 A) if closer than ``HYDROGEN_REACH`` x those radii (1.46 A from
+    O, 1.61 A from C), else to none; besides, a hydrogen is bonded to another whose nearest atom it is (H2);
+    the other pairs by ``scale``. A
     proton shared by two oxygens (1.24 A from each in PBE's malondialdehyde, bonded to both by the cutoff, to
     neither a little further out) is then on one of them, as it is on either side of the transfer.
 
@@ -87,11 +89,10 @@ def bonded_pairs(numbers, positions_angstrom, scale: float = BOND_SCALE,
     d = np.linalg.norm(pos[i] - pos[j], axis=1)
     bonded = d < scale * (covalent_radii[z[i]] + covalent_radii[z[j]])
     if hydrogens_on_nearest and len(z) > 1:
-        full = np.full((len(z), len(z)), np.inf)
-        full[i, j] = full[j, i] = d
+        full = np.full((len(z), len(z)), np.inf)        # distance in units of the summed covalent radii
+        full[i, j] = full[j, i] = d / (covalent_radii[z[i]] + covalent_radii[z[j]])
         nearest = np.argmin(full, axis=1)
-        reach = HYDROGEN_REACH * (covalent_radii[1] + covalent_radii[z[nearest]])
-        on = (z == 1) & (full[np.arange(len(z)), nearest] < reach)          # hydrogen -> its nearest atom
+        on = (z == 1) & (full[np.arange(len(z)), nearest] < HYDROGEN_REACH)  # hydrogen -> its nearest atom
         is_h = (z[i] == 1) | (z[j] == 1)
         bonded = np.where(is_h, (on[i] & (nearest[i] == j)) | (on[j] & (nearest[j] == i)), bonded)
     return np.stack([i[bonded], j[bonded]], axis=1)
@@ -149,9 +150,9 @@ def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, round
 
 def first_lasting_bond_change(numbers, frames_angstrom, hold: int, scale: float = BOND_SCALE) -> int | None:
     """Index of the first frame from which the molecule (:func:`bond_graph_key` at ``scale``, each hydrogen on
-    its nearest atom) differs from the first frame's for ``hold`` frames in a row, or up to the last frame; None
-    when it never does. A change that reverts sooner (an overstretched vibration) does not count.
-    numbers: (n,); frames_angstrom: (n_frames, n, 3)."""
+    its nearest atom) differs from the first frame's for ``hold`` frames in a row; None when it never does. A
+    change that reverts sooner (an overstretched vibration), or that the last frames began and had fewer than
+    ``hold`` frames to last, does not count. numbers: (n,); frames_angstrom: (n_frames, n, 3)."""
     frames = np.asarray(frames_angstrom, dtype=float).reshape(-1, len(np.ravel(numbers)), 3)
     if not len(frames):
         return None
@@ -162,7 +163,7 @@ def first_lasting_bond_change(numbers, frames_angstrom, hold: int, scale: float 
             since = None
             continue
         since = k if since is None else since
-        if k - since + 1 >= hold or k == len(frames) - 1:
+        if k - since + 1 >= hold:
             return since
     return None
 
@@ -203,9 +204,10 @@ def outside(domain: dict, numbers, positions_angstrom, model_name: str) -> str |
     if patterns:
         pattern = bond_signature(numbers, positions_angstrom, bool(domain.get("hydrogens_on_nearest", False)))
         if pattern not in patterns:
+            rule = f", a hydrogen to its nearest atom, up to {HYDROGEN_REACH:g}x" if domain.get("hydrogens_on_nearest") else ""
             return (f"the bonds of this geometry ({pattern}: each atom with its bonded neighbours, bonded below "
-                    f"{BOND_SCALE:g}x the summed covalent radii) are those of no {here} training frame of model "
-                    f"{model_name!r} ({' | '.join(patterns)}): a bond has broken or formed, or this is another "
+                    f"{BOND_SCALE:g}x the summed covalent radii{rule}) are those of no {here} training frame of "
+                    f"model {model_name!r} ({' | '.join(patterns)}): a bond has broken or formed, or this is another "
                     "isomer, which the model was not trained on")
     return None
 

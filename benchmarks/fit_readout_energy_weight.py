@@ -4,7 +4,7 @@ weight, errors on the fit's held-out test frames through ``WaveCalculator``.
 A fit's readout trains with the recipe's loss weights (energy 100 per eV^2, forces 1000 per (eV/A)^2), which
 left malondialdehyde's 5-h model at an energy MAE of 2.51 meV against a target of 2 with forces at 12.2 meV/A
 against 20. MACE's recipe ends with a stage where the energy weighs as much as the forces. Here the fit's
-final readout run (``--run``, default the last ``runs/readout*``) is trained on from its weights, on its own
+final readout run (``--run``, default the one its ``fit.json`` names last) is trained on from its weights, on its own
 data and split, for ``--minutes`` on one core per weight (one after the other, or side by side with
 ``--parallel``), the same learning rate for each; the control is the recipe's own weight, so the table
 separates the effect of the weight from that of the extra training. Prints a table, writes JSON.
@@ -60,7 +60,7 @@ def arm_config(config: str, run: Path, weight: float, lr: float, minutes: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", help="a `wavecalc fit` work directory")
-    parser.add_argument("--run", default=None, help="the readout run to start from (default: the last runs/readout*)")
+    parser.add_argument("--run", default=None, help="the readout run to start from (default: the fit's last, from its fit.json)")
     parser.add_argument("--weights", type=float, nargs="+", default=[100.0, 1000.0])
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of every arm (the recipe's "
                                                                  "active.continue_lr)")
@@ -74,7 +74,11 @@ def main() -> None:
     args = parser.parse_args()
     work, out = Path(args.workdir).resolve(), Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    run = Path(args.run).resolve() if args.run else sorted((work / "runs").glob("readout*"))[-1]
+    if args.run:
+        run = Path(args.run).resolve()
+    else:                                     # the fit's last readout run, as its state records it
+        import json
+        run = work / "runs" / json.loads((work / "fit.json").read_text())["last_readout"]
     base = (run / "config.toml").read_text()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = {"workdir": str(work), "run": str(run), "lr": args.lr, "minutes": args.minutes,

@@ -26,12 +26,12 @@ from _common import (DEFAULT_MODELS, MOLECULES, finish_machine_info, machine_inf
 
 
 def first_broken_frame(traj, hold: int = 100) -> int | None:
-    """Index of the first trajectory frame from which the bond graph (pairs closer than 1.25 x the sum of their
-    covalent radii) differs from the first frame's for ``hold`` frames in a row or up to the last frame (a bond
-    broken or formed: the molecule fell apart or rearranged, which a model's domain checks alone would not stop),
-    or None. Like atoms may trade places (a proton moved to an equivalent site is the same molecule), and a change
-    that reverts within ``hold`` frames (50 fs at the 0.5-fs steps written every step here) does not count
-    (``ase_wavecalc.domain.first_lasting_bond_change``)."""
+    """Index of the first trajectory frame from which the molecule differs from the first frame's for ``hold``
+    frames in a row (a bond broken or formed: the molecule fell apart or rearranged, which a model's domain checks
+    alone would not stop), or None. Bonded: closer than 1.25 x the sum of the covalent radii, each hydrogen on its
+    nearest atom only (up to 1.5x); like atoms may trade places (a proton moved to an equivalent site, or shared by
+    two oxygens, is the same molecule), and a change that reverts within ``hold`` frames (50 fs at the 0.5-fs
+    steps written every step here) does not count (``ase_wavecalc.domain.first_lasting_bond_change``)."""
     from ase.io import read
 
     from ase_wavecalc.domain import first_lasting_bond_change

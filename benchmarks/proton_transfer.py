@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 from _common import finish_machine_info, machine_info, machine_line, table, write_result
 
-HARTREE_EV = 27.211386245988
+from ase_wavecalc.units import HARTREE
 
 
 def hydrogen_bond(atoms) -> tuple[int, int, int]:
@@ -77,7 +77,7 @@ def main() -> None:
     FIRE(neb, logfile=None).run(fmax=0.03, steps=1000)
     xtb = np.array([im.get_potential_energy() for im in images])
     ref = np.array([float(run_reference(im.numbers, im.positions, method=args.method, basis=args.basis,
-                                        conv_tol=1e-9, gradient=False)["e_tot"]) * HARTREE_EV for im in images])
+                                        conv_tol=1e-9, gradient=False)["e_tot"]) * HARTREE for im in images])
     model = None
     if args.model:
         from ase_wavecalc import WaveCalculator

@@ -161,12 +161,14 @@ def test_recorded_longest_bonds_are_those_of_the_training_frames(card_path):
         pytest.skip("the split is not reproduced from the committed parts (held out from another model's test "
                     "frames, or a fit's split of the frames labelled when its run began)")
     recorded = card["training_domain"]["max_bond_length_A"]
+    nearest = bool(card["training_domain"].get("hydrogens_on_nearest", False))     # the card's bond rule
     longest: dict = {}
     for numbers, frames in sets:
-        for key, d in longest_bonds(numbers, frames).items():
+        for key, d in longest_bonds(numbers, frames, hydrogens_on_nearest=nearest).items():
             longest[key] = max(longest.get(key, 0.0), d)
         for positions in frames:
-            assert pair_distances({"max_bond_length_A": recorded}, numbers, positions, "m", strict=True) == (None, {})
+            domain = {"max_bond_length_A": recorded, "hydrogens_on_nearest": nearest}
+            assert pair_distances(domain, numbers, positions, "m", strict=True) == (None, {})
     assert set(longest) == set(recorded)
     for key, d in longest.items():
         assert d <= recorded[key] < d + 1e-4, key
@@ -231,7 +233,7 @@ def test_stretched_bonds_are_checked_on_the_bond_graph_only():
 def test_a_shared_proton_is_checked_by_its_length_not_refused_for_its_pattern():
     """In cards with ``hydrogens_on_nearest`` a hydrogen is on its nearest atom: a proton between two oxygens
     (1.2 A from each: bonded to both by the cutoff) keeps the training pattern and is judged by the O-H length;
-    one pulled off a carbon is refused for its length, and one gone altogether for its pattern. Cards without
+    one pulled further off its oxygens is refused for its length, and one gone altogether for its pattern. Cards without
     the key keep the cutoff rule."""
     from ase import Atoms
 

@@ -9,7 +9,7 @@
    whatever number the budget labels is spread over each source and holds each its share.
    Each MD run also keeps, at every step, where the bond pattern left the start's and came back within 50 fs
    (``TransientPatterns``: a proton in flight between two equivalent sites, an overstretched bond that
-   recovers): source "transient". Frames taken every ``interval`` steps rarely catch them, and a model whose
+   recovers): source "transient", labelled first. Frames taken every ``interval`` steps rarely catch them, and a model whose
    training frames lack a pattern refuses it (``domain``), which stops MD through, e.g., malondialdehyde's
    proton transfer.
 3. Test geometries: MD trajectories of their own (other seeds) at the test temperatures; never trained on.
@@ -292,6 +292,10 @@ def make_candidates(atoms, sampling: dict, n_train: int, n_test: int, charge: in
         order = interleaved_order(train, source)
     else:                                                  # "farthest": one order over all sources
         order = farthest_point_order(train, start=0)
+    # the few transient frames first: as one source among thousands of frames, half of them would sit past what
+    # the budget labels, and they are what the model would otherwise refuse
+    order = np.concatenate([[i for i in order if source[i] == "transient"],
+                            [i for i in order if source[i] != "transient"]]).astype(np.int64)
     train, source = train[order], [source[i] for i in order]
     tests, test_source = [], []
     ttemps = [float(t) for t in sampling["test_temperatures"]]

@@ -111,16 +111,16 @@ def test_errors(model_dir, test_db, groups=None) -> dict:
 
 def md_stability(model_dir, start_atoms, temperatures, seeds, steps: int, out_dir: Path, log=print) -> list[dict]:
     """Langevin MD (0.5 fs, friction 0.01/fs) per temperature and seed; a run counts as completed when it ran
-    all steps and its last frame is the start's molecule (``domain.bond_graph_key``, each hydrogen on its nearest
-    atom, like atoms exchangeable: a proton moved to an equivalent site or shared between two is the same)."""
+    all steps and its molecule never changed for 100 steps in a row (``domain.first_lasting_bond_change`` over
+    the frames written every 50 steps: each hydrogen on its nearest atom, like atoms exchangeable, so a proton
+    moved to an equivalent site or shared by two is the same molecule)."""
     from ase.calculators.calculator import CalculationFailed, InputError
     from ase.io import read
 
     from ..calculator import WaveCalculator
-    from ..domain import bond_graph_key
+    from ..domain import first_lasting_bond_change
     from ..md import run_md
 
-    graph0 = bond_graph_key(start_atoms.numbers, start_atoms.positions, 1.25, hydrogens_on_nearest=True)
     runs = []
     for t in temperatures:
         for seed in seeds:
@@ -137,8 +137,8 @@ def md_stability(model_dir, start_atoms, temperatures, seeds, steps: int, out_di
                 except (InputError, CalculationFailed) as exc:
                     entry.update(stopped=True, reason=str(exc).splitlines()[0][:200])
             frames = read(traj, ":") if traj.exists() else []
-            last = frames[-1] if frames else start_atoms
-            intact = bond_graph_key(last.numbers, last.positions, 1.25, hydrogens_on_nearest=True) == graph0
+            path = [start_atoms.positions] + [a.positions for a in frames]
+            intact = first_lasting_bond_change(start_atoms.numbers, path, hold=2, scale=1.25) is None
             entry.update(frames_written=len(frames), bonds_intact=bool(intact),
                          completed=bool(not entry["stopped"] and intact), wall_s=round(time.perf_counter() - t0, 1))
             log(f"  {t:g} K seed {seed}: " + ("completed" if entry["completed"] else f"stopped: {entry['reason'] or 'bonds changed'}"))
