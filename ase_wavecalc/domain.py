@@ -74,9 +74,9 @@ def bonded_pairs(numbers, positions_angstrom, scale: float = BOND_SCALE,
     ``hydrogens_on_nearest``: a hydrogen is bonded to its nearest atom (nearest relative to the summed covalent
     radii, so S-H 1.40 A is nearer than O-H 1.38 A) if closer than ``HYDROGEN_REACH`` x those radii (1.46 A from
     O, 1.61 A from C), else to none; besides, a hydrogen is bonded to another whose nearest atom it is (H2);
-    the other pairs by ``scale``. A
-    proton shared by two oxygens (1.24 A from each in PBE's malondialdehyde, bonded to both by the cutoff, to
-    neither a little further out) is then on one of them, as it is on either side of the transfer.
+    the other pairs by ``scale``. A proton shared by two oxygens (1.24 A from each in PBE's malondialdehyde,
+    bonded to both by the cutoff, to neither a little further out) is then on one of them, as on either side of
+    the transfer.
 
     numbers: (n,) atomic numbers; positions_angstrom: (n, 3)."""
     from ase.data import covalent_radii
@@ -119,10 +119,8 @@ def bond_graph_key(numbers, positions_angstrom, scale: float = BOND_SCALE, round
     which of several like atoms is which: a proton that moved to an equivalent site (malondialdehyde's O-H...O
     transfer) gives the same molecule and the same key; a bond broken or formed, or another isomer, gives another.
 
-    ``hydrogens_on_nearest``: each hydrogen is bonded to its nearest atom only, if within ``HYDROGEN_REACH`` x
-    their summed covalent radii (1.46 A from O, 1.61 A from C), else to none: a proton shared between two
-    oxygens (1.24 A from each in PBE's malondialdehyde, bonded to both or neither by the cutoff) is then on one
-    of them, the molecule it belongs to; one that left is on none.
+    ``hydrogens_on_nearest``: hydrogens bonded as :func:`bonded_pairs` says (a shared proton on one of its two
+    atoms, one that left on none).
 
     ``rounds`` rounds of Weisfeiler-Lehman refinement (each atom's label becomes its label with the sorted labels
     of its neighbours), then the sorted multiset of labels, hashed (BLAKE2b, 16 hex digits). Isomorphic graphs
@@ -158,7 +156,7 @@ def first_lasting_bond_change(numbers, frames_angstrom, hold: int, scale: float 
         return None
     ref = bond_graph_key(numbers, frames[0], scale, hydrogens_on_nearest=True)
     since = None
-    for k, pos in enumerate(frames):
+    for k, pos in enumerate(frames[1:], start=1):
         if bond_graph_key(numbers, pos, scale, hydrogens_on_nearest=True) == ref:
             since = None
             continue
@@ -204,7 +202,8 @@ def outside(domain: dict, numbers, positions_angstrom, model_name: str) -> str |
     if patterns:
         pattern = bond_signature(numbers, positions_angstrom, bool(domain.get("hydrogens_on_nearest", False)))
         if pattern not in patterns:
-            rule = f", a hydrogen to its nearest atom, up to {HYDROGEN_REACH:g}x" if domain.get("hydrogens_on_nearest") else ""
+            rule = (f", a hydrogen to its nearest atom, up to {HYDROGEN_REACH:g}x"
+                    if domain.get("hydrogens_on_nearest") else "")
             return (f"the bonds of this geometry ({pattern}: each atom with its bonded neighbours, bonded below "
                     f"{BOND_SCALE:g}x the summed covalent radii{rule}) are those of no {here} training frame of "
                     f"model {model_name!r} ({' | '.join(patterns)}): a bond has broken or formed, or this is another "

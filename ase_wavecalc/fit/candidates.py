@@ -9,9 +9,9 @@
    whatever number the budget labels is spread over each source and holds each its share.
    Each MD run also keeps, at every step, where the bond pattern left the start's and came back within 50 fs
    (``TransientPatterns``: a proton in flight between two equivalent sites, an overstretched bond that
-   recovers): source "transient", labelled first. Frames taken every ``interval`` steps rarely catch them, and a model whose
-   training frames lack a pattern refuses it (``domain``), which stops MD through, e.g., malondialdehyde's
-   proton transfer.
+   recovers): source "transient", labelled first. Frames taken every ``interval`` steps rarely catch them, and
+   a model whose training frames lack a pattern refuses it (``domain``), which stops MD through, e.g.,
+   malondialdehyde's proton transfer.
 3. Test geometries: MD trajectories of their own (other seeds) at the test temperatures; never trained on.
 
 Positions are stored in Angstrom in ``candidates.npz`` (arrays ``numbers``, ``train``, ``test``,
