@@ -6,6 +6,7 @@ training follows the eager run's; the others check, without compiling, when the 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -20,6 +21,12 @@ from ase_wavecalc.train.trainer import Trainer
 class _Batch:
     def __init__(self, n):
         self.n_structures = n
+
+
+@dataclasses.dataclass
+class _TensorBatch:
+    x: torch.Tensor
+    n_structures: int = 4
 
 
 def test_eager_where_compile_cannot_or_must_not_be_used(monkeypatch):
@@ -44,16 +51,58 @@ def test_a_compiled_step_that_differs_from_eager_is_never_used(monkeypatch):
 
     monkeypatch.setattr("ase_wavecalc.model.compiled.compile_available", lambda: (True, ""))
     monkeypatch.setattr(torch, "compile", lambda m, **kw: Wrong())
-    x = torch.randn(4, 3)
 
     def forward_loss(module, batch):
-        loss = module(x).square().sum()
+        loss = module(batch.x).square().sum()
         return None, loss, {}
 
     lines = []
     steps = CompiledSteps(model, batch_size=4, forward_loss=forward_loss, log=lines.append)
-    assert steps.module_for(_Batch(4), needs_positions_grad=False) is model
+    assert steps.module_for(_TensorBatch(torch.randn(4, 3)), needs_positions_grad=False) is model
     assert steps.compiled is False and "differs from the eager one" in lines[0]
+
+
+def _steps_with_stand_in(monkeypatch, stand_in, model, lines):
+    monkeypatch.setattr("ase_wavecalc.model.compiled.compile_available", lambda: (True, ""))
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: stand_in)
+    # no tolerance against eager: every check goes on to the float64 reference
+    monkeypatch.setattr(CompiledSteps, "TOLERANCE", {torch.float32: 0.0, torch.float64: 0.0})
+
+    def forward_loss(module, batch):
+        return None, module(batch.x).square().sum(), {}
+
+    return CompiledSteps(model, batch_size=4, forward_loss=forward_loss, log=lines.append)
+
+
+def test_a_compiled_step_off_by_float32_rounding_alone_is_used(monkeypatch):
+    """A trained network's float32 gradient can differ between two evaluation orders by more than the
+    fixed tolerance; a compiled step no further from float64 than the eager one is used all the same."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(50, 8)
+
+    class CorrectlyRounded(torch.nn.Module):     # the same function, each result rounded once from float64
+        def forward(self, x):
+            return torch.nn.functional.linear(x.double(), model.weight.double(), model.bias.double()).float()
+
+    lines = []
+    steps = _steps_with_stand_in(monkeypatch, CorrectlyRounded(), model, lines)
+    batch = _TensorBatch(1e3 * torch.randn(64, 50))
+    assert isinstance(steps.module_for(batch, needs_positions_grad=False), CorrectlyRounded), lines
+    assert "from float64" in lines[0]
+
+
+def test_a_miscompiled_step_is_refused_by_the_float64_reference_too(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(50, 8)
+
+    class Wrong(torch.nn.Module):
+        def forward(self, x):
+            return 1.01 * model(x)
+
+    lines = []
+    steps = _steps_with_stand_in(monkeypatch, Wrong(), model, lines)
+    assert steps.module_for(_TensorBatch(torch.randn(64, 50)), needs_positions_grad=False) is model
+    assert steps.compiled is False and "differs from the eager one" in lines[0] and "float64" in lines[0]
 
 
 @pytest.mark.long
