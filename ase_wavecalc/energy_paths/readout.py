@@ -127,7 +127,7 @@ class ReadoutEnergy(EnergyPath):
 
         ix, onehot = ctx.ix, ctx.onehot
         e0 = model.element_energy_offsets[ix.elem]
-        inv = [atom_invariants(layers, model.irrep_of_component, model.layout.n_irreps)]
+        inv = [ctx.fock_invariants if ctx.fock_invariants is not None else self.fock_invariants(model, layers)]
         if model.energy_interactions is not None:
             inv.append(atom_invariants(energy_trunk(model, ctx), model.energy_irrep_of_component,
                                        model.energy_layout.n_irreps))
@@ -152,8 +152,16 @@ class ReadoutEnergy(EnergyPath):
         return out
 
     def energy_only_outputs(self, model, ctx) -> dict:
-        """The atom trunk(s) and the MLP: no pair features, no F (the fast path of MD and optimizers)."""
-        return self.outputs(model, {}, model.fock_trunk(ctx), ctx)
+        """The atom trunk(s) and the MLP: no pair features, no F (the fast path of MD and optimizers). Where
+        ``ctx.fock_invariants`` are given, the Fock trunk does not run."""
+        return self.outputs(model, {}, model.fock_trunk(ctx) if ctx.fock_invariants is None else None, ctx)
+
+    @staticmethod
+    def fock_invariants(model, layers: list) -> torch.Tensor:
+        """(N, M) the readout's descriptors of the Fock trunk's block outputs ``layers``."""
+        from ..model.readout import atom_invariants
+
+        return atom_invariants(layers, model.irrep_of_component, model.layout.n_irreps)
 
     # -- (b) the provider: energy and gradient without F; F, orbitals and density deferred
     def fast_path(self, model, mode, compile):

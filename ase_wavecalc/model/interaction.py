@@ -33,6 +33,10 @@ class EdgeContext(NamedTuple):
     edge_attr: torch.Tensor    # (E, num_radial + 2 n_elements): Bessel functions, both elements one-hot
     env: torch.Tensor          # (E,) the envelope at the message-passing cutoff
     onehot: torch.Tensor       # (N, n_elements) element of each atom
+    d: torch.Tensor            # (E,) edge lengths (Bohr)
+    # (N, M) the Fock trunk's invariant atom descriptors where a training phase supplies them (a frozen trunk's,
+    # computed once per frame: train/frozen_trunk.py); None: the readout computes them from the trunk
+    fock_invariants: torch.Tensor | None = None
 
 
 class ScaleHead(ConstantsMixin, nn.Module):

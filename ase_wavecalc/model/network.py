@@ -244,32 +244,21 @@ class HamiltonianModel(nn.Module):
         return idx
 
     def forward(self, numbers: torch.Tensor, positions: torch.Tensor,
-                batch: torch.Tensor | None = None, energy_only: bool = False) -> dict:
+                batch: torch.Tensor | None = None, energy_only: bool = False,
+                fock_invariants: torch.Tensor | None = None) -> dict:
         """The outputs of the module docstring. ``energy_only=True`` (models with ``energy_layers``):
         only "atomic_energy_sum" and "learned_energy", without the Fock trunk (training the correction on a
-        frozen Hamiltonian whose energies were computed once)."""
-        if numbers.dim() != 1 or positions.shape != (numbers.shape[0], 3):
-            raise ValueError(f"numbers (N,) and positions (N, 3) expected, got {tuple(numbers.shape)} and "
-                             f"{tuple(positions.shape)}")
-        if batch is not None and batch.shape != numbers.shape:
-            raise ValueError("batch must have the shape of numbers")
-        ix = self.matrix_index(numbers, batch)
-        dtype = self.embedding.dtype
-        pos = positions.to(dtype)
-        vec = (pos[ix.src] - pos[ix.dst])[:, [1, 2, 0]]          # r_j - r_i, fed to e3nn as (y, z, x)
-        d = torch.linalg.norm(vec, dim=-1)
-        _refuse_coinciding_atoms(d)
-        Ds = self.wigner(edge_frame(vec / d[:, None]))
-        env = self.envelope(d)
-        onehot = torch.nn.functional.one_hot(ix.elem, len(self.elements)).to(dtype)
-        edge_attr = torch.cat([self.rbf(d), onehot[ix.dst], onehot[ix.src]], 1)
-
-        ctx = EdgeContext(ix, Ds, edge_attr, env, onehot)
+        frozen Hamiltonian whose energies were computed once). ``fock_invariants`` (N, M), with
+        ``energy_only`` and the readout path: the Fock trunk's invariant atom descriptors given rather than
+        computed (a frozen trunk's, ``train/frozen_trunk.py``)."""
+        if fock_invariants is not None and not (energy_only and self.energy_path.name == "readout"):
+            raise ValueError("fock_invariants needs energy_only=True and energy_path = 'readout'")
+        ctx = self.edge_context(numbers, positions, batch, fock_invariants)
         if energy_only:
             return self.energy_path.energy_only_outputs(self, ctx)
         layers = self.fock_trunk(ctx)
-        h = layers[-1]
-        p = self.pair(h, Ds, d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
+        h, ix = layers[-1], ctx.ix
+        p = self.pair(h, ctx.Ds, ctx.d, ix.src, ix.dst, ix.elem) if len(ix.src) else None
 
         values = []
         pair_parts = iter(torch.split(p, ix.pair_sizes, 0)) if p is not None else None
@@ -296,6 +285,27 @@ class HamiltonianModel(nn.Module):
                     mats.append(0.5 * (m + m.T))
                 out[name] = mats
         return self.energy_path.outputs(self, out, layers, ctx)
+
+    def edge_context(self, numbers: torch.Tensor, positions: torch.Tensor, batch: torch.Tensor | None = None,
+                     fock_invariants: torch.Tensor | None = None) -> EdgeContext:
+        """The per-batch quantities every trunk reads (edges, bond frames, radial basis, envelope, one-hot)."""
+        if numbers.dim() != 1 or positions.shape != (numbers.shape[0], 3):
+            raise ValueError(f"numbers (N,) and positions (N, 3) expected, got {tuple(numbers.shape)} and "
+                             f"{tuple(positions.shape)}")
+        if batch is not None and batch.shape != numbers.shape:
+            raise ValueError("batch must have the shape of numbers")
+        ix = self.matrix_index(numbers, batch)
+        dtype = self.embedding.dtype
+        pos = positions.to(dtype)
+        vec = (pos[ix.src] - pos[ix.dst])[:, [1, 2, 0]]          # r_j - r_i, fed to e3nn as (y, z, x)
+        d = torch.linalg.norm(vec, dim=-1)
+        _refuse_coinciding_atoms(d)
+        Ds = self.wigner(edge_frame(vec / d[:, None]))
+        env = self.envelope(d)
+        onehot = torch.nn.functional.one_hot(ix.elem, len(self.elements)).to(dtype)
+        edge_attr = torch.cat([self.rbf(d), onehot[ix.dst], onehot[ix.src]], 1)
+
+        return EdgeContext(ix, Ds, edge_attr, env, onehot, d, fock_invariants)
 
     def fock_trunk(self, ctx: EdgeContext) -> list:
         """The Fock trunk's atom features: every block's output (N, D, C), the last one the final h."""

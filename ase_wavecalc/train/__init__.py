@@ -11,6 +11,7 @@ training (energy offsets, transfer head, committee), and the ``wavecalc train`` 
 | ``stages`` | per-prefix learning rates, each step's rate (warm-up, cosine schedule), readout heads of older weights (which weights learn, ``run.trainable``, is a phase of the model's energy path: ``ase_wavecalc.energy_paths``) |
 | ``trainer`` | the ``Trainer``: AdamW + plateau or cosine lr + EMA, bit-for-bit resume, time limits, frames joining the split |
 | ``compiled_step`` | ``run.compile``: F steps through torch.compile, used after matching the eager step |
+| ``frozen_trunk`` | ``run.frozen_trunk_cache_mb``: a frozen Fock trunk's descriptors and their Jacobian, once per frame, for readout steps |
 | ``checkpoint`` | checkpoint format, atomic save/load, EMA weights, RNG states, ``initial_weights`` |
 | ``runtime`` | process state of a run: isolated RNG/threads, SIGINT/SIGTERM, the run-directory lock |
 | ``runlog`` | metrics.csv, learning_curve.png, atomic text writes, TOML dump |

@@ -53,6 +53,7 @@ max_time_min = 0                       # wall-time budget of one invocation in m
 checkpoint_every_min = 10.0
 grow_train_every_min = 0               # > 0: frames added to the dataset files join the training split
 compile = false                        # torch.compile the steps of F-only phases (checked against eager)
+frozen_trunk_cache_mb = 2048           # energy_readout: a frozen Fock trunk's descriptors once per frame; 0: off
 seed = 0                               # weight initialization and data order
 threads = 0                            # torch intra-op threads; 0 leaves torch's default
 progress = true                        # tqdm bar
@@ -86,7 +87,7 @@ __all__ = ["DatasetSpec", "DataConfig", "OptimizerConfig", "SchedulerConfig", "R
 # [run] keys that may change when a run is resumed (stop criteria, threads and cosmetics; init_weights
 # only acts on a fresh start)
 RUN_OVERRIDABLE = ("max_epochs", "max_steps", "max_time_min", "checkpoint_every_min", "threads", "progress",
-                   "deterministic", "init_weights")
+                   "deterministic", "init_weights", "frozen_trunk_cache_mb")
 
 
 #: run.trainable values are the training phases of the energy paths (``ase_wavecalc.energy_paths.PHASES``:
@@ -238,6 +239,10 @@ class RunConfig:
     # training steps through torch.compile (inductor) where the loss needs no force gradients, checked against
     # the eager step on the first batch (train/compiled_step.py); falls back to eager steps otherwise
     compile: bool = False
+    # run.trainable = "energy_readout" with a force loss: the frozen Fock trunk's descriptors of each frame and
+    # their derivatives in the positions computed once and kept (train/frozen_trunk.py: ~2x the steps per
+    # hour); at most this many MB (float32: 4 (3n + 1) n M bytes a frame), frames beyond run the trunk; 0: off
+    frozen_trunk_cache_mb: float = 2048.0
     trainable: str = "all"        # a training phase of the model's energy path (energy_paths/): "all";
                                   # Hamiltonian path: "delta_hcore_head" (Delta h, e0, correction),
                                   # "atom_correction" (e0, the correction and its trunk); readout path:

@@ -47,6 +47,7 @@ from .metrics import UHA, fock_errors, orbital_errors
 from .runlog import _dump_toml, _hms, append_csv, plot_learning_curve, truncate_csv
 from .runtime import _isolated_global_state, _one_thread, _run_dir_lock, _StopSignals
 from .compiled_step import CompiledSteps
+from .frozen_trunk import FrozenTrunkInvariants
 from .setup import (grow_train, load_data, load_initial_weights, mean_atom_blocks, model_config_for,
                     shift_energy_offsets)
 from .stages import parameter_groups, set_scheduled_lrs
@@ -181,6 +182,9 @@ class Trainer:
         n = self.phase.freeze(self.model)
         if self.phase.description:
             self.log(self.phase.description.format(n=n))
+        self._trunk_cache = FrozenTrunkInvariants.for_phase(   # a frozen Fock trunk's descriptors, once a frame
+            self.model, self.tables, self.energy_path, self.phase, self.loss_fn.needs_positions_grad, run.frozen_trunk_cache_mb,
+            self.log)
         if self.phase.prepare is not None:
             self.phase.prepare(self, checkpoint is None)
         self.ema = None
@@ -242,6 +246,8 @@ class Trainer:
         # phases whose steps do not need F (a readout without F terms, the correction on a frozen
         # Hamiltonian) run the energy part alone
         kw = {"energy_only": True} if self.phase.energy_only else {}
+        if self._trunk_cache is not None and (invariants := self._trunk_cache(batch)) is not None:
+            kw["fock_invariants"] = invariants
         out = model(batch.numbers, batch.positions_bohr, batch.batch, **kw)
         loss, parts = loss_fn(out, batch)
         return out, loss, parts
