@@ -30,13 +30,18 @@ def arm_config(config: str, epochs: int, cache_mb: float) -> str:
     """The run's config for ``epochs`` epochs with the cache size set (0: off), the data order unchanged."""
     config = re.sub(r"^max_epochs\s*=.*$", f"max_epochs = {epochs}", config, flags=re.M)
     config = re.sub(r"^frozen_trunk_cache_mb\s*=.*\n", "", config, flags=re.M)
-    return re.sub(r"^\[run\]\s*$", f"[run]\nfrozen_trunk_cache_mb = {cache_mb!r}", config, count=1, flags=re.M)
+    config, n = re.subn(r"^\[run\]\s*$", f"[run]\nfrozen_trunk_cache_mb = {cache_mb!r}", config, count=1,
+                        flags=re.M)
+    if n != 1:
+        raise SystemExit("the run's config.toml has no [run] table to set frozen_trunk_cache_mb in")
+    return config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", help="a `wavecalc fit` work directory")
-    parser.add_argument("--run", default="readout", help="the readout run (under runs/) whose config is trained anew")
+    parser.add_argument("--run", default="readout",
+                        help="the readout run (under runs/) whose config is trained anew")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default="/tmp/frozen_trunk_speed")
     parser.add_argument("--json", default=None)
@@ -47,7 +52,7 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = {"workdir": str(work), "run": args.run, "epochs": args.epochs, "arms": {}}
     rows = []
-    for name, mb in (("trunk run every step", 0.0), ("descriptors kept", 4096.0)):
+    for name, mb in (("trunk run every step", 0.0), ("descriptors kept", 2048.0)):
         key = "cached" if mb else "uncached"
         (out / f"{key}.toml").write_text(arm_config(base, args.epochs, mb))
         shutil.rmtree(out / key, ignore_errors=True)

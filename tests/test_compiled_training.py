@@ -65,7 +65,7 @@ def test_a_compiled_step_that_differs_from_eager_is_never_used(monkeypatch):
 def _steps_with_stand_in(monkeypatch, stand_in, model, lines):
     monkeypatch.setattr("ase_wavecalc.model.compiled.compile_available", lambda: (True, ""))
     monkeypatch.setattr(torch, "compile", lambda m, **kw: stand_in)
-    # no tolerance against eager: every check goes on to the float64 reference
+    # no tolerance against eager: every check goes on to the float64 reference (whose own tolerance stays)
     monkeypatch.setattr(CompiledSteps, "TOLERANCE", {torch.float32: 0.0, torch.float64: 0.0})
 
     def forward_loss(module, batch):
@@ -103,6 +103,25 @@ def test_a_miscompiled_step_is_refused_by_the_float64_reference_too(monkeypatch)
     steps = _steps_with_stand_in(monkeypatch, Wrong(), model, lines)
     assert steps.module_for(_TensorBatch(torch.randn(64, 50)), needs_positions_grad=False) is model
     assert steps.compiled is False and "differs from the eager one" in lines[0] and "float64" in lines[0]
+
+
+def test_a_miscompiled_step_is_refused_where_a_phase_masks_part_of_a_weight(monkeypatch):
+    """Phases mask part of a weight's gradient by hooks (``TrainingPhase.masked``), which a copy of the model
+    loses: the float64 reference must not count the masked entries, or its distance from both float32 steps
+    is the masked part's and hides the miscompile."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(50, 8)
+    model.weight.register_hook(lambda g: torch.zeros_like(g))     # only the bias learns
+
+    class Wrong(torch.nn.Module):      # the right loss, a backward 1% off
+        def forward(self, x):
+            y = model(x)
+            return y + 0.01 * (y - y.detach())
+
+    lines = []
+    steps = _steps_with_stand_in(monkeypatch, Wrong(), model, lines)
+    assert steps.module_for(_TensorBatch(10.0 * torch.randn(64, 50)), needs_positions_grad=False) is model
+    assert steps.compiled is False and "float64" in lines[0]
 
 
 @pytest.mark.long

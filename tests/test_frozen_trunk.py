@@ -100,17 +100,21 @@ def test_another_trunk_does_not_read_the_first_ones_entries():
                                _energy_forces_grads(model, numbers, pos, batch)[1], rtol=1e-9, atol=1e-12)
 
 
-def test_frames_beyond_the_memory_cap_run_the_trunk():
+def test_frames_beyond_the_memory_cap_run_the_trunk_and_are_not_built_again(monkeypatch):
+    monkeypatch.setattr(frozen_trunk, "_STORE", {"fingerprint": None})
     model, path, phase = _readout_model()
     pos, numbers, batch = _water_frames(2, seed=0)
     lines = []
-    frozen_trunk._STORE.clear()
-    frozen_trunk._STORE["fingerprint"] = None
     tiny = FrozenTrunkInvariants.for_phase(model, [SimpleNamespace(path="b.db")], path, phase, True, 1e-6,
                                            log=lines.append)
+    builds = []
+    add = tiny._add
+    monkeypatch.setattr(tiny, "_add", lambda *a: builds.append(1) or add(*a))
     b = SimpleNamespace(table=0, frame=torch.tensor([1, 2]), n_structures=2, n_atoms=3, numbers=numbers,
                         positions_bohr=pos)
     assert tiny(b) is None and "frames cached" in lines[-1]
+    assert tiny(b) is None and tiny(b) is None
+    assert len(builds) == 1          # the cap reached, no frame is built (and thrown away) at every step
 
 
 @pytest.mark.parametrize("precision", ["float64"])
@@ -135,5 +139,7 @@ def test_a_readout_run_trains_as_it_would_running_the_trunk(water_db, tmp_path, 
         losses[mb] = rows["val_loss"]
         log = (tmp_path / f"s2_{mb}" / "train.log").read_text()
         assert ("computed once per frame" in log) == (mb > 0)
+        if mb:    # every training and validation frame was read from the kept entries
+            assert len(frozen_trunk._STORE["entries"]) == 16 and not frozen_trunk._STORE["full"]
     assert np.all(np.isfinite(losses[0])) and losses[0][-1] != losses[0][0]
     np.testing.assert_allclose(losses[64], losses[0], rtol=1e-8)

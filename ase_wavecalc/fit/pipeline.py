@@ -390,10 +390,12 @@ class Fit:
         self.st.mark_done("active", rounds=len(rounds))
 
     def phase_final(self) -> None:
+        from ..train.frozen_trunk import release
         from .labelling import pending
         from .report import final_report
 
         self.stop_background()
+        release()           # the readout runs' kept trunk descriptors (train/frozen_trunk.py): no more training
 
         if pending(self.work, self.st.get("test_queue")):     # e.g. --workers 1: no labelling beside training
             self.log("[final] labelling the test frames that are left (past the budget if need be: a model "

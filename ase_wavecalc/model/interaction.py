@@ -6,7 +6,7 @@ edge-frame scalings it shares with the pair features (``network.PairFeatures``).
 | ``ScaleHead(r)`` | invariant MLP outputs (E, n) -> per-(abs m, irrep, channel) scalings (n_irm, E, C) | invariant |
 | ``Interaction(h, ...)`` | atom features (N, D, C) -> (N, D, C), l-order | C x layout in = out |
 | ``run_blocks(...)`` | element embeddings -> every block's output (N, D, C) | C x layout |
-| ``EdgeContext`` | what every block of a molecule batch shares: matrix index, Wigner-D of the bond frames, edge attributes, envelope, element one-hot | |
+| ``EdgeContext`` | what every block of a molecule batch shares: matrix index, Wigner-D of the bond frames, edge attributes, envelope, element one-hot, edge lengths; the Fock trunk's descriptors where a phase gives them | |
 """
 from __future__ import annotations
 

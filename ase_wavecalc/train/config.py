@@ -239,9 +239,10 @@ class RunConfig:
     # training steps through torch.compile (inductor) where the loss needs no force gradients, checked against
     # the eager step on the first batch (train/compiled_step.py); falls back to eager steps otherwise
     compile: bool = False
-    # run.trainable = "energy_readout" with a force loss: the frozen Fock trunk's descriptors of each frame and
-    # their derivatives in the positions computed once and kept (train/frozen_trunk.py: ~2x the steps per
-    # hour); at most this many MB (float32: 4 (3n + 1) n M bytes a frame), frames beyond run the trunk; 0: off
+    # readout phases with the Fock trunk frozen ("energy_readout", "transfer_head") and a force loss: the
+    # trunk's descriptors of each frame and their derivatives in the positions computed once and kept
+    # (train/frozen_trunk.py: ~2x the steps per hour); at most this many MB (float32: 4 (3n + 1) n M bytes a
+    # frame; once reached, batches with other frames run the trunk); 0: off
     frozen_trunk_cache_mb: float = 2048.0
     trainable: str = "all"        # a training phase of the model's energy path (energy_paths/): "all";
                                   # Hamiltonian path: "delta_hcore_head" (Delta h, e0, correction),

@@ -182,9 +182,10 @@ class Trainer:
         n = self.phase.freeze(self.model)
         if self.phase.description:
             self.log(self.phase.description.format(n=n))
-        self._trunk_cache = FrozenTrunkInvariants.for_phase(   # a frozen Fock trunk's descriptors, once a frame
-            self.model, self.tables, self.energy_path, self.phase, self.loss_fn.needs_positions_grad, run.frozen_trunk_cache_mb,
-            self.log)
+        # a frozen Fock trunk's descriptors, once a frame (frozen_trunk.py)
+        self._trunk_cache = FrozenTrunkInvariants.for_phase(
+            self.model, self.tables, self.energy_path, self.phase, self.loss_fn.needs_positions_grad,
+            run.frozen_trunk_cache_mb, self.log)
         if self.phase.prepare is not None:
             self.phase.prepare(self, checkpoint is None)
         self.ema = None
