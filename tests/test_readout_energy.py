@@ -177,3 +177,29 @@ def test_pyscf_hessian_matches_finite_differences():
     hess = calc.get_hessian(atoms)
     fd = fd_hessian(atoms, lambda: WaveCalculator(method="hf", basis="sto-3g", conv_tol=1e-12), step=1e-3)
     assert np.abs(hess - fd).max() < 2e-3 * np.abs(hess).max()
+
+
+def test_a_float32_networks_training_energy_keeps_float64_digits():
+    """A float32 network's total energy of ~-150 Hartree is rounded to ~1e-5 Hartree, the size of the errors the
+    readout trains against: the loss's energy adds the learned part to the e0 sum in float64, so it equals the
+    same weights' float64 energy to float32 precision of the learned part alone."""
+    from types import SimpleNamespace
+
+    from ase_wavecalc.train.losses import predicted_energy
+
+    net = _readout_model(seed=3)
+    with torch.no_grad():     # realistic offsets (Hartree): totals where float32 keeps 5 decimals only
+        net.element_energy_offsets.copy_(torch.tensor([-0.5, -37.8, -75.1]))
+    atoms = molecule("CH3CH2OH")
+    rng = np.random.default_rng(0)
+    frames = [atoms.positions + 0.05 * rng.standard_normal(atoms.positions.shape) for _ in range(6)]
+    numbers = torch.tensor(np.tile(atoms.numbers, 6))
+    batch = torch.arange(6).repeat_interleave(len(atoms))
+    pos = torch.tensor(np.concatenate(frames) / BOHR)
+    with torch.no_grad():
+        exact = net(numbers, pos, batch, energy_only=True)["energy"]
+        out32 = net.float()(numbers, pos.float(), batch, energy_only=True)
+    trained = predicted_energy(out32, SimpleNamespace(), {})
+    assert trained.dtype == torch.float64
+    assert float(exact.abs().min()) > 150.0
+    np.testing.assert_allclose(trained.numpy(), exact.numpy(), rtol=0, atol=2e-7)

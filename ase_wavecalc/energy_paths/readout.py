@@ -122,7 +122,8 @@ class ReadoutEnergy(EnergyPath):
         and, with ``energy_layers``, of every energy-trunk block; with ``transfer_head`` + sum_A w[Z_A] . x_A
         (x: the standardized invariants), also as out["transfer_correction"] (B,); with ``committee_size`` K,
         out["energy_committee"] (B, K): the energies of K more readout MLPs on the same inputs. The learned
-        part (MLP + transfer head) is out["learned_energy"] (B,), out["atomic_energy_sum"] = out["energy"]."""
+        part (MLP + transfer head) is out["learned_energy"] (B,), out["atomic_energy_sum"] = out["energy"]; a
+        network not in float64 also gives out["energy_offset_sum"] (B,), the e0 sum in float64."""
         from ..model.readout import atom_invariants
 
         ix, onehot = ctx.ix, ctx.onehot
@@ -149,6 +150,10 @@ class ReadoutEnergy(EnergyPath):
             per_atom = per_atom + transfer
         out["learned_energy"] = zero.index_add(0, ix.batch, per_atom)
         out["atomic_energy_sum"] = out["energy"] = zero.index_add(0, ix.batch, e0) + out["learned_energy"]
+        if e0.dtype != torch.float64:
+            # a float32 network's total energy (~100-400 Hartree) is rounded to 1-3e-5 Hartree (0.4-0.8 meV),
+            # the size of the errors it trains against: the loss adds the learned part to the e0 sum in float64
+            out["energy_offset_sum"] = zero.double().index_add(0, ix.batch, e0.double())
         return out
 
     def energy_only_outputs(self, model, ctx) -> dict:

@@ -167,8 +167,10 @@ def predicted_energy(outputs, batch, cache) -> torch.Tensor:
     frozen Hamiltonian's precomputed ``base_energy``, as that plus ``outputs["atomic_energy_sum"]`` (e0 and
     the learned correction; the forces term adds ``base_gradient`` likewise)."""
     if "energy" not in cache and "energy" in outputs:
-        # energy_path = "readout": the model's own total energy (e0 + MLP of the Fock trunk's invariants)
-        cache["energy"] = outputs["energy"].double()
+        # energy_path = "readout": the model's own total energy (e0 + MLP of the Fock trunk's invariants), in a
+        # float32 network summed in float64 (float32 would round a total of 100-400 Hartree to 0.4-0.8 meV)
+        cache["energy"] = (outputs["energy_offset_sum"] + outputs["learned_energy"].double()
+                           if "energy_offset_sum" in outputs else outputs["energy"].double())
     if "energy" not in cache and batch.base_energy is not None:
         # energy = frozen Hamiltonian part (precomputed) + e0 + learned correction (atomic_energy_sum)
         base = torch.nan_to_num(batch.base_energy, nan=0.0)
