@@ -6,7 +6,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 from _train_helpers import TINY_MODEL, write_tiny_config
 
@@ -117,23 +116,32 @@ def test_frames_beyond_the_memory_cap_run_the_trunk_and_are_not_built_again(monk
     assert len(builds) == 1          # the cap reached, no frame is built (and thrown away) at every step
 
 
-@pytest.mark.parametrize("precision", ["float64"])
-def test_a_readout_run_trains_as_it_would_running_the_trunk(water_db, tmp_path, precision):
-    """Stage 2 (energy_readout on a stage-1 Fock network) with and without the cache: the same validation
-    losses epoch by epoch (rounding apart)."""
+def _stage1(water_db, tmp_path):
     from ase_wavecalc.cli import main
 
     stage1 = write_tiny_config(tmp_path / "s1.toml", water_db, model='energy_path = "readout"\nreadout_hidden = 8',
                                loss="fock_mae = 1.0", optimizer="lr = 5e-3\nema_decay = 0.0")
     assert main(["train", str(stage1), "--out", str(tmp_path / "s1")]) == 0
+    return tmp_path / "s1"
+
+
+def _readout_config(path, water_db, stage1, run="", max_epochs=3):
+    return write_tiny_config(
+        path, water_db, model='energy_path = "readout"\nreadout_hidden = 8\nenergy_layers = 1\nenergy_channels = 4',
+        loss="energy = 1.0\nforces = 1.0", optimizer="lr = 5e-3\nema_decay = 0.5", max_epochs=max_epochs,
+        run=f'init_weights = "{stage1}"\ntrainable = "energy_readout"\n{run}')
+
+
+def test_a_readout_run_trains_as_it_would_running_the_trunk(water_db, tmp_path):
+    """Stage 2 (energy_readout on a stage-1 Fock network) with and without the kept descriptors: the same
+    validation losses epoch by epoch (rounding apart), every frame read from the entries."""
+    from ase_wavecalc.cli import main
+
+    stage1 = _stage1(water_db, tmp_path)
     losses = {}
     for mb in (0, 64):
-        cfg = write_tiny_config(
-            tmp_path / f"s2_{mb}.toml", water_db,
-            model='energy_path = "readout"\nreadout_hidden = 8\nenergy_layers = 1\nenergy_channels = 4',
-            loss="energy = 1.0\nforces = 1.0", optimizer="lr = 5e-3\nema_decay = 0.5", max_epochs=3,
-            run=f'init_weights = "{tmp_path / "s1"}"\ntrainable = "energy_readout"\nprecision = "{precision}"\n'
-                f"frozen_trunk_cache_mb = {mb}")
+        cfg = _readout_config(tmp_path / f"s2_{mb}.toml", water_db, stage1,
+                              run=f'precision = "float64"\nfrozen_trunk_cache_mb = {mb}')
         assert main(["train", str(cfg), "--out", str(tmp_path / f"s2_{mb}")]) == 0
         rows = np.genfromtxt(tmp_path / f"s2_{mb}" / "metrics.csv", delimiter=",", names=True)
         losses[mb] = rows["val_loss"]
@@ -143,3 +151,24 @@ def test_a_readout_run_trains_as_it_would_running_the_trunk(water_db, tmp_path, 
             assert len(frozen_trunk._STORE["entries"]) == 16 and not frozen_trunk._STORE["full"]
     assert np.all(np.isfinite(losses[0])) and losses[0][-1] != losses[0][0]
     np.testing.assert_allclose(losses[64], losses[0], rtol=1e-8)
+
+
+def test_a_readout_run_resumed_in_a_new_process_repeats_the_uninterrupted_one(water_db, tmp_path):
+    """Entries are rebuilt after a restart (the store is per process): the same ones, so 8 steps at once and
+    4 + resume + 4 give bit-identical weights (float32, as fits train)."""
+    from ase_wavecalc.cli import main
+    from ase_wavecalc.train.checkpoint import load_checkpoint
+
+    stage1 = _stage1(water_db, tmp_path)
+    straight = _readout_config(tmp_path / "straight.toml", water_db, stage1, run="max_steps = 8", max_epochs=10)
+    assert main(["train", str(straight), "--out", str(tmp_path / "straight")]) == 0
+    frozen_trunk.release()
+    half = _readout_config(tmp_path / "half.toml", water_db, stage1, run="max_steps = 4", max_epochs=10)
+    assert main(["train", str(half), "--out", str(tmp_path / "halves")]) == 0
+    frozen_trunk.release()           # a new process: no entries
+    assert main(["train", str(straight), "--out", str(tmp_path / "halves"), "--resume"]) == 0
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "halves" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

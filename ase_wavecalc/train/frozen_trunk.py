@@ -24,8 +24,9 @@ fingerprint of the trunk's weights, the model config and the device, the dataset
 checked against the frame's positions), so the readout runs of a fit's active rounds reuse them; ``release()``
 frees them. Memory: 4 (3n + 1) n M bytes per frame in float32 (malondialdehyde, n = 9, M = 792: 0.8 MB;
 uracil 1.4 MB). Once ``run.frozen_trunk_cache_mb`` is reached no entry is built: a batch with a frame not
-kept runs the trunk. Which frames are kept depends on what the process trained before, so a run resumed in a
-new process agrees with an uninterrupted one to float rounding, not bit for bit.
+kept runs the trunk. Below the cap an entry is the same in any process (one deterministic pass per frame), so a
+resumed run repeats the uninterrupted one bit for bit; past it, which frames are kept depends on what the process
+trained before, and the two agree to float rounding.
 """
 from __future__ import annotations
 
