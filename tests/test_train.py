@@ -192,6 +192,31 @@ def test_cosine_schedule_follows_the_runs_training_time(water_db, tmp_path):
             SchedulerConfig(**bad)
 
 
+def test_a_run_on_its_plateau_stops_when_asked_and_only_then(water_db, tmp_path):
+    """run.stop_on_plateau: once the plateau scheduler's lr sits at min_lr and a further patience of epochs
+    brought no better validation loss, the run stops ("converged"), and a resumed run stays stopped; without
+    the setting it trains to max_epochs. A learning rate of 1e-6 keeps the validation loss where it starts."""
+    from ase_wavecalc.train.config import SchedulerConfig
+
+    results, logs = {}, {}
+    for stop in (True, False):
+        cfg = make_config(water_db, max_epochs=20, stop_on_plateau=stop)
+        cfg.optimizer.lr = 1e-6
+        cfg.scheduler = SchedulerConfig(kind="plateau", patience=2, factor=0.5, min_lr=5e-7)
+        logs[stop] = []
+        results[stop] = Trainer(cfg, tmp_path / f"run{stop}", build_model=build_stand_in, log=logs[stop].append).fit()
+    # epoch 1 best; 2-4 bad: lr halved to the floor after epoch 4; 5-7 bad at the floor: stop after epoch 7
+    assert results[True].stopped == "converged" and results[True].epochs == 7
+    assert any("run.stop_on_plateau" in line for line in logs[True])
+    assert not any("run.stop_on_plateau" in line for line in logs[False])
+    assert results[False].stopped == "max_epochs" and results[False].epochs == 20
+    cfg = make_config(water_db, max_epochs=20, stop_on_plateau=True)
+    cfg.optimizer.lr = 1e-6
+    cfg.scheduler = SchedulerConfig(kind="plateau", patience=2, factor=0.5, min_lr=5e-7)
+    again = Trainer(cfg, tmp_path / "runTrue", resume=True, build_model=build_stand_in, log=quiet).fit()
+    assert again.stopped == "converged" and again.epochs == 7
+
+
 def _flat_state(ckpt):
     out = {}
 

@@ -54,6 +54,7 @@ checkpoint_every_min = 10.0
 grow_train_every_min = 0               # > 0: frames added to the dataset files join the training split
 compile = false                        # torch.compile the steps of F-only phases (checked against eager)
 frozen_trunk_cache_mb = 2048           # energy_readout: a frozen Fock trunk's descriptors once per frame; 0: off
+stop_on_plateau = false                # plateau lr at min_lr and no better for another patience: stop ("converged")
 seed = 0                               # weight initialization and data order
 threads = 0                            # torch intra-op threads; 0 leaves torch's default
 progress = true                        # tqdm bar
@@ -244,6 +245,10 @@ class RunConfig:
     # (train/frozen_trunk.py: ~2x the steps per hour); at most this many MB (float32: 4 (3n + 1) n M bytes a
     # frame; once reached, batches with other frames run the trunk); 0: off
     frozen_trunk_cache_mb: float = 2048.0
+    # with the plateau scheduler: stop ("converged") once its lr is at min_lr and a further patience of epochs
+    # has brought no better validation loss (a run bound by its data rather than its time: `wavecalc fit`'s
+    # readout then leaves the rest of its phase to active learning, which adds frames)
+    stop_on_plateau: bool = False
     trainable: str = "all"        # a training phase of the model's energy path (energy_paths/): "all";
                                   # Hamiltonian path: "delta_hcore_head" (Delta h, e0, correction),
                                   # "atom_correction" (e0, the correction and its trunk); readout path:

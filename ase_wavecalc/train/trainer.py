@@ -65,7 +65,7 @@ class TrainResult:
     run_dir: str
     epochs: int
     steps: int
-    stopped: str                 # "max_epochs", "max_steps", "max_time", "signal"
+    stopped: str                 # "max_epochs", "max_steps", "max_time", "signal", "converged" (stop_on_plateau)
     train_time_s: float          # summed over all invocations of this run
     best_val_loss: float
     best_epoch: int
@@ -203,7 +203,8 @@ class Trainer:
         self.progress = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "epoch_loss_sum": 0.0,
                          "epoch_structures": 0, "epoch_train_s": 0.0, "epoch_wall_s": 0.0,
                          "train_time_s": 0.0, "best_val_loss": math.inf, "best_epoch": -1,
-                         "pending_validation": False, "epoch_start_order": self.data_order.get_state()}
+                         "pending_validation": False, "epoch_start_order": self.data_order.get_state(),
+                         "converged": False}
         if checkpoint is not None:
             self.model.load_state_dict(checkpoint["model"])
             if self.ema is not None:
@@ -360,6 +361,8 @@ class Trainer:
                 return "signal"
             if run.max_steps > 0 and p["step"] >= run.max_steps:
                 return "max_steps"
+            if p.get("converged"):
+                return "converged"
             val_s = self._val_s
             if val_s == 0.0 and structures:  # no validation timed yet: guess a training step's cost
                 val_s = self.n_val * train_s / structures
@@ -460,7 +463,15 @@ class Trainer:
         t0 = time.perf_counter()
         val = self.validate()
         if self.config.scheduler.kind == "plateau":
-            self.scheduler.step(val["val_loss"])
+            sch = self.scheduler
+            at_floor = all(g["lr"] <= self.config.scheduler.min_lr * (1.0 + 1e-6) for g in self.optimizer.param_groups)
+            due, best = sch.num_bad_epochs >= sch.patience, sch.best
+            sch.step(val["val_loss"])
+            # run.stop_on_plateau: at the floor already, the scheduler would have lowered the lr once more
+            if self.config.run.stop_on_plateau and at_floor and due and sch.best == best:
+                p["converged"] = True
+                self.log(f"run.stop_on_plateau: the learning rate is at its floor ({self.config.scheduler.min_lr:g}) "
+                         f"and {sch.patience} more epochs brought no better validation loss: stopping")
         if val["val_loss"] < p["best_val_loss"]:
             p["best_val_loss"], p["best_epoch"] = val["val_loss"], p["epoch"]
             save_checkpoint(self.run_dir / "best.pt", {
