@@ -93,8 +93,8 @@ class CompiledSteps:
         tol = self.ROUNDING_TOLERANCE
         try:
             reference = copy.deepcopy(self.model).double()
-            floats = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-            batch64 = dataclasses.replace(batch, **{k: v.double() for k, v in floats.items()
+            fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+            batch64 = dataclasses.replace(batch, **{k: v.double() for k, v in fields.items()
                                                     if isinstance(v, torch.Tensor) and v.is_floating_point()})
             learned = [p for p in reference.parameters() if p.requires_grad]
             loss_r, grad_r = self._grads(reference, batch64, learned)

@@ -30,6 +30,15 @@ def set_scheduled_lrs(optimizer, step: int, warmup_steps: int, scheduler, train_
             group["lr"] = group["base_lr"] * factor
 
 
+def plateau_step(scheduler, optimizer, val_loss: float, min_lr: float) -> bool:
+    """``scheduler.step(val_loss)`` (ReduceLROnPlateau); True where the lr was at ``min_lr`` already and the
+    scheduler would have lowered it once more: a further patience of epochs without a better loss."""
+    at_floor = all(g["lr"] <= min_lr * (1.0 + 1e-6) for g in optimizer.param_groups)
+    due, best = scheduler.num_bad_epochs >= scheduler.patience, scheduler.best
+    scheduler.step(val_loss)
+    return at_floor and due and scheduler.best == best
+
+
 def parameter_groups(model: torch.nn.Module, lr: float, lr_by_prefix: dict) -> list[dict]:
     """AdamW parameter groups: one per prefix of ``lr_by_prefix`` (the first matching prefix wins) and
     one for the rest at ``lr``; each group remembers its base lr (``base_lr``) for the warm-up."""

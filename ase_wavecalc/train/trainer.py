@@ -50,7 +50,7 @@ from .compiled_step import CompiledSteps
 from .frozen_trunk import FrozenTrunkInvariants
 from .setup import (grow_train, load_data, load_initial_weights, mean_atom_blocks, model_config_for,
                     shift_energy_offsets)
-from .stages import parameter_groups, set_scheduled_lrs
+from .stages import parameter_groups, plateau_step, set_scheduled_lrs
 from ..units import BOHR, HARTREE
 
 __all__ = ["Trainer", "TrainResult"]
@@ -182,8 +182,7 @@ class Trainer:
         n = self.phase.freeze(self.model)
         if self.phase.description:
             self.log(self.phase.description.format(n=n))
-        # a frozen Fock trunk's descriptors, once a frame (frozen_trunk.py)
-        self._trunk_cache = FrozenTrunkInvariants.for_phase(
+        self._trunk_cache = FrozenTrunkInvariants.for_phase(     # frozen_trunk.py
             self.model, self.tables, self.energy_path, self.phase, self.loss_fn.needs_positions_grad,
             run.frozen_trunk_cache_mb, self.log)
         if self.phase.prepare is not None:
@@ -361,7 +360,7 @@ class Trainer:
                 return "signal"
             if run.max_steps > 0 and p["step"] >= run.max_steps:
                 return "max_steps"
-            if p.get("converged"):
+            if p["converged"]:
                 return "converged"
             val_s = self._val_s
             if val_s == 0.0 and structures:  # no validation timed yet: guess a training step's cost
@@ -463,15 +462,11 @@ class Trainer:
         t0 = time.perf_counter()
         val = self.validate()
         if self.config.scheduler.kind == "plateau":
-            sch = self.scheduler
-            at_floor = all(g["lr"] <= self.config.scheduler.min_lr * (1.0 + 1e-6) for g in self.optimizer.param_groups)
-            due, best = sch.num_bad_epochs >= sch.patience, sch.best
-            sch.step(val["val_loss"])
-            # run.stop_on_plateau: at the floor already, the scheduler would have lowered the lr once more
-            if self.config.run.stop_on_plateau and at_floor and due and sch.best == best:
+            floor = plateau_step(self.scheduler, self.optimizer, val["val_loss"], self.config.scheduler.min_lr)
+            if self.config.run.stop_on_plateau and floor:
                 p["converged"] = True
-                self.log(f"run.stop_on_plateau: the learning rate is at its floor ({self.config.scheduler.min_lr:g}) "
-                         f"and {sch.patience} more epochs brought no better validation loss: stopping")
+                self.log(f"run.stop_on_plateau: the lr is at its floor and {self.scheduler.patience} more epochs "
+                         "brought no better validation loss: stopping")
         if val["val_loss"] < p["best_val_loss"]:
             p["best_val_loss"], p["best_epoch"] = val["val_loss"], p["epoch"]
             save_checkpoint(self.run_dir / "best.pt", {
@@ -501,7 +496,4 @@ class Trainer:
         if not force and time.monotonic() - self._last_plot < 30.0:
             return
         self._last_plot = time.monotonic()
-        try:
-            plot_learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png")
-        except ImportError:
-            pass
+        plot_learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png")   # matplotlib: core
